@@ -1,0 +1,128 @@
+//! The YAML file as written by the operator: serde structs that mirror the file one to one.
+//!
+//! Nothing here is validated beyond its shape; `config::build` turns these into the runtime
+//! model. Unknown keys are errors everywhere (`deny_unknown_fields`) so a typo never silently
+//! disables a setting.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub threads: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    pub log_format: Option<String>,
+    /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
+    pub grace_period_s: Option<u64>,
+    #[serde(default)]
+    pub providers: Vec<FileProvider>,
+    #[serde(default)]
+    pub models: Vec<FileModel>,
+    pub policy: Option<FilePolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProvider {
+    pub name: String,
+    pub api: String,
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    pub region: Option<String>,
+    pub timeouts: Option<FileTimeouts>,
+    pub probe: Option<FileProbe>,
+    pub breaker: Option<FileBreaker>,
+    /// `anthropic-version` header value for `api: anthropic`.
+    pub anthropic_version: Option<String>,
+    /// `api-version` query parameter for `api: azure`.
+    pub api_version: Option<String>,
+    /// Extra static headers sent to this provider (e.g. OpenRouter's `HTTP-Referer`).
+    pub headers: Option<BTreeMap<String, String>>,
+    /// TLS certificate verification; on unless explicitly turned off.
+    pub tls_verify: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    pub connect_ms: Option<u64>,
+    pub first_byte_ms: Option<u64>,
+    /// Longest silence allowed between two body reads once the response started.
+    pub idle_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProbe {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBreaker {
+    pub failures: Option<u32>,
+    pub cooldown_ms: Option<u64>,
+    pub max_cooldown_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileModel {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub context_tokens: Option<u64>,
+    #[serde(default)]
+    pub offerings: Vec<FileOffering>,
+    #[serde(default)]
+    pub equivalents: Vec<FileEquivalent>,
+    pub policy: Option<FilePolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOffering {
+    pub provider: String,
+    pub model: String,
+    pub price: Option<FilePrice>,
+    pub weight: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePrice {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEquivalent {
+    pub model: String,
+    pub grade: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePolicy {
+    pub strategy: Option<String>,
+    pub allow_equivalents: Option<bool>,
+    pub min_grade: Option<f64>,
+    pub max_cost_multiplier: Option<f64>,
+    pub max_attempts: Option<u32>,
+    pub request_timeout_ms: Option<u64>,
+    pub backoff: Option<FileBackoff>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackoff {
+    pub base_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+}

@@ -1,0 +1,758 @@
+//! Runtime configuration: the validated, immutable model built from the YAML file.
+//!
+//! `file` mirrors the YAML; `build` checks it and resolves everything the request path needs
+//! (secrets from the environment, durations, parsed upstream URLs, the catalog index) so the
+//! proxy never re-parses or re-validates per request. Errors name the key path that is wrong.
+
+pub mod file;
+
+use crate::catalog::{Catalog, Equivalent, Model, Offering, Price};
+use file::{FileConfig, FilePolicy, FileProvider};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A config problem, with the YAML key path it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    OpenAi,
+    Anthropic,
+    Azure,
+}
+
+impl ApiKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::OpenAi => "openai",
+            ApiKind::Anthropic => "anthropic",
+            ApiKind::Azure => "azure",
+        }
+    }
+}
+
+/// Candidate ordering strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// File order of the offerings.
+    Ordered,
+    /// Cheapest blended price first.
+    PreferCost,
+    /// Lowest observed latency first (probe EWMA blended with passive TTFB).
+    PreferLatency,
+}
+
+impl Strategy {
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "ordered" => Some(Strategy::Ordered),
+            "prefer_cost" => Some(Strategy::PreferCost),
+            "prefer_latency" => Some(Strategy::PreferLatency),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Ordered => "ordered",
+            Strategy::PreferCost => "prefer_cost",
+            Strategy::PreferLatency => "prefer_latency",
+        }
+    }
+}
+
+/// A provider API key. Its `Debug`/`Display` never show the value, so it cannot leak
+/// through a log line or an error message by accident.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a provider lives, parsed once from `base_url`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamBase {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash; empty when the URL has no path.
+    pub path: String,
+}
+
+impl UpstreamBase {
+    pub fn parse(url: &str) -> Result<UpstreamBase, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a valid URL ({e})"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("scheme must be http or https".into()),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| "URL has no host".to_string())?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if uri.query().is_some() {
+            return Err("base_url must not carry a query string".into());
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri.path().trim_end_matches('/').to_string();
+        Ok(UpstreamBase {
+            tls,
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// `Host` header value: the port is shown only when it is not the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConf {
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BreakerConf {
+    pub failures: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+/// One upstream provider, fully resolved.
+#[derive(Debug)]
+pub struct Provider {
+    /// Index into `Config::providers`; used as a compact id on the hot path.
+    pub id: usize,
+    pub name: String,
+    pub api: ApiKind,
+    pub base: UpstreamBase,
+    pub key: Option<Secret>,
+    pub key_env: Option<String>,
+    pub region: Option<String>,
+    pub timeouts: Timeouts,
+    pub probe: ProbeConf,
+    pub breaker: BreakerConf,
+    pub anthropic_version: String,
+    pub azure_api_version: String,
+    pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub tls_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+/// Routing policy after merging a model's override over the top-level defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub strategy: Strategy,
+    pub allow_equivalents: bool,
+    pub min_grade: f64,
+    pub max_cost_multiplier: Option<f64>,
+    pub max_attempts: u32,
+    /// `None`: derived per request as first-byte timeout × attempts.
+    pub request_timeout: Option<Duration>,
+    pub backoff: Backoff,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            strategy: Strategy::Ordered,
+            allow_equivalents: false,
+            min_grade: 0.8,
+            max_cost_multiplier: None,
+            max_attempts: 3,
+            request_timeout: None,
+            backoff: Backoff {
+                base: Duration::from_millis(25),
+                max: Duration::from_millis(1000),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole runtime configuration, swapped in as one immutable unit.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub grace_period_s: u64,
+    pub providers: Vec<Arc<Provider>>,
+    pub catalog: Catalog,
+    pub policy: Policy,
+}
+
+impl Config {
+    pub fn provider_by_name(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Where secrets come from; a trait so tests can build configs without touching the process env.
+pub trait EnvSource {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).cloned()
+    }
+}
+
+pub fn load_file(path: &str) -> Result<Config, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read {path}: {e}")))?;
+    parse(&text, &ProcessEnv)
+}
+
+pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+    let file: FileConfig = serde_yaml::from_str(text).map_err(|e| {
+        // serde_yaml puts the key path at the start of its message ("providers[0]: ...").
+        err("", e.to_string())
+    })?;
+    build(file, env)
+}
+
+fn nonzero_ms(path: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    match v {
+        Some(0) => Err(err(path, "must be greater than 0")),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Ok(Duration::from_millis(default)),
+    }
+}
+
+fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Policy, ConfigError> {
+    let Some(p) = p else {
+        return Ok(base.clone());
+    };
+    let mut out = base.clone();
+    if let Some(s) = &p.strategy {
+        out.strategy = Strategy::parse(s).ok_or_else(|| {
+            err(
+                format!("{path}.strategy"),
+                format!("unknown strategy {s:?} (expected ordered, prefer_cost or prefer_latency)"),
+            )
+        })?;
+    }
+    if let Some(v) = p.allow_equivalents {
+        out.allow_equivalents = v;
+    }
+    if let Some(g) = p.min_grade {
+        if !(g > 0.0 && g <= 1.0) {
+            return Err(err(format!("{path}.min_grade"), "must be in (0, 1]"));
+        }
+        out.min_grade = g;
+    }
+    if let Some(m) = p.max_cost_multiplier {
+        if !(m >= 1.0 && m.is_finite()) {
+            return Err(err(
+                format!("{path}.max_cost_multiplier"),
+                "must be a number >= 1",
+            ));
+        }
+        out.max_cost_multiplier = Some(m);
+    }
+    if let Some(a) = p.max_attempts {
+        if a == 0 || a > 16 {
+            return Err(err(
+                format!("{path}.max_attempts"),
+                "must be between 1 and 16",
+            ));
+        }
+        out.max_attempts = a;
+    }
+    if let Some(ms) = p.request_timeout_ms {
+        out.request_timeout = Some(nonzero_ms(
+            &format!("{path}.request_timeout_ms"),
+            Some(ms),
+            0,
+        )?);
+    }
+    if let Some(b) = &p.backoff {
+        if let Some(ms) = b.base_ms {
+            out.backoff.base = Duration::from_millis(ms);
+        }
+        if let Some(ms) = b.max_ms {
+            out.backoff.max = Duration::from_millis(ms);
+        }
+        if out.backoff.max < out.backoff.base {
+            return Err(err(format!("{path}.backoff"), "max_ms must be >= base_ms"));
+        }
+    }
+    Ok(out)
+}
+
+fn build_provider(
+    id: usize,
+    path: &str,
+    p: FileProvider,
+    env: &dyn EnvSource,
+) -> Result<Provider, ConfigError> {
+    if p.name.is_empty()
+        || !p
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(err(
+            format!("{path}.name"),
+            "must be non-empty and use only letters, digits, '-', '_' or '.'",
+        ));
+    }
+    let api = match p.api.as_str() {
+        "openai" => ApiKind::OpenAi,
+        "anthropic" => ApiKind::Anthropic,
+        "azure" => ApiKind::Azure,
+        other => {
+            return Err(err(
+                format!("{path}.api"),
+                format!("unknown api {other:?} (expected openai, anthropic or azure)"),
+            ))
+        }
+    };
+    let base = UpstreamBase::parse(&p.base_url).map_err(|r| err(format!("{path}.base_url"), r))?;
+    let key = match &p.api_key_env {
+        Some(var) => match env.get(var) {
+            Some(v) if !v.is_empty() => {
+                if http::HeaderValue::from_str(&v).is_err() {
+                    return Err(err(
+                        format!("{path}.api_key_env"),
+                        format!("env var {var} holds characters not allowed in a header"),
+                    ));
+                }
+                Some(Secret::new(v))
+            }
+            _ => {
+                return Err(err(
+                    format!("{path}.api_key_env"),
+                    format!("env var {var} is not set (or empty)"),
+                ))
+            }
+        },
+        None => None,
+    };
+    let t = p.timeouts.as_ref();
+    let first_byte = nonzero_ms(
+        &format!("{path}.timeouts.first_byte_ms"),
+        t.and_then(|t| t.first_byte_ms),
+        30_000,
+    )?;
+    let timeouts = Timeouts {
+        connect: nonzero_ms(
+            &format!("{path}.timeouts.connect_ms"),
+            t.and_then(|t| t.connect_ms),
+            2_000,
+        )?,
+        first_byte,
+        idle: nonzero_ms(
+            &format!("{path}.timeouts.idle_ms"),
+            t.and_then(|t| t.idle_ms),
+            first_byte.as_millis() as u64,
+        )?,
+    };
+    let pr = p.probe.as_ref();
+    let probe = ProbeConf {
+        enabled: pr.and_then(|p| p.enabled).unwrap_or(true),
+        path: pr
+            .and_then(|p| p.path.clone())
+            .unwrap_or_else(|| "/v1/models".to_string()),
+        interval: nonzero_ms(
+            &format!("{path}.probe.interval_ms"),
+            pr.and_then(|p| p.interval_ms),
+            5_000,
+        )?,
+        timeout: nonzero_ms(
+            &format!("{path}.probe.timeout_ms"),
+            pr.and_then(|p| p.timeout_ms),
+            2_000,
+        )?,
+    };
+    if !probe.path.starts_with('/') {
+        return Err(err(format!("{path}.probe.path"), "must start with '/'"));
+    }
+    let br = p.breaker.as_ref();
+    let cooldown = nonzero_ms(
+        &format!("{path}.breaker.cooldown_ms"),
+        br.and_then(|b| b.cooldown_ms),
+        30_000,
+    )?;
+    let breaker = BreakerConf {
+        failures: match br.and_then(|b| b.failures) {
+            Some(0) => {
+                return Err(err(
+                    format!("{path}.breaker.failures"),
+                    "must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => 5,
+        },
+        cooldown,
+        max_cooldown: nonzero_ms(
+            &format!("{path}.breaker.max_cooldown_ms"),
+            br.and_then(|b| b.max_cooldown_ms),
+            (cooldown.as_millis() as u64)
+                .saturating_mul(10)
+                .max(300_000),
+        )?,
+    };
+    let mut extra_headers = Vec::new();
+    for (k, v) in p.headers.iter().flatten() {
+        let name = http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| err(format!("{path}.headers.{k}"), "not a valid header name"))?;
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| err(format!("{path}.headers.{k}"), "not a valid header value"))?;
+        extra_headers.push((name, value));
+    }
+    Ok(Provider {
+        id,
+        name: p.name,
+        api,
+        base,
+        key,
+        key_env: p.api_key_env,
+        region: p.region,
+        timeouts,
+        probe,
+        breaker,
+        anthropic_version: p
+            .anthropic_version
+            .unwrap_or_else(|| "2023-06-01".to_string()),
+        azure_api_version: p.api_version.unwrap_or_else(|| "2024-10-21".to_string()),
+        extra_headers,
+        tls_verify: p.tls_verify.unwrap_or(true),
+    })
+}
+
+pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+    let listen = file.listen.unwrap_or_else(|| "127.0.0.1:4000".to_string());
+    let admin_listen = file
+        .admin_listen
+        .unwrap_or_else(|| "127.0.0.1:9464".to_string());
+    for (key, addr) in [("listen", &listen), ("admin_listen", &admin_listen)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(err(key, format!("{addr:?} is not an ip:port address")));
+        }
+    }
+    let threads = file.threads.unwrap_or(2);
+    if threads == 0 || threads > 256 {
+        return Err(err("threads", "must be between 1 and 256"));
+    }
+    let max_body_bytes = file.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+    if max_body_bytes == 0 || max_body_bytes > 1 << 30 {
+        return Err(err("max_body_bytes", "must be between 1 and 1073741824"));
+    }
+    let log_format = match file.log_format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(err(
+                "log_format",
+                format!("unknown format {other:?} (expected text or json)"),
+            ))
+        }
+    };
+    if file.providers.is_empty() {
+        return Err(err("providers", "at least one provider is required"));
+    }
+    let mut providers = Vec::with_capacity(file.providers.len());
+    let mut names = HashSet::new();
+    for (i, p) in file.providers.into_iter().enumerate() {
+        let path = format!("providers[{i}]");
+        if !names.insert(p.name.clone()) {
+            return Err(err(
+                format!("{path}.name"),
+                format!("duplicate provider {:?}", p.name),
+            ));
+        }
+        providers.push(Arc::new(build_provider(i, &path, p, env)?));
+    }
+    let policy = build_policy("policy", file.policy.as_ref(), &Policy::default())?;
+
+    let mut models = Vec::with_capacity(file.models.len());
+    for (mi, m) in file.models.iter().enumerate() {
+        let path = format!("models[{mi}]");
+        if m.name.is_empty() {
+            return Err(err(format!("{path}.name"), "must not be empty"));
+        }
+        if m.offerings.is_empty() {
+            return Err(err(
+                format!("{path}.offerings"),
+                "a model needs at least one offering",
+            ));
+        }
+        let mut offerings = Vec::with_capacity(m.offerings.len());
+        for (oi, o) in m.offerings.iter().enumerate() {
+            let opath = format!("{path}.offerings[{oi}]");
+            let provider = providers
+                .iter()
+                .find(|p| p.name == o.provider)
+                .ok_or_else(|| {
+                    err(
+                        format!("{opath}.provider"),
+                        format!("unknown provider {:?}", o.provider),
+                    )
+                })?;
+            if o.model.is_empty() {
+                return Err(err(format!("{opath}.model"), "must not be empty"));
+            }
+            if provider.api == ApiKind::Azure
+                && !o
+                    .model
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(err(
+                    format!("{opath}.model"),
+                    "an Azure deployment name may use only letters, digits, '-', '_' or '.'",
+                ));
+            }
+            let price = match &o.price {
+                Some(p) => {
+                    if !(p.input_per_mtok >= 0.0 && p.output_per_mtok >= 0.0)
+                        || !p.input_per_mtok.is_finite()
+                        || !p.output_per_mtok.is_finite()
+                    {
+                        return Err(err(format!("{opath}.price"), "prices must be >= 0"));
+                    }
+                    Some(Price {
+                        input_per_mtok: p.input_per_mtok,
+                        output_per_mtok: p.output_per_mtok,
+                    })
+                }
+                None => None,
+            };
+            let weight = o.weight.unwrap_or(1.0);
+            if !(weight >= 0.0 && weight.is_finite()) {
+                return Err(err(format!("{opath}.weight"), "must be >= 0"));
+            }
+            offerings.push(Offering {
+                provider: provider.id,
+                model_id: o.model.clone(),
+                price,
+                weight,
+            });
+        }
+        let mut equivalents = Vec::new();
+        for (ei, e) in m.equivalents.iter().enumerate() {
+            if !(e.grade > 0.0 && e.grade <= 1.0) {
+                return Err(err(
+                    format!("{path}.equivalents[{ei}].grade"),
+                    "must be in (0, 1]",
+                ));
+            }
+            equivalents.push(Equivalent {
+                model: e.model.clone(),
+                grade: e.grade,
+            });
+        }
+        models.push(Model {
+            name: m.name.clone(),
+            aliases: m.aliases.clone(),
+            context_tokens: m.context_tokens,
+            offerings,
+            equivalents,
+            policy: build_policy(&format!("{path}.policy"), m.policy.as_ref(), &policy)?,
+        });
+    }
+    let catalog = Catalog::new(models)?;
+    Ok(Config {
+        listen,
+        admin_listen,
+        threads,
+        max_body_bytes: max_body_bytes as usize,
+        log_format,
+        grace_period_s: file.grace_period_s.unwrap_or(20),
+        providers,
+        catalog,
+        policy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> BTreeMap<String, String> {
+        [("K".to_string(), "sk-test".to_string())]
+            .into_iter()
+            .collect()
+    }
+
+    const OK: &str = r#"
+providers:
+  - {name: a, api: openai, base_url: "http://127.0.0.1:1", api_key_env: K}
+  - {name: b, api: anthropic, base_url: "https://api.anthropic.com/v1"}
+models:
+  - name: m
+    aliases: [m-alias]
+    offerings:
+      - {provider: a, model: "org/m"}
+"#;
+
+    #[test]
+    fn builds_a_minimal_config() {
+        let c = parse(OK, &env()).unwrap();
+        assert_eq!(c.providers.len(), 2);
+        assert_eq!(c.providers[0].key.as_ref().unwrap().expose(), "sk-test");
+        assert_eq!(c.providers[1].base.path, "/v1");
+        assert!(c.providers[1].base.tls);
+        assert_eq!(c.providers[1].base.port, 443);
+        assert_eq!(c.listen, "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_path() {
+        let text = OK.replace("api_key_env: K}", "api_key_env: K, colour: red}");
+        let e = parse(&text, &env()).unwrap_err().to_string();
+        assert!(e.contains("providers[0]") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_names_the_variable_not_a_value() {
+        let e = parse(OK, &BTreeMap::new()).unwrap_err();
+        assert_eq!(e.path, "providers[0].api_key_env");
+        assert!(e.reason.contains("K is not set"));
+    }
+
+    #[test]
+    fn unknown_provider_in_offering() {
+        let text = OK.replace("{provider: a,", "{provider: zz,");
+        let e = parse(&text, &env()).unwrap_err();
+        assert_eq!(e.path, "models[0].offerings[0].provider");
+    }
+
+    #[test]
+    fn bad_strategy_and_grade() {
+        let text = format!("{OK}policy: {{strategy: fastest}}\n");
+        assert_eq!(parse(&text, &env()).unwrap_err().path, "policy.strategy");
+        let text = OK.replace(
+            "aliases: [m-alias]",
+            "aliases: [m-alias]\n    equivalents: [{model: x, grade: 1.5}]",
+        );
+        assert_eq!(
+            parse(&text, &env()).unwrap_err().path,
+            "models[0].equivalents[0].grade"
+        );
+    }
+
+    #[test]
+    fn model_policy_inherits_top_level() {
+        let text = format!(
+            "{}policy: {{max_attempts: 5, strategy: prefer_cost}}\n",
+            OK.replace(
+                "aliases: [m-alias]",
+                "aliases: [m-alias]\n    policy: {strategy: ordered}"
+            )
+        );
+        let c = parse(&text, &env()).unwrap();
+        let m = &c.catalog.models()[0];
+        assert_eq!(m.policy.max_attempts, 5);
+        assert_eq!(m.policy.strategy, Strategy::Ordered);
+    }
+
+    #[test]
+    fn base_url_forms() {
+        let b = UpstreamBase::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!((b.tls, b.port, b.path.as_str()), (false, 8080, ""));
+        assert_eq!(b.host_header(), "127.0.0.1:8080");
+        let b = UpstreamBase::parse("https://api.groq.com/openai/v1").unwrap();
+        assert_eq!(
+            (b.host.as_str(), b.path.as_str()),
+            ("api.groq.com", "/openai/v1")
+        );
+        assert_eq!(b.host_header(), "api.groq.com");
+        assert!(UpstreamBase::parse("ftp://x").is_err());
+        assert!(UpstreamBase::parse("https://x/v1?a=b").is_err());
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("sk-live-123".into());
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+}

@@ -1,0 +1,605 @@
+//! The attempt loop: send the request to candidates in order until one answers, within one
+//! deadline, then stream that answer to the client.
+//!
+//! Each attempt is: pick a candidate health admits → splice its model ID into the body → connect
+//! (Pingora connector, pooled) → write header and body → wait for the response header under the
+//! first-byte budget → classify. A retryable outcome moves on (with backoff); anything else is the
+//! answer. Once a byte of the answer went to the client there is no going back, so the decision
+//! is made on the response header, before anything is written downstream.
+//!
+//! Hooks for what comes later sit at the seams: `Plan` is the routing decision, `exchange` is one
+//! attempt, `classify_status`/`classify_error` the outcome, `relay` the streaming.
+
+use crate::access_log::{AttemptLog, RequestLog};
+use crate::api::{Endpoint, Family};
+use crate::backoff;
+use crate::body::{RequestBody, SplicedBody};
+use crate::catalog::ModelId;
+use crate::config::{Policy, Provider};
+use crate::errors::{ErrorKind, GatewayError};
+use crate::health::breaker::Admission;
+use crate::metrics::METRICS;
+use crate::outcome::{
+    classify_error, classify_status, parse_retry_after, AttemptPhase, FailoverReason, StatusClass,
+};
+use crate::provider;
+use crate::route::{Candidate, HealthView};
+use crate::state::{Runtime, Shared};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The routing decision for one request.
+pub struct Plan {
+    pub endpoint: Endpoint,
+    pub model: ModelId,
+    pub candidates: Vec<Candidate>,
+    pub policy: Policy,
+    pub pinned: bool,
+}
+
+/// A failed attempt, kept for the final error message and the 429 decision.
+struct Failure {
+    provider: String,
+    reason: FailoverReason,
+    status: Option<u16>,
+    retry_after_s: Option<u64>,
+}
+
+/// What one attempt produced.
+enum Exchange {
+    /// A response header the client will get (success or a final error).
+    Answer {
+        upstream: Box<HttpSession>,
+        peer: Box<HttpPeer>,
+        ttfb: Duration,
+    },
+    Failed {
+        reason: FailoverReason,
+        status: Option<u16>,
+        retry_after_s: Option<u64>,
+    },
+}
+
+/// Run the attempts and write the response (the answer or an error) to the client.
+/// Returns `Err` only when the client connection broke.
+pub async fn run(
+    shared: &Shared,
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    plan: &Plan,
+    body: &RequestBody,
+) -> Result<()> {
+    let cfg = &rt.config;
+    let model = cfg.catalog.model(plan.model);
+    let start = Instant::now();
+    let max_attempts = if plan.pinned {
+        1
+    } else {
+        plan.policy.max_attempts
+    };
+    let first = &cfg.providers[plan.candidates[0].provider];
+    let deadline = start
+        + plan
+            .policy
+            .request_timeout
+            .unwrap_or(first.timeouts.first_byte * max_attempts);
+    let mut failures: Vec<Failure> = Vec::new();
+    // Which providers already failed this request: only the first failure counts for a breaker.
+    let mut failed_once = vec![false; cfg.providers.len()];
+    let mut cursor = 0usize;
+    let mut previous: Option<usize> = None;
+    let mut deadline_hit = false;
+
+    for attempt in 0..max_attempts {
+        if attempt > 0 {
+            let wait = backoff::delay(&plan.policy.backoff, attempt - 1);
+            let now = Instant::now();
+            if now + wait >= deadline {
+                deadline_hit = true;
+                break;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            deadline_hit = true;
+            break;
+        }
+        let Some((cand, probation)) = pick(rt, plan, &mut cursor, now) else {
+            break;
+        };
+        let provider = &cfg.providers[cand.provider];
+        let offering = &cfg.catalog.model(cand.model).offerings[cand.offering];
+        if cand.panic.is_some() {
+            ctx.panic_mode = true;
+        }
+        if let Some(prev) = previous {
+            if let Some(f) = failures.last() {
+                METRICS
+                    .failovers
+                    .with_label_values(&[
+                        &model.name,
+                        &cfg.providers[prev].name,
+                        &provider.name,
+                        f.reason.as_str(),
+                    ])
+                    .inc();
+            }
+        }
+        previous = Some(cand.provider);
+
+        let spliced = body.with_model(&offering.model_id);
+        let header = provider::build_request(
+            provider,
+            plan.endpoint,
+            &offering.model_id,
+            session.req_header(),
+            spliced.len(),
+        )?;
+        let budget = provider.timeouts.first_byte.min(deadline - now);
+        let bounded_by_deadline = budget < provider.timeouts.first_byte;
+        let attempt_start = Instant::now();
+        let result = exchange(
+            shared,
+            provider,
+            header,
+            &spliced,
+            budget,
+            bounded_by_deadline,
+        )
+        .await;
+        let ms = attempt_start.elapsed().as_millis() as u64;
+        match result {
+            Exchange::Answer {
+                upstream,
+                peer,
+                ttfb,
+            } => {
+                let status = upstream
+                    .response_header()
+                    .map(|h| h.status.as_u16())
+                    .unwrap_or(0);
+                rt.health.on_success(cand.provider, ttfb, Instant::now());
+                METRICS
+                    .attempts
+                    .with_label_values(&[&provider.name, "ok"])
+                    .inc();
+                METRICS
+                    .upstream_ttfb
+                    .with_label_values(&[&model.name, &provider.name])
+                    .observe(ttfb.as_secs_f64());
+                ctx.attempts.push(AttemptLog {
+                    provider: provider.name.clone(),
+                    model: offering.model_id.clone(),
+                    reason: None,
+                    status: Some(status),
+                    ms,
+                });
+                ctx.provider = Some(provider.name.clone());
+                ctx.served_model = Some(offering.model_id.clone());
+                ctx.status = status;
+                ctx.ttfb_ms = Some(ctx.start.elapsed().as_millis() as u64);
+                let attempts = (attempt + 1).to_string();
+                return relay(
+                    shared,
+                    session,
+                    ctx,
+                    upstream,
+                    peer,
+                    provider,
+                    &offering.model_id,
+                    &attempts,
+                    plan.endpoint.family(),
+                )
+                .await;
+            }
+            Exchange::Failed {
+                reason,
+                status,
+                retry_after_s,
+            } => {
+                let now = Instant::now();
+                if probation && reason == FailoverReason::Deadline {
+                    rt.health.on_abandoned(cand.provider, now);
+                } else {
+                    rt.health.on_failure(
+                        cand.provider,
+                        reason.as_str(),
+                        !failed_once[cand.provider],
+                        now,
+                    );
+                }
+                failed_once[cand.provider] = true;
+                if let Some(s) = retry_after_s {
+                    if matches!(status, Some(429) | Some(503)) {
+                        rt.health
+                            .on_retry_after(cand.provider, Duration::from_secs(s), now);
+                    }
+                }
+                METRICS
+                    .attempts
+                    .with_label_values(&[&provider.name, reason.as_str()])
+                    .inc();
+                log::debug!(
+                    "attempt {} to {} failed: {}",
+                    attempt + 1,
+                    provider.name,
+                    reason
+                );
+                ctx.attempts.push(AttemptLog {
+                    provider: provider.name.clone(),
+                    model: offering.model_id.clone(),
+                    reason: Some(reason.as_str()),
+                    status,
+                    ms,
+                });
+                if reason == FailoverReason::Deadline {
+                    deadline_hit = true;
+                }
+                failures.push(Failure {
+                    provider: provider.name.clone(),
+                    reason,
+                    status,
+                    retry_after_s,
+                });
+                if deadline_hit {
+                    break;
+                }
+            }
+        }
+    }
+
+    let e = final_error(&failures, deadline_hit, deadline - start);
+    ctx.status = e.kind.status();
+    ctx.error = Some(e.message.clone());
+    session.set_keepalive(None);
+    let attempts = failures.len().to_string();
+    e.send(
+        session,
+        plan.endpoint.family(),
+        &[
+            ("x-twinroute-attempts", attempts),
+            ("x-twinroute-request-id", ctx.request_id.clone()),
+        ],
+    )
+    .await
+}
+
+/// Next candidate health admits, cycling through the list. When health turns every candidate
+/// away, the first one in order is used anyway (fail open).
+fn pick(rt: &Runtime, plan: &Plan, cursor: &mut usize, now: Instant) -> Option<(Candidate, bool)> {
+    let n = plan.candidates.len();
+    if n == 0 {
+        return None;
+    }
+    for _ in 0..n {
+        let c = &plan.candidates[*cursor % n];
+        *cursor += 1;
+        if c.panic.is_some() {
+            // Routing already knows everything is down; order is its call.
+            return Some((c.clone(), false));
+        }
+        // Health may have changed since routing (a Retry-After or a breaker trip mid-request).
+        if rt.health.skip(c.provider).is_some() {
+            continue;
+        }
+        match rt.health.admit(c.provider, now) {
+            Admission::Admit => return Some((c.clone(), false)),
+            Admission::Probation => return Some((c.clone(), true)),
+            Admission::Reject { .. } => continue,
+        }
+    }
+    let mut c = plan.candidates[*cursor % n].clone();
+    *cursor += 1;
+    c.panic = rt.health.skip(c.provider).map(|(r, _)| r);
+    Some((c, false))
+}
+
+fn final_error(failures: &[Failure], deadline_hit: bool, total: Duration) -> GatewayError {
+    let list = failures
+        .iter()
+        .map(|f| match f.status {
+            Some(s) => format!("{}: {} ({s})", f.provider, f.reason),
+            None => format!("{}: {}", f.provider, f.reason),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let all_timeouts = !failures.is_empty() && failures.iter().all(|f| f.reason.is_timeout());
+    if deadline_hit || all_timeouts {
+        return GatewayError::new(
+            ErrorKind::UpstreamTimeout,
+            format!(
+                "no provider answered within {} ms: {}",
+                total.as_millis(),
+                if list.is_empty() {
+                    "no attempt could start"
+                } else {
+                    &list
+                }
+            ),
+        );
+    }
+    if !failures.is_empty()
+        && failures
+            .iter()
+            .all(|f| f.reason == FailoverReason::Status429)
+    {
+        let mut e = GatewayError::new(
+            ErrorKind::RateLimited,
+            format!("every provider is rate limiting: {list}"),
+        );
+        e.retry_after_s = failures.iter().filter_map(|f| f.retry_after_s).min();
+        return e;
+    }
+    GatewayError::new(
+        ErrorKind::UpstreamFailed,
+        if list.is_empty() {
+            "no provider could be tried".to_string()
+        } else {
+            format!("all providers failed: {list}")
+        },
+    )
+}
+
+/// One attempt against one provider, up to its response header.
+async fn exchange(
+    shared: &Shared,
+    provider: &Provider,
+    header: RequestHeader,
+    body: &SplicedBody,
+    budget: Duration,
+    bounded_by_deadline: bool,
+) -> Exchange {
+    let failed = |reason| Exchange::Failed {
+        reason,
+        status: None,
+        retry_after_s: None,
+    };
+    let started = Instant::now();
+    let addr = match tokio::time::timeout(
+        budget,
+        shared
+            .resolver
+            .resolve(&provider.base.host, provider.base.port),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            log::warn!("provider {}: {e}", provider.name);
+            return failed(FailoverReason::ConnectFailure);
+        }
+        Err(_) => return failed(FailoverReason::ConnectTimeout),
+    };
+    let mut peer = Box::new(HttpPeer::new(
+        addr,
+        provider.base.tls,
+        provider.base.host.clone(),
+    ));
+    let connect = provider.timeouts.connect.min(budget);
+    peer.options.connection_timeout = Some(connect);
+    peer.options.total_connection_timeout = Some(budget);
+    peer.options.verify_cert = provider.tls_verify;
+    peer.options.verify_hostname = provider.tls_verify;
+    peer.options.idle_timeout = Some(POOL_IDLE);
+
+    let mut phase = AttemptPhase::Connect;
+    let work = async {
+        let (mut up, _reused) = shared.connector.get_http_session(&*peer).await?;
+        phase = AttemptPhase::Exchange;
+        // The whole exchange is bounded by `budget` below; per-read timeouts apply to the body.
+        up.set_read_timeout(None);
+        up.write_request_header(Box::new(header)).await?;
+        for part in &body.parts {
+            if !part.is_empty() {
+                up.write_request_body(part.clone(), false).await?;
+            }
+        }
+        up.finish_request_body().await?;
+        up.read_response_header().await?;
+        Ok::<_, Box<Error>>(up)
+    };
+    let result = tokio::time::timeout(budget, work).await;
+    let ttfb = started.elapsed();
+    let mut up = match result {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            let reason = classify_error(phase, e.etype());
+            log::debug!("provider {}: {} ({e})", provider.name, reason);
+            return failed(reason);
+        }
+        Err(_) => {
+            return failed(if bounded_by_deadline {
+                FailoverReason::Deadline
+            } else if phase == AttemptPhase::Connect {
+                FailoverReason::ConnectTimeout
+            } else {
+                FailoverReason::FirstByteTimeout
+            })
+        }
+    };
+    let Some(resp) = up.response_header() else {
+        return failed(FailoverReason::Reset);
+    };
+    let status = resp.status.as_u16();
+    match classify_status(status) {
+        StatusClass::Final => {
+            up.set_read_timeout(Some(provider.timeouts.idle));
+            Exchange::Answer {
+                upstream: Box::new(up),
+                peer,
+                ttfb,
+            }
+        }
+        StatusClass::Retry(reason) => {
+            let retry_after_s = resp
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v.as_bytes()));
+            // The error body is not read; the connection is dropped rather than pooled.
+            Exchange::Failed {
+                reason,
+                status: Some(status),
+                retry_after_s,
+            }
+        }
+    }
+}
+
+/// Response headers that describe the upstream hop, not the answer.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "trailer",
+    "te",
+];
+
+/// Stream the chosen answer to the client, chunk by chunk as it arrives.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    mut upstream: Box<HttpSession>,
+    peer: Box<HttpPeer>,
+    provider: &Provider,
+    served_model: &str,
+    attempts: &str,
+    family: Family,
+) -> Result<()> {
+    let Some(up_header) = upstream.response_header() else {
+        return Error::e_explain(ErrorType::InternalError, "answer without a response header");
+    };
+    let mut resp: ResponseHeader = up_header.clone();
+    for h in HOP_BY_HOP {
+        resp.remove_header(*h);
+    }
+    let has_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+    let chunked = resp.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if !has_length && !chunked && !session.is_http2() {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    let is_sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    resp.insert_header("x-twinroute-provider", provider.name.as_str())?;
+    resp.insert_header("x-twinroute-model", served_model)?;
+    resp.insert_header("x-twinroute-attempts", attempts)?;
+    resp.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
+    session.write_response_header(Box::new(resp), false).await?;
+
+    loop {
+        match upstream.read_response_body().await {
+            Ok(Some(chunk)) => {
+                // A write error means the client left: return it, dropping the upstream
+                // connection so the provider stops generating for nobody.
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                log::warn!(
+                    "provider {} broke the response mid-body ({}); request {}",
+                    provider.name,
+                    e.etype().as_str(),
+                    ctx.request_id
+                );
+                ctx.error = Some(format!(
+                    "upstream broke mid-response: {}",
+                    e.etype().as_str()
+                ));
+                session.set_keepalive(None);
+                if is_sse {
+                    // Never a silent truncation that looks like a finished answer: end the
+                    // stream with an error event the SDKs surface as an exception.
+                    let event = stream_error_event(family, &provider.name);
+                    session.write_response_body(Some(event), true).await?;
+                    return Ok(());
+                }
+                // Close without the terminating chunk: the client sees an incomplete body.
+                return Err(e);
+            }
+        }
+    }
+    session.write_response_body(None, true).await?;
+    if upstream.response_done() {
+        shared
+            .connector
+            .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
+            .await;
+    }
+    Ok(())
+}
+
+fn stream_error_event(family: Family, provider: &str) -> Bytes {
+    let msg = format!("upstream provider {provider} ended the stream unexpectedly");
+    let text = match family {
+        Family::OpenAi => format!(
+            "data: {}\n\n",
+            serde_json::json!({"error": {"message": msg, "type": "api_error", "code": "upstream_stream_broken"}})
+        ),
+        Family::Anthropic => format!(
+            "event: error\ndata: {}\n\n",
+            serde_json::json!({"type": "error", "error": {"type": "api_error", "message": msg}})
+        ),
+    };
+    Bytes::from(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(reason: FailoverReason, retry: Option<u64>) -> Failure {
+        Failure {
+            provider: "p".into(),
+            reason,
+            status: None,
+            retry_after_s: retry,
+        }
+    }
+
+    #[test]
+    fn final_error_picks_the_status() {
+        let d = Duration::from_millis(900);
+        let e = final_error(
+            &[
+                f(FailoverReason::Status429, Some(7)),
+                f(FailoverReason::Status429, Some(3)),
+            ],
+            false,
+            d,
+        );
+        assert_eq!((e.kind, e.retry_after_s), (ErrorKind::RateLimited, Some(3)));
+        let e = final_error(
+            &[
+                f(FailoverReason::Status429, None),
+                f(FailoverReason::Status5xx, None),
+            ],
+            false,
+            d,
+        );
+        assert_eq!(e.kind, ErrorKind::UpstreamFailed);
+        assert!(
+            e.message.contains("p: status_429; p: status_5xx"),
+            "{}",
+            e.message
+        );
+        let e = final_error(&[f(FailoverReason::FirstByteTimeout, None)], false, d);
+        assert_eq!(e.kind, ErrorKind::UpstreamTimeout);
+        let e = final_error(&[f(FailoverReason::ConnectFailure, None)], true, d);
+        assert_eq!(e.kind, ErrorKind::UpstreamTimeout);
+        assert!(e.message.contains("900 ms"));
+    }
+}

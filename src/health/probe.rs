@@ -1,0 +1,143 @@
+//! The background probe service: every `probe.interval_ms` each provider gets a cheap
+//! authenticated `GET probe.path` (default `/v1/models`: no tokens spent). 2xx within
+//! `probe.timeout_ms` is up and its round trip feeds the latency EWMA; anything else is down, and
+//! routing skips the provider until a probe succeeds again.
+//!
+//! Runs as a Pingora background service with its own runtime and its own connector, off the
+//! request path.
+
+use crate::config::Provider;
+use crate::provider::build_probe;
+use crate::resolve::Resolver;
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::prelude::HttpPeer;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Largest probe response body read (model listings can be long; more is not needed).
+const MAX_PROBE_BODY: usize = 4 << 20;
+
+pub struct ProbeService {
+    shared: Arc<Shared>,
+    connector: Arc<Connector>,
+    resolver: Arc<Resolver>,
+}
+
+impl ProbeService {
+    pub fn new(shared: Arc<Shared>) -> ProbeService {
+        ProbeService {
+            shared,
+            connector: Arc::new(Connector::new(None)),
+            resolver: Arc::new(Resolver::default()),
+        }
+    }
+}
+
+/// One probe: `Ok(round trip)` on a 2xx, `Err(why)` otherwise.
+pub async fn probe_once(
+    connector: &Connector,
+    resolver: &Resolver,
+    provider: &Provider,
+) -> Result<(Duration, bytes::Bytes), String> {
+    let started = Instant::now();
+    let work = async {
+        let addr = resolver
+            .resolve(&provider.base.host, provider.base.port)
+            .await?;
+        let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+        peer.options.connection_timeout =
+            Some(provider.timeouts.connect.min(provider.probe.timeout));
+        peer.options.verify_cert = provider.tls_verify;
+        peer.options.verify_hostname = provider.tls_verify;
+        let req = build_probe(provider).map_err(|e| format!("bad probe request: {e}"))?;
+        let (mut s, _) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
+        s.write_request_header(Box::new(req))
+            .await
+            .map_err(|e| format!("write: {}", e.etype().as_str()))?;
+        s.finish_request_body()
+            .await
+            .map_err(|e| format!("write: {}", e.etype().as_str()))?;
+        s.read_response_header()
+            .await
+            .map_err(|e| format!("read: {}", e.etype().as_str()))?;
+        let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+        let rtt = started.elapsed();
+        if !(200..300).contains(&status) {
+            return Err(format!("status {status}"));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = s
+            .read_response_body()
+            .await
+            .map_err(|e| format!("read body: {}", e.etype().as_str()))?
+        {
+            if body.len() + chunk.len() > MAX_PROBE_BODY {
+                return Ok((rtt, body.freeze()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if s.response_done() {
+            connector
+                .release_http_session(s, &peer, Some(Duration::from_secs(60)))
+                .await;
+        }
+        Ok((rtt, body.freeze()))
+    };
+    match tokio::time::timeout(provider.probe.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "timeout after {} ms",
+            provider.probe.timeout.as_millis()
+        )),
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ProbeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Keyed by provider name so a config reload keeps each provider's schedule.
+        let mut next_due: HashMap<String, Instant> = HashMap::new();
+        loop {
+            let rt = self.shared.runtime.load_full();
+            let now = Instant::now();
+            let mut wake = now + Duration::from_secs(1);
+            for p in rt.config.providers.iter().filter(|p| p.probe.enabled) {
+                let due = *next_due.entry(p.name.clone()).or_insert(now);
+                if due <= now {
+                    next_due.insert(p.name.clone(), now + p.probe.interval);
+                    wake = wake.min(now + p.probe.interval);
+                    let (rt, p, connector, resolver) = (
+                        rt.clone(),
+                        p.clone(),
+                        self.connector.clone(),
+                        self.resolver.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let result = probe_once(&connector, &resolver, &p)
+                            .await
+                            .map(|(rtt, _)| rtt);
+                        if let Err(e) = &result {
+                            log::warn!("probe of {} failed: {e}", p.name);
+                        }
+                        rt.health.on_probe(p.id, result, Instant::now());
+                    });
+                } else {
+                    wake = wake.min(due);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The `twinroute` command line: `run`, `check`, `demo`.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use twinroute::api::Endpoint;
+use twinroute::config::{self, Config};
+use twinroute::route::{self, NoHealth, RequestConstraints};
+
+#[derive(Parser)]
+#[command(
+    name = "twinroute",
+    version,
+    about = "Keeps LLM API calls alive across providers: a localhost egress proxy built on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short)]
+        config: String,
+    },
+    /// Validate a config and print the routing table it produces.
+    Check {
+        #[arg(long, short)]
+        config: String,
+    },
+    /// Run the proxy on built-in mock providers (one failing) and show failover. No API key needed.
+    Demo,
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+fn print_table(cfg: &Config) {
+    println!(
+        "config OK: {} providers, {} models",
+        cfg.providers.len(),
+        cfg.catalog.models().len()
+    );
+    println!("\nproviders:");
+    for p in &cfg.providers {
+        println!(
+            "  {:<14} api={:<9} {}://{}:{}{}  region={}  key={}",
+            p.name,
+            p.api.as_str(),
+            if p.base.tls { "https" } else { "http" },
+            p.base.host,
+            p.base.port,
+            p.base.path,
+            p.region.as_deref().unwrap_or("-"),
+            match &p.key_env {
+                Some(v) => format!("${v} (set)"),
+                None => "none".into(),
+            },
+        );
+    }
+    println!("\nmodels (candidate order with every provider healthy):");
+    for (i, m) in cfg.catalog.models().iter().enumerate() {
+        let aliases = if m.aliases.is_empty() {
+            String::new()
+        } else {
+            format!(" aliases={}", m.aliases.join(","))
+        };
+        println!(
+            "  {}{}  strategy={} max_attempts={}",
+            m.name,
+            aliases,
+            m.policy.strategy.as_str(),
+            m.policy.max_attempts
+        );
+        for endpoint in [Endpoint::ChatCompletions, Endpoint::Messages] {
+            let Ok(cands) = route::candidates(
+                i,
+                m,
+                &cfg.providers,
+                endpoint,
+                &RequestConstraints::default(),
+                &NoHealth,
+            ) else {
+                continue;
+            };
+            for (n, c) in cands.iter().enumerate() {
+                let p = &cfg.providers[c.provider];
+                let o = &m.offerings[c.offering];
+                let price = o
+                    .price
+                    .map(|p| format!("${}/${} per Mtok", p.input_per_mtok, p.output_per_mtok))
+                    .unwrap_or_else(|| "no price".into());
+                println!(
+                    "    {}. {:<12} {:<50} {}  POST {}",
+                    n + 1,
+                    p.name,
+                    o.model_id,
+                    price,
+                    twinroute::provider::upstream_path(p, endpoint, &o.model_id)
+                );
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            let cfg = match config::load_file(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("twinroute: invalid config {config}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            log::info!(
+                "twinroute {} starting: {} providers, {} models, listening on {} (admin {})",
+                env!("CARGO_PKG_VERSION"),
+                cfg.providers.len(),
+                cfg.catalog.models().len(),
+                cfg.listen,
+                cfg.admin_listen
+            );
+            let (server, _shared) = twinroute::server::build(cfg);
+            server.run_forever()
+        }
+        Command::Check { config } => match config::load_file(&config) {
+            Ok(c) => {
+                print_table(&c);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("twinroute: invalid config {config}: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Demo => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            let code = twinroute::demo::run();
+            // The proxy runs on its own threads until the process ends.
+            std::process::exit(code)
+        }
+    }
+}

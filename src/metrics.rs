@@ -1,0 +1,164 @@
+//! Prometheus metrics. One registry per process, rendered by the admin listener.
+//!
+//! Label values are bounded: canonical model names and provider names from the config, status
+//! codes and `FailoverReason` names; never a client-sent string.
+
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub attempts: IntCounterVec,
+    pub failovers: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_ttfb: HistogramVec,
+    pub provider_healthy: IntGaugeVec,
+    pub breaker_state: IntGaugeVec,
+    pub probe_latency: GaugeVec,
+    pub tokens: IntCounterVec,
+    pub cost_usd: CounterVec,
+    pub in_flight: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "twinroute_requests_total",
+            "Client requests by canonical model, serving provider and status",
+        ),
+        &["model", "provider", "status"],
+    )?;
+    let attempts = IntCounterVec::new(
+        Opts::new(
+            "twinroute_upstream_attempts_total",
+            "Upstream attempts by provider and outcome",
+        ),
+        &["provider", "outcome"],
+    )?;
+    let failovers = IntCounterVec::new(
+        Opts::new(
+            "twinroute_failovers_total",
+            "Moves from one provider to the next, with the reason",
+        ),
+        &["model", "from_provider", "to_provider", "reason"],
+    )?;
+    let request_duration = HistogramVec::new(
+        HistogramOpts::new(
+            "twinroute_request_duration_seconds",
+            "Whole request time as the client saw it",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["model", "provider"],
+    )?;
+    let upstream_ttfb = HistogramVec::new(
+        HistogramOpts::new(
+            "twinroute_upstream_ttfb_seconds",
+            "Time to the upstream response header",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["model", "provider"],
+    )?;
+    let provider_healthy = IntGaugeVec::new(
+        Opts::new(
+            "twinroute_provider_healthy",
+            "1 when the provider takes traffic",
+        ),
+        &["provider"],
+    )?;
+    let breaker_state = IntGaugeVec::new(
+        Opts::new(
+            "twinroute_breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+        ),
+        &["provider"],
+    )?;
+    let probe_latency = GaugeVec::new(
+        Opts::new("twinroute_probe_latency_seconds", "Probe round-trip EWMA"),
+        &["provider"],
+    )?;
+    let tokens = IntCounterVec::new(
+        Opts::new(
+            "twinroute_tokens_total",
+            "Tokens reported in responses' usage",
+        ),
+        &["model", "provider", "kind"],
+    )?;
+    let cost_usd = CounterVec::new(
+        Opts::new(
+            "twinroute_cost_usd_total",
+            "Spend computed from usage and list prices",
+        ),
+        &["model", "provider"],
+    )?;
+    let in_flight = IntGaugeVec::new(
+        Opts::new(
+            "twinroute_in_flight_requests",
+            "Client requests being served",
+        ),
+        &["endpoint"],
+    )?;
+    registry.register(Box::new(requests.clone()))?;
+    registry.register(Box::new(attempts.clone()))?;
+    registry.register(Box::new(failovers.clone()))?;
+    registry.register(Box::new(request_duration.clone()))?;
+    registry.register(Box::new(upstream_ttfb.clone()))?;
+    registry.register(Box::new(provider_healthy.clone()))?;
+    registry.register(Box::new(breaker_state.clone()))?;
+    registry.register(Box::new(probe_latency.clone()))?;
+    registry.register(Box::new(tokens.clone()))?;
+    registry.register(Box::new(cost_usd.clone()))?;
+    registry.register(Box::new(in_flight.clone()))?;
+    Ok(Metrics {
+        registry,
+        requests,
+        attempts,
+        failovers,
+        request_duration,
+        upstream_ttfb,
+        provider_healthy,
+        breaker_state,
+        probe_latency,
+        tokens,
+        cost_usd,
+        in_flight,
+    })
+}
+
+/// The process-wide metrics. Construction only fails on a duplicate or malformed metric name,
+/// which is a programming error caught by the unit test below.
+pub static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().unwrap_or_else(|e| panic!("metric definitions are invalid: {e}")));
+
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::new();
+    let families = METRICS.registry.gather();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        log::warn!("metrics encoding failed: {e}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn definitions_are_valid_and_render() {
+        super::build().unwrap();
+        super::METRICS
+            .requests
+            .with_label_values(&["m", "p", "200"])
+            .inc();
+        let text = String::from_utf8(super::render()).unwrap();
+        assert!(
+            text.contains("twinroute_requests_total{model=\"m\",provider=\"p\",status=\"200\"} 1")
+        );
+    }
+}

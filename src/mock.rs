@@ -1,0 +1,460 @@
+//! Built-in mock LLM providers: real HTTP/1.1 servers on loopback (hyper) that speak the OpenAI
+//! and Anthropic wire formats and can be told to fail in every way a real provider fails:
+//! error statuses (with Retry-After), hanging, resetting the connection, a slow first byte, a
+//! stream that dies halfway. They record every request they receive, so tests and the demo can
+//! show exactly what crossed the wire.
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// How the mock answers a completion request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behavior {
+    /// A normal answer (an SSE stream when the request has `"stream": true`).
+    Ok,
+    /// An error status with a JSON body and optional `Retry-After` seconds.
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<u64>,
+    },
+    /// Accept and read the request, never answer.
+    Hang,
+    /// Close the connection without any response.
+    Reset,
+    /// Answer normally after this delay.
+    Delay(Duration),
+    /// Start an SSE stream, send this many chunks, then cut the connection.
+    StreamThenDie { chunks: usize },
+}
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    name: String,
+    behavior: Behavior,
+    /// One-shot behaviours used before `behavior`, in order.
+    queue: VecDeque<Behavior>,
+    requests: Vec<Recorded>,
+    probe_status: u16,
+    probe_delay: Duration,
+    models: Vec<String>,
+    sse_chunks: usize,
+    sse_interval: Duration,
+}
+
+/// A running mock provider. Dropping it does not stop it; call `stop`.
+#[derive(Clone)]
+pub struct MockProvider {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    connections: Arc<AtomicUsize>,
+    open_connections: Arc<AtomicUsize>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+type MockBody = BoxBody<Bytes, std::io::Error>;
+
+/// A response body fed from a channel; an `Err` item aborts the connection mid-body.
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> MockBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Counts a connection as open until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl MockProvider {
+    /// Start a mock on 127.0.0.1 with an OS-assigned port, on the current tokio runtime.
+    pub async fn start(name: &str) -> std::io::Result<MockProvider> {
+        Self::start_on("127.0.0.1:0".parse().map_err(std::io::Error::other)?, name).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, name: &str) -> std::io::Result<MockProvider> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let mock = MockProvider {
+            addr,
+            state: Arc::new(Mutex::new(State {
+                name: name.to_string(),
+                behavior: Behavior::Ok,
+                queue: VecDeque::new(),
+                requests: Vec::new(),
+                probe_status: 200,
+                probe_delay: Duration::ZERO,
+                models: Vec::new(),
+                sse_chunks: 5,
+                sse_interval: Duration::from_millis(10),
+            })),
+            connections: Arc::new(AtomicUsize::new(0)),
+            open_connections: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(tokio::sync::Notify::new()),
+        };
+        let m = mock.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = m.stop.notified() => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                m.connections.fetch_add(1, Ordering::SeqCst);
+                m.open_connections.fetch_add(1, Ordering::SeqCst);
+                let guard = OpenGuard(m.open_connections.clone());
+                let m2 = m.clone();
+                let stop = m.stop.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let svc = service_fn(move |req| {
+                        let m3 = m2.clone();
+                        async move { m3.handle(req).await }
+                    });
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.notified() => {}
+                    }
+                });
+            }
+        });
+        Ok(mock)
+    }
+
+    /// Stop accepting and close every open connection: afterwards the port refuses connections.
+    pub fn stop(&self) {
+        self.stop.notify_waiters();
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_behavior(&self, b: Behavior) {
+        self.lock().behavior = b;
+    }
+
+    /// Use `b` for the next request only (queued after earlier one-shots).
+    pub fn push_once(&self, b: Behavior) {
+        self.lock().queue.push_back(b);
+    }
+
+    pub fn set_probe_status(&self, status: u16) {
+        self.lock().probe_status = status;
+    }
+
+    pub fn set_probe_delay(&self, d: Duration) {
+        self.lock().probe_delay = d;
+    }
+
+    pub fn set_models(&self, models: &[&str]) {
+        self.lock().models = models.iter().map(|s| s.to_string()).collect();
+    }
+
+    pub fn set_stream(&self, chunks: usize, interval: Duration) {
+        let mut s = self.lock();
+        s.sse_chunks = chunks;
+        s.sse_interval = interval;
+    }
+
+    /// Requests received, probes excluded.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.method != "GET")
+            .cloned()
+            .collect()
+    }
+
+    /// Probe (GET) requests received.
+    pub fn probes(&self) -> Vec<Recorded> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.method == "GET")
+            .cloned()
+            .collect()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests().len()
+    }
+
+    pub fn clear(&self) {
+        self.lock().requests.clear();
+    }
+
+    pub fn connections_accepted(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn connections_open(&self) -> usize {
+        self.open_connections.load(Ordering::SeqCst)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<MockBody>, std::io::Error> {
+        let method = req.method().to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes()
+            .to_vec();
+        let recorded = Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            headers,
+            body,
+        };
+        let parsed = recorded.json();
+        let (behavior, name, probe, models, sse) = {
+            let mut s = self.lock();
+            s.requests.push(recorded);
+            let b = if method == "GET" {
+                Behavior::Ok
+            } else {
+                s.queue.pop_front().unwrap_or_else(|| s.behavior.clone())
+            };
+            (
+                b,
+                s.name.clone(),
+                (s.probe_status, s.probe_delay),
+                s.models.clone(),
+                (s.sse_chunks, s.sse_interval),
+            )
+        };
+        if method == "GET" {
+            tokio::time::sleep(probe.1).await;
+            let data: Vec<Value> = models
+                .iter()
+                .map(|m| json!({"id": m, "object": "model"}))
+                .collect();
+            return Ok(Response::builder()
+                .status(probe.0)
+                .header("content-type", "application/json")
+                .body(full(json!({"object": "list", "data": data}).to_string()))
+                .map_err(std::io::Error::other)?);
+        }
+        let model = parsed["model"].as_str().unwrap_or("unknown").to_string();
+        let stream = parsed["stream"].as_bool().unwrap_or(false);
+        let anthropic = path.contains("/messages");
+        match behavior {
+            Behavior::Ok => Ok(answer(&name, &model, &path, anthropic, stream, sse, None)),
+            Behavior::Delay(d) => {
+                tokio::time::sleep(d).await;
+                Ok(answer(&name, &model, &path, anthropic, stream, sse, None))
+            }
+            Behavior::StreamThenDie { chunks } => Ok(answer(
+                &name,
+                &model,
+                &path,
+                anthropic,
+                true,
+                sse,
+                Some(chunks),
+            )),
+            Behavior::Status {
+                status,
+                body,
+                retry_after,
+            } => {
+                let mut r = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .header("x-mock-provider", name);
+                if let Some(s) = retry_after {
+                    r = r.header("retry-after", s.to_string());
+                }
+                r.body(full(body)).map_err(std::io::Error::other)
+            }
+            Behavior::Hang => {
+                std::future::pending::<()>().await;
+                Err(std::io::Error::other("unreachable"))
+            }
+            Behavior::Reset => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "mock reset",
+            )),
+        }
+    }
+}
+
+fn answer(
+    name: &str,
+    model: &str,
+    path: &str,
+    anthropic: bool,
+    stream: bool,
+    (chunks, interval): (usize, Duration),
+    die_after: Option<usize>,
+) -> Response<MockBody> {
+    let text = format!("hello from {name}");
+    if !stream {
+        let v = if anthropic {
+            json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                   "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                   "usage": {"input_tokens": 12, "output_tokens": 5}})
+        } else if path.ends_with("/embeddings") {
+            json!({"object": "list", "model": model,
+                   "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                   "usage": {"prompt_tokens": 12, "total_tokens": 12}})
+        } else {
+            json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}})
+        };
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("x-mock-provider", name)
+            .body(full(v.to_string()))
+            .unwrap_or_else(|_| Response::new(full("")));
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let model = model.to_string();
+    tokio::spawn(async move {
+        let events = sse_events(&model, anthropic, chunks);
+        let total = events.len();
+        for (i, ev) in events.into_iter().enumerate() {
+            if let Some(n) = die_after {
+                if i == n.min(total) {
+                    let _ = tx
+                        .send(Err(std::io::Error::other("mock stream died")))
+                        .await;
+                    return;
+                }
+            }
+            if tx.send(Ok(Bytes::from(ev))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .header("x-mock-provider", name)
+        .body(BoxBody::new(ChannelBody(rx)))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// The events of a streamed answer with `chunks` content deltas, ending with usage and the
+/// format's end marker.
+pub fn sse_events(model: &str, anthropic: bool, chunks: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(chunks + 4);
+    if anthropic {
+        out.push(format!(
+            "event: message_start\ndata: {}\n\n",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}})
+        ));
+        for i in 0..chunks {
+            out.push(format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("tok{i} ")}})
+            ));
+        }
+        out.push(format!(
+            "event: message_delta\ndata: {}\n\n",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": chunks}})
+        ));
+        out.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
+    } else {
+        for i in 0..chunks {
+            out.push(format!(
+                "data: {}\n\n",
+                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model, "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]})
+            ));
+        }
+        out.push(format!(
+            "data: {}\n\n",
+            json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": chunks, "total_tokens": 12 + chunks}})
+        ));
+        out.push("data: [DONE]\n\n".to_string());
+    }
+    out
+}
+
+/// A loopback address nothing listens on: connections to it are refused.
+pub fn refused_addr() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let a = l.local_addr()?;
+    drop(l);
+    Ok(a)
+}

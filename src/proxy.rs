@@ -1,0 +1,332 @@
+//! The Pingora `ProxyHttp` implementation: parses and validates the client request, resolves
+//! the model, asks `route` for candidates and hands them to `forward`'s attempt loop.
+//!
+//! Everything happens in `request_filter`, which answers the request itself and returns
+//! `Ok(true)`: Pingora 0.9 can replay a request body to a second upstream only from a 64 KiB
+//! buffer, and LLM prompts are larger, so twinroute owns the attempt loop (see
+//! docs in PINGORA-NOTES and `forward`). Pingora still provides the listener, HTTP parsing,
+//! upstream connection pools, TLS, and graceful shutdown.
+
+use crate::access_log::RequestLog;
+use crate::api::{Endpoint, Family};
+use crate::body::RequestBody;
+use crate::config::Strategy;
+use crate::errors::{ErrorKind, GatewayError};
+use crate::forward;
+use crate::metrics::METRICS;
+use crate::route::{self, RequestConstraints};
+use crate::state::Shared;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const HDR_PROVIDER: &str = "x-twinroute-provider";
+pub const HDR_STRATEGY: &str = "x-twinroute-strategy";
+pub const HDR_REGION: &str = "x-twinroute-region";
+
+/// How long a client may pause while sending its body.
+const CLIENT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    request_seq: AtomicU64,
+    id_prefix: u32,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>) -> Proxy {
+        Proxy {
+            shared,
+            request_seq: AtomicU64::new(0),
+            id_prefix: rand::random(),
+        }
+    }
+}
+
+/// Outcome of `handle`: an error twinroute answers itself, or done (response already written).
+enum Handled {
+    Reject(GatewayError),
+    Done,
+}
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+) -> Result<std::result::Result<Bytes, GatewayError>> {
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds max_body_bytes ({limit} bytes)"),
+        )
+    };
+    if let Some(len) = header_str(session, "content-length").and_then(|v| v.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Ok(Err(too_large()));
+        }
+    }
+    if session
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await?;
+    }
+    session.set_read_timeout(Some(CLIENT_BODY_READ_TIMEOUT));
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if buf.len() + chunk.len() > limit {
+            return Ok(Err(too_large()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+impl Proxy {
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<Handled> {
+        let rt = self.shared.runtime.load_full();
+        let cfg = &rt.config;
+        let path = session.req_header().uri.path().to_string();
+        let Some(endpoint) = Endpoint::from_path(&path) else {
+            return Ok(Handled::Reject(GatewayError::new(
+                ErrorKind::NotFound,
+                format!("unknown path {path:?}; twinroute serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and /v1/messages"),
+            )));
+        };
+        ctx.endpoint = endpoint.as_str();
+        if session.req_header().method != http::Method::POST {
+            return Ok(Handled::Reject(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!(
+                    "{} is not allowed on {path}; use POST",
+                    session.req_header().method
+                ),
+            )));
+        }
+        if let Some(enc) = header_str(session, "content-encoding") {
+            if !enc.eq_ignore_ascii_case("identity") {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::UnsupportedMediaType,
+                    format!("Content-Encoding {enc:?} is not supported; send the JSON body uncompressed"),
+                )));
+            }
+        }
+        let raw = match read_body(session, cfg.max_body_bytes).await? {
+            Ok(b) => b,
+            Err(e) => return Ok(Handled::Reject(e)),
+        };
+        let body = match RequestBody::parse(raw) {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    e.message(),
+                )))
+            }
+        };
+        ctx.requested_model = Some(body.model.clone());
+        ctx.stream = body.stream;
+
+        let mut constraints = RequestConstraints::default();
+        if let Some(name) = header_str(session, HDR_PROVIDER) {
+            match cfg.provider_by_name(name) {
+                Some(p) => constraints.pin = Some(p.id),
+                None => {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{HDR_PROVIDER}: unknown provider {:?}", truncate(name)),
+                    )))
+                }
+            }
+        }
+        if let Some(s) = header_str(session, HDR_STRATEGY) {
+            match Strategy::parse(s) {
+                Some(s) => constraints.strategy = Some(s),
+                None => {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{HDR_STRATEGY}: unknown strategy {:?} (ordered, prefer_cost or prefer_latency)", truncate(s)),
+                    )))
+                }
+            }
+        }
+        if let Some(r) = header_str(session, HDR_REGION) {
+            constraints.region = Some(r.to_string());
+        }
+
+        let Some(model_id) = cfg.catalog.resolve(&body.model) else {
+            return Ok(Handled::Reject(GatewayError::new(
+                ErrorKind::ModelNotFound,
+                format!(
+                    "model {:?} is not in twinroute's model map",
+                    truncate(&body.model)
+                ),
+            )));
+        };
+        let model = cfg.catalog.model(model_id);
+        ctx.model = Some(model.name.clone());
+        let candidates = match route::candidates(
+            model_id,
+            model,
+            &cfg.providers,
+            endpoint,
+            &constraints,
+            &rt.health,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    e.message(&model.name, endpoint),
+                )))
+            }
+        };
+        let plan = forward::Plan {
+            endpoint,
+            model: model_id,
+            candidates,
+            policy: model.policy.clone(),
+            pinned: constraints.pin.is_some(),
+        };
+        forward::run(&self.shared, &rt, session, ctx, &plan, &body).await?;
+        Ok(Handled::Done)
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn family_of(session: &Session) -> Family {
+    Endpoint::from_path(session.req_header().uri.path())
+        .map(Endpoint::family)
+        .unwrap_or(Family::OpenAi)
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestLog;
+
+    fn new_ctx(&self) -> RequestLog {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        RequestLog::new(format!("{:08x}{:08x}", self.id_prefix, n))
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<bool> {
+        let in_flight = METRICS.in_flight.with_label_values(&["all"]);
+        in_flight.inc();
+        let result = self.handle(session, ctx).await;
+        in_flight.dec();
+        match result? {
+            Handled::Done => Ok(true),
+            Handled::Reject(e) => {
+                ctx.status = e.kind.status();
+                ctx.error = Some(e.message.clone());
+                // The body may be unread (413, early rejections): the connection cannot be reused.
+                session.set_keepalive(None);
+                let id = ctx.request_id.clone();
+                e.send(
+                    session,
+                    family_of(session),
+                    &[("x-twinroute-request-id", id)],
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestLog,
+    ) -> Result<Box<HttpPeer>> {
+        // Never reached: request_filter answers every request.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "twinroute forwards from request_filter",
+        )
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestLog,
+    ) -> pingora::proxy::FailToProxy {
+        // Only downstream I/O errors and Pingora-level failures get here. Once a response has
+        // started nothing more can be said; otherwise answer in the client's API format.
+        let code = if session.response_written().is_some() {
+            0
+        } else if matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        ) && e.esource() == &ErrorSource::Downstream
+        {
+            0
+        } else {
+            let g = match e.etype() {
+                ErrorType::ReadTimedout => GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    "timed out reading the request body",
+                ),
+                ErrorType::InvalidHTTPHeader => {
+                    GatewayError::new(ErrorKind::InvalidRequest, "malformed request")
+                }
+                _ => GatewayError::new(ErrorKind::InvalidRequest, "could not read the request"),
+            };
+            let _ = g.send(session, family_of(session), &[]).await;
+            g.kind.status()
+        };
+        if ctx.status == 0 {
+            ctx.status = code;
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestLog, e: &Error) -> bool {
+        // A client hanging up is not an error of ours; the access log records it.
+        e.esource() == &ErrorSource::Downstream
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestLog) {
+        ctx.latency_ms = ctx.start.elapsed().as_millis() as u64;
+        let fmt = self.shared.runtime.load().config.log_format;
+        log::info!(target: "twinroute::access", "{}", ctx.render(fmt));
+        let model = ctx.model.as_deref().unwrap_or("");
+        let provider = ctx.provider.as_deref().unwrap_or("");
+        METRICS
+            .requests
+            .with_label_values(&[model, provider, &ctx.status.to_string()])
+            .inc();
+        if !model.is_empty() {
+            METRICS
+                .request_duration
+                .with_label_values(&[model, provider])
+                .observe(ctx.start.elapsed().as_secs_f64());
+        }
+    }
+}

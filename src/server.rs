@@ -1,0 +1,99 @@
+//! Assembling the Pingora server: the data-plane proxy service, the admin service, and the
+//! background services (readiness, probes).
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Marks the process ready once the data-plane listener accepts connections.
+struct Readiness {
+    shared: Arc<Shared>,
+    listen: String,
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            if tokio::net::TcpStream::connect(&self.listen).await.is_ok() {
+                self.shared.ready.store(true, Ordering::Relaxed);
+                log::info!("twinroute ready: data plane on {}", self.listen);
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        let _ = shutdown.changed().await;
+        self.shared.ready.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Build a server for `config`. The returned `Shared` is what the admin API and tests observe.
+pub fn build(config: Config) -> (Server, Arc<Shared>) {
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(5),
+        // Per-process paths: several instances (tests, sidecars sharing /tmp) must not collide.
+        pid_file: std::env::temp_dir()
+            .join(format!("twinroute-{}.pid", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("twinroute-upgrade-{}.sock", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        ..ServerConf::default()
+    };
+    let listen = config.listen.clone();
+    let admin_listen = config.admin_listen.clone();
+    let threads = config.threads;
+    let shared = Shared::new(config);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy::new(shared.clone()),
+        "twinroute data plane",
+    );
+    proxy.add_tcp(&listen);
+    proxy.threads = Some(threads);
+
+    let mut admin = Service::new(
+        "twinroute admin".to_string(),
+        Admin {
+            shared: shared.clone(),
+        },
+    );
+    admin.add_tcp(&admin_listen);
+    admin.threads = Some(1);
+
+    let readiness = background_service(
+        "readiness",
+        Readiness {
+            shared: shared.clone(),
+            listen: listen.clone(),
+        },
+    );
+    let probes = background_service(
+        "probes",
+        crate::health::probe::ProbeService::new(shared.clone()),
+    );
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(readiness);
+    server.add_service(probes);
+    (server, shared)
+}

@@ -1,0 +1,41 @@
+//! State shared by every request and background service: the current config with its health
+//! table (swapped together as one unit), the upstream connector and its pools, readiness.
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::resolve::Resolver;
+use arc_swap::ArcSwap;
+use pingora::connectors::http::Connector;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// A config and the health table built for its providers (indexes match).
+pub struct Runtime {
+    pub config: Config,
+    pub health: Health,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Runtime {
+        let health = Health::new(&config.providers);
+        Runtime { config, health }
+    }
+}
+
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub connector: Connector,
+    pub resolver: Resolver,
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Shared> {
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            connector: Connector::new(None),
+            resolver: Resolver::default(),
+            ready: AtomicBool::new(false),
+        })
+    }
+}
