@@ -305,11 +305,11 @@ impl MockProvider {
                 .iter()
                 .map(|m| json!({"id": m, "object": "model"}))
                 .collect();
-            return Ok(Response::builder()
+            return Response::builder()
                 .status(probe.0)
                 .header("content-type", "application/json")
                 .body(full(json!({"object": "list", "data": data}).to_string()))
-                .map_err(std::io::Error::other)?);
+                .map_err(std::io::Error::other);
         }
         let model = parsed["model"].as_str().unwrap_or("unknown").to_string();
         let stream = parsed["stream"].as_bool().unwrap_or(false);

@@ -146,13 +146,22 @@ impl Proxy {
 
         let mut constraints = RequestConstraints::default();
         if let Some(name) = header_str(session, HDR_PROVIDER) {
-            match cfg.provider_by_name(name) {
+            let name = name.to_string();
+            match cfg.provider_by_name(&name) {
                 Some(p) => constraints.pin = Some(p.id),
                 None => {
                     return Ok(Handled::Reject(GatewayError::new(
                         ErrorKind::InvalidRequest,
-                        format!("{HDR_PROVIDER}: unknown provider {:?}", truncate(name)),
-                    )))
+                        // The value is not echoed: clients have pasted keys into headers before.
+                        format!(
+                            "{HDR_PROVIDER} names no configured provider; configured: {}",
+                            cfg.providers
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )));
                 }
             }
         }
@@ -276,13 +285,11 @@ impl ProxyHttp for Proxy {
     ) -> pingora::proxy::FailToProxy {
         // Only downstream I/O errors and Pingora-level failures get here. Once a response has
         // started nothing more can be said; otherwise answer in the client's API format.
-        let code = if session.response_written().is_some() {
-            0
-        } else if matches!(
+        let client_gone = matches!(
             e.etype(),
             ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-        ) && e.esource() == &ErrorSource::Downstream
-        {
+        ) && e.esource() == &ErrorSource::Downstream;
+        let code = if session.response_written().is_some() || client_gone {
             0
         } else {
             let g = match e.etype() {

@@ -10,9 +10,12 @@ use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
 
+/// (host, port) → (addresses, when resolved).
+type Cache = HashMap<(String, u16), (Vec<SocketAddr>, Instant)>;
+
 #[derive(Default)]
 pub struct Resolver {
-    cache: Mutex<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    cache: Mutex<Cache>,
 }
 
 impl Resolver {
@@ -39,9 +42,7 @@ impl Resolver {
         Ok(first)
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, u16), (Vec<SocketAddr>, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -593,10 +593,8 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             }
             let price = match &o.price {
                 Some(p) => {
-                    if !(p.input_per_mtok >= 0.0 && p.output_per_mtok >= 0.0)
-                        || !p.input_per_mtok.is_finite()
-                        || !p.output_per_mtok.is_finite()
-                    {
+                    let valid = |v: f64| v.is_finite() && v >= 0.0;
+                    if !valid(p.input_per_mtok) || !valid(p.output_per_mtok) {
                         return Err(err(format!("{opath}.price"), "prices must be >= 0"));
                     }
                     Some(Price {

@@ -1,0 +1,134 @@
+//! Black-box harness: starts the real `twinroute` binary with a generated config against mock
+//! providers on loopback, and captures everything it prints.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use twinroute::client;
+
+pub use twinroute::mock::{refused_addr, Behavior, MockProvider};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+pub struct Twinroute {
+    child: Child,
+    pub base: String,
+    pub admin: String,
+    pub log_path: PathBuf,
+    pub config_path: PathBuf,
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "twinroute-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) * 1_000_003 + free_port() as u64
+}
+
+impl Twinroute {
+    /// Start twinroute with `body` (providers/models/policy YAML); listen addresses are added.
+    pub async fn start(body: &str, env: &[(&str, &str)]) -> Twinroute {
+        let dir = scratch_dir();
+        let listen = free_port();
+        let admin = free_port();
+        let yaml = format!("listen: \"127.0.0.1:{listen}\"\nadmin_listen: \"127.0.0.1:{admin}\"\nthreads: 2\ngrace_period_s: 1\n{body}");
+        let config_path = dir.join("twinroute.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let log_path = dir.join("twinroute.log");
+        let log = std::fs::File::create(&log_path).expect("create log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinroute"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn twinroute");
+        let t = Twinroute {
+            child,
+            base: format!("http://127.0.0.1:{listen}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            log_path,
+            config_path,
+        };
+        for _ in 0..500 {
+            if let Ok(r) = client::get(&format!("{}/readyz", t.admin)).await {
+                if r.status == 200 {
+                    return t;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("twinroute did not become ready; log:\n{}", t.logs());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn chat(&self, body: &serde_json::Value, headers: &[(&str, &str)]) -> client::Reply {
+        client::post_json(&self.url("/v1/chat/completions"), headers, body)
+            .await
+            .expect("request reached twinroute")
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        client::get(&format!("{}/status", self.admin))
+            .await
+            .expect("status")
+            .json()
+    }
+
+    pub async fn metrics(&self) -> String {
+        client::get(&format!("{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Twinroute {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A provider entry for the YAML, with short timeouts so failure tests stay fast.
+pub fn provider(name: &str, base_url: &str, extra: &str) -> String {
+    format!(
+        "  - {{name: {name}, api: openai, base_url: \"{base_url}\", timeouts: {{connect_ms: 300, first_byte_ms: 400}}, probe: {{enabled: false}}{extra}}}\n"
+    )
+}
+
+pub fn chat_body(model: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
