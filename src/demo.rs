@@ -16,6 +16,9 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// The demo's config: `conf/demo.yaml` with the mocks' and listeners' real ports put in.
+const DEMO_YAML: &str = include_str!("../conf/demo.yaml");
+
 fn demo_config(
     alpha: &MockProvider,
     beta: &MockProvider,
@@ -23,49 +26,12 @@ fn demo_config(
     listen: u16,
     admin: u16,
 ) -> String {
-    format!(
-        r#"
-listen: "127.0.0.1:{listen}"
-admin_listen: "127.0.0.1:{admin}"
-threads: 2
-providers:
-  - name: alpha
-    api: openai
-    base_url: "{a}"
-    api_key_env: DEMO_ALPHA_KEY
-    region: us
-    timeouts: {{connect_ms: 200, first_byte_ms: 2000}}
-    probe: {{enabled: false}}
-  - name: beta
-    api: openai
-    base_url: "{b}/v1"
-    api_key_env: DEMO_BETA_KEY
-    region: eu
-    timeouts: {{connect_ms: 200, first_byte_ms: 2000}}
-    probe: {{enabled: false}}
-  - name: claude
-    api: anthropic
-    base_url: "{c}"
-    api_key_env: DEMO_CLAUDE_KEY
-    probe: {{enabled: false}}
-models:
-  - name: llama-3.3-70b
-    aliases: [llama3.3-70b]
-    offerings:
-      - {{provider: alpha, model: "meta-llama/Llama-3.3-70B-Instruct-Turbo", price: {{input_per_mtok: 0.88, output_per_mtok: 0.88}}}}
-      - {{provider: beta, model: "llama-3.3-70b-versatile", price: {{input_per_mtok: 0.59, output_per_mtok: 0.79}}}}
-  - name: claude-haiku-4-5
-    offerings:
-      - {{provider: claude, model: "claude-haiku-4-5-20251001", price: {{input_per_mtok: 1, output_per_mtok: 5}}}}
-policy:
-  strategy: ordered
-  max_attempts: 3
-  backoff: {{base_ms: 10, max_ms: 100}}
-"#,
-        a = alpha.base_url(),
-        b = beta.base_url(),
-        c = claude.base_url(),
-    )
+    DEMO_YAML
+        .replace("127.0.0.1:18081", &alpha.addr.to_string())
+        .replace("127.0.0.1:18082", &beta.addr.to_string())
+        .replace("127.0.0.1:18083", &claude.addr.to_string())
+        .replace("127.0.0.1:4000", &format!("127.0.0.1:{listen}"))
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{admin}"))
 }
 
 fn show(title: &str, r: &client::Reply) {

@@ -297,6 +297,9 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
     build(file, env)
 }
 
+/// The GA Azure OpenAI data-plane version most SDKs default to.
+const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+
 fn nonzero_ms(path: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
     match v {
         Some(0) => Err(err(path, "must be greater than 0")),
@@ -395,6 +398,14 @@ fn build_provider(
         }
     };
     let base = UpstreamBase::parse(&p.base_url).map_err(|r| err(format!("{path}.base_url"), r))?;
+    if let Some(v) = &p.api_version {
+        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(err(
+                format!("{path}.api_version"),
+                "use letters, digits and '-' only",
+            ));
+        }
+    }
     let key = match &p.api_key_env {
         Some(var) => match env.get(var) {
             Some(v) if !v.is_empty() => {
@@ -437,9 +448,21 @@ fn build_provider(
     let pr = p.probe.as_ref();
     let probe = ProbeConf {
         enabled: pr.and_then(|p| p.enabled).unwrap_or(true),
-        path: pr
-            .and_then(|p| p.path.clone())
-            .unwrap_or_else(|| "/v1/models".to_string()),
+        path: match pr.and_then(|p| p.path.clone()) {
+            Some(path) => path,
+            // The model listing under the provider's API root: cheap, authenticated, no tokens.
+            None => match api {
+                ApiKind::Azure => format!(
+                    "{}/openai/models?api-version={}",
+                    base.path,
+                    p.api_version
+                        .as_deref()
+                        .unwrap_or(DEFAULT_AZURE_API_VERSION)
+                ),
+                _ if base.path.is_empty() => "/v1/models".to_string(),
+                _ => format!("{}/models", base.path),
+            },
+        },
         interval: nonzero_ms(
             &format!("{path}.probe.interval_ms"),
             pr.and_then(|p| p.interval_ms),
@@ -502,7 +525,9 @@ fn build_provider(
         anthropic_version: p
             .anthropic_version
             .unwrap_or_else(|| "2023-06-01".to_string()),
-        azure_api_version: p.api_version.unwrap_or_else(|| "2024-10-21".to_string()),
+        azure_api_version: p
+            .api_version
+            .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
         extra_headers,
         tls_verify: p.tls_verify.unwrap_or(true),
     })
@@ -678,6 +703,8 @@ models:
         assert_eq!(c.providers.len(), 2);
         assert_eq!(c.providers[0].key.as_ref().unwrap().expose(), "sk-test");
         assert_eq!(c.providers[1].base.path, "/v1");
+        assert_eq!(c.providers[0].probe.path, "/v1/models");
+        assert_eq!(c.providers[1].probe.path, "/v1/models");
         assert!(c.providers[1].base.tls);
         assert_eq!(c.providers[1].base.port, 443);
         assert_eq!(c.listen, "127.0.0.1:4000");

@@ -1,0 +1,126 @@
+//! The command line contract: `check`, `demo`, `--version`, `--help`, exit codes.
+
+use std::process::Command;
+
+fn twinroute() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_twinroute"))
+}
+
+const SHIPPED_KEYS: &[&str] = &[
+    "OPENAI_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "TOGETHER_API_KEY",
+    "FIREWORKS_API_KEY",
+    "DEEPINFRA_API_KEY",
+    "GROQ_API_KEY",
+    "CEREBRAS_API_KEY",
+    "SAMBANOVA_API_KEY",
+    "NEBIUS_API_KEY",
+    "NOVITA_API_KEY",
+];
+
+#[test]
+fn check_prints_the_routing_table_of_the_shipped_catalog() {
+    let mut cmd = twinroute();
+    cmd.args([
+        "check",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/conf/twinroute.yaml"),
+    ]);
+    for k in SHIPPED_KEYS {
+        cmd.env(k, "sk-check-secret-value");
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("config OK"));
+    assert!(
+        stdout.contains("POST /openai/v1/chat/completions"),
+        "groq path: {stdout}"
+    );
+    assert!(stdout
+        .contains("POST /openai/deployments/gpt-4.1-mini/chat/completions?api-version=2024-10-21"));
+    assert!(stdout.contains("POST /v1/messages"));
+    assert!(stdout.contains("$GROQ_API_KEY (set)"));
+    assert!(
+        !stdout.contains("sk-check-secret-value"),
+        "check must not print keys"
+    );
+}
+
+#[test]
+fn check_fails_with_the_key_path_and_reason() {
+    let dir = std::env::temp_dir().join(format!("twinroute-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\", colour: red}\n", "providers[0]", "colour"),
+        ("providers:\n  - {name: a, api: gemini, base_url: \"http://127.0.0.1:1\"}\n", "providers[0].api", "gemini"),
+        ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\", api_key_env: TWINROUTE_SURELY_UNSET}\n", "providers[0].api_key_env", "TWINROUTE_SURELY_UNSET"),
+        ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\"}\nmodels:\n  - {name: m, offerings: [{provider: b, model: x}]}\n", "models[0].offerings[0].provider", "\"b\""),
+        ("providers: [\n", "line 2", "did not find"),
+    ];
+    for (i, (yaml, path, reason)) in cases.iter().enumerate() {
+        let f = dir.join(format!("bad{i}.yaml"));
+        std::fs::write(&f, yaml).unwrap();
+        let out = twinroute()
+            .args(["check", "--config"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {stderr}");
+        assert!(
+            stderr.contains(path) && stderr.contains(reason),
+            "case {i}: {stderr}"
+        );
+    }
+    let out = twinroute()
+        .args(["check", "--config", "/nonexistent/twinroute.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // `run` refuses a bad config the same way, before binding anything.
+    let out = twinroute()
+        .args(["run", "--config"])
+        .arg(dir.join("bad1.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn version_and_help() {
+    let out = twinroute().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = twinroute().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for sub in ["run", "check", "demo"] {
+        assert!(help.contains(sub), "{help}");
+    }
+}
+
+#[test]
+fn demo_runs_without_keys_and_shows_failover() {
+    let out = twinroute()
+        .arg("demo")
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("status 200  provider=beta  model=Meta-Llama-3.3-70B-Instruct  attempts=2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("beta's own key (injected)"), "{stdout}");
+    assert!(stdout.contains("demo finished"));
+}
