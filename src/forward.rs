@@ -208,9 +208,18 @@ pub async fn run(
                 retry_after_s,
             } => {
                 let now = Instant::now();
-                if probation && reason == FailoverReason::Deadline {
+                // A 429/503 that says when to come back is a cooldown, not a breaker failure.
+                let cooldown = retry_after_s.filter(|_| matches!(status, Some(429) | Some(503)));
+                if let Some(secs) = cooldown {
+                    rt.health
+                        .on_retry_after(cand.provider, Duration::from_secs(secs), now);
+                    rt.health
+                        .on_failure(cand.provider, reason.as_str(), false, now);
+                }
+                if probation && (reason == FailoverReason::Deadline || cooldown.is_some()) {
+                    // No verdict on the provider's health: free the probation slot.
                     rt.health.on_abandoned(cand.provider, now);
-                } else {
+                } else if cooldown.is_none() {
                     rt.health.on_failure(
                         cand.provider,
                         reason.as_str(),
@@ -219,12 +228,6 @@ pub async fn run(
                     );
                 }
                 failed_once[cand.provider] = true;
-                if let Some(s) = retry_after_s {
-                    if matches!(status, Some(429) | Some(503)) {
-                        rt.health
-                            .on_retry_after(cand.provider, Duration::from_secs(s), now);
-                    }
-                }
                 METRICS
                     .attempts
                     .with_label_values(&[&provider.name, reason.as_str()])

@@ -135,6 +135,21 @@ pub fn candidates(
         }
     }
 
+    // Cost ceiling: nothing dearer than `max_cost_multiplier` × the cheapest priced twin.
+    // Unpriced offerings are kept: no price is not evidence of a high one.
+    if let Some(mult) = model.policy.max_cost_multiplier {
+        let cheapest = eligible
+            .iter()
+            .map(|&i| blended(model, i))
+            .fold(f64::INFINITY, f64::min);
+        if cheapest.is_finite() {
+            eligible.retain(|&i| {
+                let b = blended(model, i);
+                !b.is_finite() || b <= cheapest * mult + 1e-12
+            });
+        }
+    }
+
     let strategy = constraints.strategy.unwrap_or(model.policy.strategy);
     let cmp_cost = |a: &usize, b: &usize| {
         blended(model, *a)
@@ -244,6 +259,49 @@ models:
             order(&Default::default(), &NoHealth, Endpoint::ChatCompletions, 0),
             Ok(vec![0, 1, 2])
         );
+    }
+
+    #[test]
+    fn cost_ceiling_drops_dear_offerings() {
+        let text = format!("{CONF}policy: {{max_cost_multiplier: 2.0}}\n");
+        let cfg = parse(&text, &BTreeMap::new()).unwrap();
+        let got = candidates(
+            0,
+            cfg.catalog.model(0),
+            &cfg.providers,
+            Endpoint::ChatCompletions,
+            &Default::default(),
+            &NoHealth,
+        )
+        .unwrap();
+        // b costs 1, c 2 (kept: exactly 2×), a 3 (dropped).
+        assert_eq!(
+            got.iter().map(|c| c.provider).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let text = format!("{CONF}policy: {{max_cost_multiplier: 1.5}}\n");
+        let cfg = parse(&text, &BTreeMap::new()).unwrap();
+        let got = candidates(
+            0,
+            cfg.catalog.model(0),
+            &cfg.providers,
+            Endpoint::ChatCompletions,
+            &Default::default(),
+            &NoHealth,
+        )
+        .unwrap();
+        assert_eq!(got.iter().map(|c| c.provider).collect::<Vec<_>>(), vec![1]);
+        // Unpriced offerings are not dropped.
+        let got = candidates(
+            1,
+            cfg.catalog.model(1),
+            &cfg.providers,
+            Endpoint::Messages,
+            &Default::default(),
+            &NoHealth,
+        )
+        .unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[test]

@@ -592,8 +592,19 @@ async fn api_keys_never_reach_the_log() {
     let _ = t
         .chat(&chat_body("m"), &[("x-twinroute-provider", KEY_A)])
         .await;
-    let logs = t.logs();
-    assert!(logs.contains("request id="), "access log missing:\n{logs}");
+    // Wait for all four access lines, so the last request's line is checked too.
+    let mut logs = t.logs();
+    for _ in 0..100 {
+        if logs.matches("request id=").count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        logs = t.logs();
+    }
+    assert!(
+        logs.matches("request id=").count() >= 4,
+        "access log missing:\n{logs}"
+    );
     for secret in [KEY_A, KEY_B, "client-secret-abc"] {
         assert!(!logs.contains(secret), "{secret} leaked into the log");
     }
@@ -613,8 +624,7 @@ async fn access_log_names_each_failover_reason() {
     let r = t.chat(&chat_body("m-alias"), &[]).await;
     assert_eq!(r.status, 200);
     let id = r.header("x-twinroute-request-id").unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let logs = t.logs();
+    let logs = t.wait_for_log(&format!("request id={id}")).await;
     let line = logs
         .lines()
         .find(|l| l.contains(&format!("request id={id}")))

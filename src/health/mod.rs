@@ -140,19 +140,28 @@ impl Health {
             .observe(ttfb, now);
     }
 
-    pub fn on_probe(&self, provider: usize, result: Result<Duration, String>, now: Instant) {
+    /// Record a probe result; returns true when it flipped the provider up or down.
+    pub fn on_probe(
+        &self,
+        provider: usize,
+        result: Result<Duration, String>,
+        now: Instant,
+    ) -> bool {
         let p = &self.providers[provider];
         let mut g = p.lock();
+        let was_up = p.probe_up.load(Ordering::Relaxed);
         match result {
             Ok(rtt) => {
                 g.probe_latency.observe(rtt);
                 g.probe_down_since = None;
                 p.probe_up.store(true, Ordering::Relaxed);
+                !was_up
             }
             Err(e) => {
                 g.last_error = Some(format!("probe: {e}"));
                 g.probe_down_since.get_or_insert(now);
                 p.probe_up.store(false, Ordering::Relaxed);
+                was_up
             }
         }
     }

@@ -125,10 +125,20 @@ impl BackgroundService for ProbeService {
                         let result = probe_once(&connector, &resolver, &p)
                             .await
                             .map(|(rtt, _)| rtt);
-                        if let Err(e) = &result {
-                            log::warn!("probe of {} failed: {e}", p.name);
+                        let detail = result.as_ref().err().cloned();
+                        // Log transitions only: a provider down for an hour is one line, not 720.
+                        if rt.health.on_probe(p.id, result, Instant::now()) {
+                            match detail {
+                                Some(e) => log::warn!(
+                                    "provider {} probe failed, out of rotation: {e}",
+                                    p.name
+                                ),
+                                None => log::warn!(
+                                    "provider {} probe succeeded, back in rotation",
+                                    p.name
+                                ),
+                            }
                         }
-                        rt.health.on_probe(p.id, result, Instant::now());
                     });
                 } else {
                     wake = wake.min(due);

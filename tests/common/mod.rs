@@ -1,7 +1,7 @@
 //! Black-box harness: starts the real `twinroute` binary with a generated config against mock
 //! providers on loopback, and captures everything it prints.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -88,6 +88,18 @@ impl Twinroute {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The log once it contains `needle` (the access line is written just after the response).
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        for _ in 0..100 {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("log never contained {needle:?}:\n{}", self.logs())
     }
 
     pub async fn chat(&self, body: &serde_json::Value, headers: &[(&str, &str)]) -> client::Reply {
