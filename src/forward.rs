@@ -14,7 +14,7 @@ use crate::access_log::{AttemptLog, RequestLog};
 use crate::api::{Endpoint, Family};
 use crate::backoff;
 use crate::body::{RequestBody, SplicedBody};
-use crate::catalog::ModelId;
+use crate::catalog::{ModelId, Price};
 use crate::config::{Policy, Provider};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::health::breaker::Admission;
@@ -25,6 +25,7 @@ use crate::outcome::{
 use crate::provider;
 use crate::route::{Candidate, HealthView};
 use crate::state::{Runtime, Shared};
+use crate::usage::UsageScanner;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -196,7 +197,11 @@ pub async fn run(
                     upstream,
                     peer,
                     provider,
-                    &offering.model_id,
+                    Served {
+                        model_name: &model.name,
+                        model_id: &offering.model_id,
+                        price: offering.price,
+                    },
                     &attempts,
                     plan.endpoint.family(),
                 )
@@ -468,6 +473,13 @@ const HOP_BY_HOP: &[&str] = &[
     "te",
 ];
 
+/// What answered: for headers, usage accounting and cost.
+struct Served<'a> {
+    model_name: &'a str,
+    model_id: &'a str,
+    price: Option<Price>,
+}
+
 /// Stream the chosen answer to the client, chunk by chunk as it arrives.
 #[allow(clippy::too_many_arguments)]
 async fn relay(
@@ -477,10 +489,11 @@ async fn relay(
     mut upstream: Box<HttpSession>,
     peer: Box<HttpPeer>,
     provider: &Provider,
-    served_model: &str,
+    served: Served<'_>,
     attempts: &str,
     family: Family,
 ) -> Result<()> {
+    let served_model = served.model_id;
     let Some(up_header) = upstream.response_header() else {
         return Error::e_explain(ErrorType::InternalError, "answer without a response header");
     };
@@ -503,9 +516,16 @@ async fn relay(
     resp.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
     session.write_response_header(Box::new(resp), false).await?;
 
+    let success = upstream
+        .response_header()
+        .is_some_and(|h| h.status.is_success());
+    let mut usage = UsageScanner::default();
     loop {
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
+                if success {
+                    usage.feed(&chunk);
+                }
                 // A write error means the client left: return it, dropping the upstream
                 // connection so the provider stops generating for nobody.
                 session.write_response_body(Some(chunk), false).await?;
@@ -536,6 +556,7 @@ async fn relay(
         }
     }
     session.write_response_body(None, true).await?;
+    record_usage(ctx, &usage, &served, &provider.name);
     if upstream.response_done() {
         shared
             .connector
@@ -543,6 +564,35 @@ async fn relay(
             .await;
     }
     Ok(())
+}
+
+fn record_usage(ctx: &mut RequestLog, usage: &UsageScanner, served: &Served<'_>, provider: &str) {
+    ctx.input_tokens = usage.input_tokens;
+    ctx.output_tokens = usage.output_tokens;
+    let (input, output) = (
+        usage.input_tokens.unwrap_or(0),
+        usage.output_tokens.unwrap_or(0),
+    );
+    if input > 0 {
+        METRICS
+            .tokens
+            .with_label_values(&[served.model_name, provider, "input"])
+            .inc_by(input);
+    }
+    if output > 0 {
+        METRICS
+            .tokens
+            .with_label_values(&[served.model_name, provider, "output"])
+            .inc_by(output);
+    }
+    if let (Some(price), true) = (served.price, input + output > 0) {
+        let cost = price.cost_usd(input, output);
+        ctx.cost_usd = Some(cost);
+        METRICS
+            .cost_usd
+            .with_label_values(&[served.model_name, provider])
+            .inc_by(cost);
+    }
 }
 
 fn stream_error_event(family: Family, provider: &str) -> Bytes {

@@ -26,3 +26,4 @@ pub mod resolve;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod usage;

@@ -660,3 +660,36 @@ async fn admin_endpoints() {
         .await
         .contains("twinroute_breaker_state{provider=\"a\"} 0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_feeds_token_and_cost_metrics_and_the_log() {
+    let (a, _b, t) = two_providers("").await;
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200);
+    let mut body = chat_body("m");
+    body["stream"] = json!(true);
+    a.set_stream(7, Duration::from_millis(1));
+    let r = t.chat(&body, &[]).await;
+    assert_eq!(r.status, 200);
+    let id = r.header("x-twinroute-request-id").unwrap().to_string();
+    let logs = t.wait_for_log(&format!("request id={id}")).await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&format!("request id={id}")))
+        .unwrap();
+    assert!(line.contains("tokens_in=12 tokens_out=7"), "{line}");
+    let m = t.metrics().await;
+    // 12 + 12 input, 5 + 7 output at $2/Mtok each way.
+    assert!(
+        m.contains("twinroute_tokens_total{kind=\"input\",model=\"m\",provider=\"a\"} 24"),
+        "{m}"
+    );
+    assert!(
+        m.contains("twinroute_tokens_total{kind=\"output\",model=\"m\",provider=\"a\"} 12"),
+        "{m}"
+    );
+    assert!(
+        m.contains("twinroute_cost_usd_total{model=\"m\",provider=\"a\"} 0.000072"),
+        "{m}"
+    );
+}
