@@ -31,6 +31,17 @@ enum Command {
     },
     /// Run the proxy on built-in mock providers (one failing) and show failover. No API key needed.
     Demo,
+    /// Serve one mock provider (for benchmarks and manual experiments).
+    #[command(hide = true)]
+    Mock {
+        #[arg(long)]
+        listen: String,
+        #[arg(long, default_value = "mock")]
+        name: String,
+        /// Answer every completion with this status instead of 200.
+        #[arg(long)]
+        fail_status: Option<u16>,
+    },
 }
 
 fn init_logging() {
@@ -140,6 +151,48 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Mock {
+            listen,
+            name,
+            fail_status,
+        } => {
+            init_logging();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("twinroute mock: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let result: Result<(), String> = rt.block_on(async move {
+                let addr = listen.parse().map_err(|e| format!("--listen: {e}"))?;
+                let m = twinroute::mock::MockProvider::start_on(addr, &name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                m.set_record(false);
+                if let Some(status) = fail_status {
+                    m.set_behavior(twinroute::mock::Behavior::Status {
+                        status,
+                        body: "{}".into(),
+                        retry_after: None,
+                    });
+                }
+                log::info!("mock provider {name} on {}", m.addr);
+                std::future::pending::<()>().await;
+                Ok(())
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("twinroute mock: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Demo => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();

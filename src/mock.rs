@@ -78,6 +78,8 @@ struct State {
     models: Vec<String>,
     sse_chunks: usize,
     sse_interval: Duration,
+    /// Off for load tests: recording every body would grow without bound.
+    record: bool,
 }
 
 /// A running mock provider. Dropping it does not stop it; call `stop`.
@@ -141,6 +143,7 @@ impl MockProvider {
                 models: Vec::new(),
                 sse_chunks: 5,
                 sse_interval: Duration::from_millis(10),
+                record: true,
             })),
             connections: Arc::new(AtomicUsize::new(0)),
             open_connections: Arc::new(AtomicUsize::new(0)),
@@ -196,6 +199,10 @@ impl MockProvider {
     /// Use `b` for the next request only (queued after earlier one-shots).
     pub fn push_once(&self, b: Behavior) {
         self.lock().queue.push_back(b);
+    }
+
+    pub fn set_record(&self, record: bool) {
+        self.lock().record = record;
     }
 
     pub fn set_probe_status(&self, status: u16) {
@@ -285,7 +292,9 @@ impl MockProvider {
         let parsed = recorded.json();
         let (behavior, name, probe, models, sse) = {
             let mut s = self.lock();
-            s.requests.push(recorded);
+            if s.record {
+                s.requests.push(recorded);
+            }
             let b = if method == "GET" {
                 Behavior::Ok
             } else {
