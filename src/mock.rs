@@ -44,6 +44,17 @@ pub enum Behavior {
     StreamThenDie { chunks: usize },
 }
 
+impl Behavior {
+    /// An error status with an empty JSON body and no Retry-After.
+    pub fn status(status: u16) -> Behavior {
+        Behavior::Status {
+            status,
+            body: "{}".into(),
+            retry_after: None,
+        }
+    }
+}
+
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {

@@ -97,28 +97,12 @@ async fn assert_fails_over(fault: Behavior, reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_over_on_503() {
-    assert_fails_over(
-        Behavior::Status {
-            status: 503,
-            body: "{}".into(),
-            retry_after: None,
-        },
-        "status_5xx",
-    )
-    .await;
+    assert_fails_over(Behavior::status(503), "status_5xx").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fails_over_on_429() {
-    assert_fails_over(
-        Behavior::Status {
-            status: 429,
-            body: "{}".into(),
-            retry_after: None,
-        },
-        "status_429",
-    )
-    .await;
+    assert_fails_over(Behavior::status(429), "status_429").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,16 +179,8 @@ async fn every_provider_silent_gives_504_within_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_failures_list_each_attempt_and_rate_limits_give_429() {
     let (a, b, t) = two_providers("").await;
-    a.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
-    b.set_behavior(Behavior::Status {
-        status: 502,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a.set_behavior(Behavior::status(503));
+    b.set_behavior(Behavior::status(502));
     let r = t.chat(&chat_body("m"), &[]).await;
     assert_eq!(r.status, 502);
     let msg = r.json()["error"]["message"]
@@ -290,11 +266,7 @@ async fn pinned_provider_gets_the_request_and_never_fails_over() {
     assert_eq!(a.request_count(), 0);
     assert_eq!(b.requests()[0].header("x-twinroute-provider"), None);
 
-    b.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    b.set_behavior(Behavior::status(503));
     let r = t
         .chat(&chat_body("m"), &[("x-twinroute-provider", "b")])
         .await;
@@ -322,11 +294,7 @@ async fn region_header_keeps_only_that_regions_providers() {
         .chat(&chat_body("m"), &[("x-twinroute-region", "eu")])
         .await;
     assert_eq!(r.header("x-twinroute-provider"), Some("b"));
-    a.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a.set_behavior(Behavior::status(503));
     let r = t
         .chat(&chat_body("m"), &[("x-twinroute-region", "us")])
         .await;
@@ -457,11 +425,7 @@ async fn oversized_body_gets_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_1mb_body_fails_over_byte_for_byte() {
     let (a, b, t) = two_providers("").await;
-    a.set_behavior(Behavior::Status {
-        status: 500,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a.set_behavior(Behavior::status(500));
     let filler: String = (0..(1 << 20))
         .map(|i| (b'a' + (i % 26) as u8) as char)
         .collect();
@@ -616,11 +580,7 @@ async fn api_keys_never_reach_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_names_each_failover_reason() {
     let (a, _b, t) = two_providers("").await;
-    a.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a.set_behavior(Behavior::status(503));
     let r = t.chat(&chat_body("m-alias"), &[]).await;
     assert_eq!(r.status, 200);
     let id = r.header("x-twinroute-request-id").unwrap().to_string();

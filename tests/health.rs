@@ -93,11 +93,7 @@ async fn breaker_opens_after_failures_then_admits_exactly_one_probation_request(
         "",
     )
     .await;
-    a.set_behavior(Behavior::Status {
-        status: 500,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a.set_behavior(Behavior::status(500));
     for _ in 0..3 {
         assert_eq!(served_by(&t).await, "b");
     }
@@ -152,11 +148,7 @@ async fn failed_probation_reopens_the_breaker() {
         "",
     )
     .await;
-    a.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a.set_behavior(Behavior::status(503));
     assert_eq!(served_by(&t).await, "b");
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(served_by(&t).await, "b"); // the probation, failed
@@ -269,11 +261,7 @@ async fn drain_and_undrain() {
         (Some(true), Some(false))
     );
     // Fail open: with b down too, the drained provider is still tried rather than refusing.
-    b.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    b.set_behavior(Behavior::status(503));
     let r = client::send(
         "POST",
         &format!("{}/admin/providers/b/drain", t.admin),
@@ -314,20 +302,12 @@ async fn drain_and_undrain() {
 async fn cost_ceiling_keeps_dear_providers_out_of_failover() {
     // b costs 1.1× a: inside a 1.2 ceiling, outside a 1.05 one.
     let (a, b, t) = setup(NO_PROBE, NO_PROBE, ", max_cost_multiplier: 1.05").await;
-    a.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a.set_behavior(Behavior::status(503));
     let r = t.chat(&chat_body("m"), &[]).await;
     assert_eq!(r.status, 502);
     assert_eq!(b.request_count(), 0);
     let (a2, b2, t2) = setup(NO_PROBE, NO_PROBE, ", max_cost_multiplier: 1.2").await;
-    a2.set_behavior(Behavior::Status {
-        status: 503,
-        body: "{}".into(),
-        retry_after: None,
-    });
+    a2.set_behavior(Behavior::status(503));
     assert_eq!(served_by(&t2).await, "b");
     assert_eq!(b2.request_count(), 1);
     let _ = (a, t);
