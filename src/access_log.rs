@@ -35,6 +35,8 @@ pub struct RequestLog {
     pub output_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
     pub panic_mode: bool,
+    /// Offerings routing left out because of health, as `provider:reason`.
+    pub skipped: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -57,6 +59,7 @@ impl RequestLog {
             output_tokens: None,
             cost_usd: None,
             panic_mode: false,
+            skipped: Vec::new(),
             error: None,
         }
     }
@@ -94,6 +97,9 @@ impl RequestLog {
                 }
                 if self.stream {
                     s.push_str(" stream=true");
+                }
+                if !self.skipped.is_empty() {
+                    let _ = write!(s, " skipped={:?}", self.skipped.join(","));
                 }
                 if self.panic_mode {
                     s.push_str(" panic_mode=true");

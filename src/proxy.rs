@@ -14,7 +14,7 @@ use crate::config::Strategy;
 use crate::errors::{ErrorKind, GatewayError};
 use crate::forward;
 use crate::metrics::METRICS;
-use crate::route::{self, RequestConstraints};
+use crate::route::{self, HealthView, RequestConstraints};
 use crate::state::Shared;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -207,6 +207,18 @@ impl Proxy {
                 )))
             }
         };
+        // Record which twins health kept out, with the same reason names as failovers.
+        for o in &model.offerings {
+            if !candidates.iter().any(|c| c.provider == o.provider) {
+                if let Some((reason, _)) = rt.health.skip(o.provider) {
+                    ctx.skipped.push(format!(
+                        "{}:{}",
+                        cfg.providers[o.provider].name,
+                        reason.as_str()
+                    ));
+                }
+            }
+        }
         let plan = forward::Plan {
             endpoint,
             model: model_id,

@@ -58,6 +58,7 @@ async fn failing_probe_takes_a_provider_out_and_recovery_brings_it_back() {
         assert_eq!(served_by(&t).await, "b");
     }
     assert_eq!(a.request_count(), 0, "a got traffic while its probe failed");
+    t.wait_for_log("skipped=\"a:probe_down\"").await;
     let s = t.status().await;
     assert_eq!(provider_status(&s, "a")["healthy"], false);
     assert_eq!(provider_status(&s, "a")["probe_up"], false);
@@ -99,6 +100,8 @@ async fn breaker_opens_after_failures_then_admits_exactly_one_probation_request(
     }
     assert_eq!(a.request_count(), 3);
     assert_eq!(provider_status(&t.status().await, "a")["breaker"], "open");
+    let _ = t.chat(&chat_body("m"), &[]).await;
+    t.wait_for_log("skipped=\"a:breaker_open\"").await;
     assert!(t
         .metrics()
         .await
@@ -255,6 +258,7 @@ async fn drain_and_undrain() {
         assert_eq!(served_by(&t).await, "b");
     }
     assert_eq!(a.request_count(), 0);
+    t.wait_for_log("skipped=\"a:drained\"").await;
     let s = provider_status(&t.status().await, "a");
     assert_eq!(
         (s["drained"].as_bool(), s["healthy"].as_bool()),
