@@ -242,15 +242,25 @@ models:
         }
     }
 
+    fn order_in(
+        text: &str,
+        c: &RequestConstraints,
+        h: &dyn HealthView,
+        ep: Endpoint,
+        model: usize,
+    ) -> Result<Vec<usize>, NoRoute> {
+        let cfg = parse(text, &BTreeMap::new()).unwrap();
+        candidates(model, cfg.catalog.model(model), &cfg.providers, ep, c, h)
+            .map(|v| v.into_iter().map(|c| c.provider).collect())
+    }
+
     fn order(
         c: &RequestConstraints,
         h: &dyn HealthView,
         ep: Endpoint,
         model: usize,
     ) -> Result<Vec<usize>, NoRoute> {
-        let cfg = parse(CONF, &BTreeMap::new()).unwrap();
-        candidates(model, cfg.catalog.model(model), &cfg.providers, ep, c, h)
-            .map(|v| v.into_iter().map(|c| c.provider).collect())
+        order_in(CONF, c, h, ep, model)
     }
 
     #[test]
@@ -263,45 +273,18 @@ models:
 
     #[test]
     fn cost_ceiling_drops_dear_offerings() {
-        let text = format!("{CONF}policy: {{max_cost_multiplier: 2.0}}\n");
-        let cfg = parse(&text, &BTreeMap::new()).unwrap();
-        let got = candidates(
-            0,
-            cfg.catalog.model(0),
-            &cfg.providers,
-            Endpoint::ChatCompletions,
-            &Default::default(),
-            &NoHealth,
-        )
-        .unwrap();
+        let d = RequestConstraints::default();
+        let ep = Endpoint::ChatCompletions;
+        let two = format!("{CONF}policy: {{max_cost_multiplier: 2.0}}\n");
         // b costs 1, c 2 (kept: exactly 2×), a 3 (dropped).
-        assert_eq!(
-            got.iter().map(|c| c.provider).collect::<Vec<_>>(),
-            vec![1, 2]
-        );
-        let text = format!("{CONF}policy: {{max_cost_multiplier: 1.5}}\n");
-        let cfg = parse(&text, &BTreeMap::new()).unwrap();
-        let got = candidates(
-            0,
-            cfg.catalog.model(0),
-            &cfg.providers,
-            Endpoint::ChatCompletions,
-            &Default::default(),
-            &NoHealth,
-        )
-        .unwrap();
-        assert_eq!(got.iter().map(|c| c.provider).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(order_in(&two, &d, &NoHealth, ep, 0), Ok(vec![1, 2]));
+        let tight = format!("{CONF}policy: {{max_cost_multiplier: 1.5}}\n");
+        assert_eq!(order_in(&tight, &d, &NoHealth, ep, 0), Ok(vec![1]));
         // Unpriced offerings are not dropped.
-        let got = candidates(
-            1,
-            cfg.catalog.model(1),
-            &cfg.providers,
-            Endpoint::Messages,
-            &Default::default(),
-            &NoHealth,
-        )
-        .unwrap();
-        assert_eq!(got.len(), 1);
+        assert_eq!(
+            order_in(&tight, &d, &NoHealth, Endpoint::Messages, 1),
+            Ok(vec![3])
+        );
     }
 
     #[test]
