@@ -37,6 +37,12 @@ pub struct RequestLog {
     pub panic_mode: bool,
     /// Offerings routing left out because of health, as `provider:reason`.
     pub skipped: Vec<String>,
+    /// The per-feature route the request matched.
+    pub route: Option<String>,
+    /// `canonical;grade=g` when a closest equivalent answered instead of a twin.
+    pub degraded: Option<String>,
+    /// Parameters removed for the offering that answered.
+    pub dropped_params: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -60,6 +66,9 @@ impl RequestLog {
             cost_usd: None,
             panic_mode: false,
             skipped: Vec::new(),
+            route: None,
+            degraded: None,
+            dropped_params: Vec::new(),
             error: None,
         }
     }
@@ -83,6 +92,11 @@ impl RequestLog {
                 opt(&mut s, "model", &self.model);
                 opt(&mut s, "served_model", &self.served_model);
                 opt(&mut s, "provider", &self.provider);
+                opt(&mut s, "route", &self.route);
+                opt(&mut s, "degraded", &self.degraded);
+                if !self.dropped_params.is_empty() {
+                    let _ = write!(s, " dropped_params={:?}", self.dropped_params.join(","));
+                }
                 if let Some(t) = self.ttfb_ms {
                     let _ = write!(s, " ttfb_ms={t}");
                 }

@@ -94,9 +94,10 @@ pub fn status_json(rt: &Runtime) -> Value {
                 .unwrap_or(Endpoint::ChatCompletions);
             let order: Vec<Value> = route::candidates(
                 i,
-                m,
+                &rt.config.catalog,
                 &rt.config.providers,
                 endpoint,
+                &m.policy,
                 &RequestConstraints::default(),
                 &rt.health,
             )
@@ -105,7 +106,8 @@ pub fn status_json(rt: &Runtime) -> Value {
                     .map(|c| {
                         json!({
                             "provider": rt.config.providers[c.provider].name,
-                            "model": m.offerings[c.offering].model_id,
+                            "model": rt.config.catalog.model(c.model).offerings[c.offering].model_id,
+                            "equivalent_grade": c.grade,
                             "panic": c.panic.map(|r| r.as_str()),
                         })
                     })
@@ -115,7 +117,20 @@ pub fn status_json(rt: &Runtime) -> Value {
             json!({"name": m.name, "strategy": m.policy.strategy.as_str(), "candidates": order})
         })
         .collect();
-    json!({"providers": providers, "models": models})
+    let offerings_out: Vec<Value> = rt
+        .health
+        .offering_snapshot(now)
+        .into_iter()
+        .map(|o| {
+            json!({
+                "provider": o.provider,
+                "model": o.model_id,
+                "reason": o.reason.as_str(),
+                "remaining_ms": o.remaining_ms,
+            })
+        })
+        .collect();
+    json!({"providers": providers, "models": models, "offerings_out": offerings_out})
 }
 
 #[async_trait]

@@ -1,13 +1,18 @@
 //! The request body: find the top-level `model` and splice in another one.
 //!
-//! The body is parsed once, by serde_json into a struct that borrows only the raw `model`
-//! value; every other field is skipped (validated, never allocated). That gives exact byte
-//! offsets of the value, so the rewrite for each attempt is a splice of three `Bytes` that
-//! share the original buffer: no copy of a 1 MB prompt per provider.
+//! The body is parsed once, by serde_json into a list of top-level members that borrow raw
+//! values (validated, never decoded or allocated). That gives exact byte offsets of `model` and
+//! of every top-level parameter, so the rewrite for each attempt (a new model ID, and for some
+//! offerings a dropped parameter) is a splice of `Bytes` that share the original buffer: no
+//! copy of a 1 MB prompt per provider, and every byte not rewritten goes out as the client
+//! sent it.
 
 use bytes::Bytes;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
 
 const UTF8_BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 
@@ -32,23 +37,90 @@ impl BodyError {
     }
 }
 
-#[derive(Deserialize)]
-struct TopLevel<'a> {
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    stream: Option<&'a RawValue>,
+/// One top-level member of the body object, as byte offsets into it.
+#[derive(Debug, Clone)]
+struct Member {
+    /// The key's text between its quotes, when it has no escapes (almost always).
+    key_span: Option<(usize, usize)>,
+    /// The key decoded, only when it had escapes.
+    escaped_key: Option<Box<str>>,
+    /// Offset of the key's opening quote.
+    start: usize,
+    /// Offset just past the value.
+    end: usize,
 }
 
-/// A parsed request body: the original bytes plus where `model`'s JSON value sits in them.
+/// A map key that borrows from the body unless it had escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// What one serde pass over the body yields: every top-level value as a borrowed raw slice,
+/// nothing decoded but the keys.
+struct TopLevel<'a> {
+    members: Vec<(Key<'a>, &'a RawValue)>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
+                let mut members = Vec::with_capacity(8);
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    // Two `model` (or `stream`) keys: providers disagree on which wins, so
+                    // neither do we guess.
+                    if matches!(&*key.0, "model" | "stream")
+                        && members.iter().any(|(k, _): &(Key, _)| k.0 == key.0)
+                    {
+                        return Err(de::Error::custom(format_args!(
+                            "duplicate field `{}`",
+                            key.0
+                        )));
+                    }
+                    let value: &'de RawValue = map.next_value()?;
+                    members.push((key, value));
+                }
+                Ok(TopLevel { members })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A parsed request body: the original bytes plus where its top-level members sit in them.
 #[derive(Debug, Clone)]
 pub struct RequestBody {
     /// The body as forwarded upstream (a leading UTF-8 BOM, if any, removed).
     bytes: Bytes,
     /// Byte range of the `model` value, quotes included.
     model_span: (usize, usize),
+    members: Vec<Member>,
     pub model: String,
     pub stream: bool,
+    /// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, whichever is sent.
+    pub max_output_tokens: Option<u64>,
 }
 
 impl RequestBody {
@@ -59,26 +131,60 @@ impl RequestBody {
             raw
         };
         let text = std::str::from_utf8(&bytes).map_err(|_| BodyError::NotUtf8)?;
-        // serde's derived struct also accepts a JSON array; the API needs an object.
         if !text.trim_start().starts_with('{') {
             return Err(BodyError::NotJson("expected a JSON object".into()));
         }
         let top: TopLevel =
             serde_json::from_str(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
-        let raw_model = top.model.ok_or(BodyError::NoModel)?;
-        let value = raw_model.get();
+        let base = text.as_ptr() as usize;
+        let mut members = Vec::with_capacity(top.members.len());
+        let mut model = None;
+        let mut stream = false;
+        let mut max_output_tokens = None;
+        // Between one value's end and the next key there are only `,` and whitespace, so each
+        // key's opening quote is the first `"` after the previous value (or after `{`).
+        let mut cursor = text.len() - text.trim_start().len() + 1;
+        for (key, value) in &top.members {
+            let raw = value.get();
+            // `raw` borrows from `text`, so the pointer difference is its offset in the body.
+            let vstart = raw.as_ptr() as usize - base;
+            let start = cursor + text[cursor..vstart].find('"').unwrap_or(0);
+            let (key_span, escaped_key) = match &key.0 {
+                Cow::Borrowed(k) => {
+                    let ks = k.as_ptr() as usize - base;
+                    (Some((ks, ks + k.len())), None)
+                }
+                Cow::Owned(k) => (None, Some(k.clone().into_boxed_str())),
+            };
+            members.push(Member {
+                key_span,
+                escaped_key,
+                start,
+                end: vstart + raw.len(),
+            });
+            cursor = vstart + raw.len();
+            match &*key.0 {
+                // serde reads `null` as absent elsewhere; keep that meaning: no model.
+                "model" if raw != "null" => model = Some((vstart, raw)),
+                "stream" => stream = raw == "true",
+                "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+                    max_output_tokens = max_output_tokens.or(raw.parse::<u64>().ok())
+                }
+                _ => {}
+            }
+        }
+        let (start, value) = model.ok_or(BodyError::NoModel)?;
         if !value.starts_with('"') {
             return Err(BodyError::ModelNotString);
         }
         let model: String = serde_json::from_str(value).map_err(|_| BodyError::ModelNotString)?;
-        // `value` borrows from `text`, so the pointer difference is its offset in the body.
-        let start = value.as_ptr() as usize - text.as_ptr() as usize;
-        let stream = top.stream.map(|s| s.get() == "true").unwrap_or(false);
         Ok(RequestBody {
             model_span: (start, start + value.len()),
             bytes,
+            members,
             model,
             stream,
+            max_output_tokens,
         })
     }
 
@@ -90,23 +196,102 @@ impl RequestBody {
         self.bytes.is_empty()
     }
 
+    fn key<'s>(&'s self, m: &'s Member) -> &'s str {
+        match (&m.escaped_key, m.key_span) {
+            (Some(k), _) => k,
+            // The span came from a `&str` of this buffer, so it is UTF-8 on char boundaries.
+            (None, Some((a, b))) => std::str::from_utf8(&self.bytes[a..b]).unwrap_or(""),
+            (None, None) => "",
+        }
+    }
+
+    /// The top-level keys the request sends.
+    pub fn param_names(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| self.key(m).to_string())
+            .collect()
+    }
+
+    /// Which of `names` the request sends, in the order given.
+    pub fn present<'n>(&self, names: &'n [String]) -> Vec<&'n str> {
+        names
+            .iter()
+            .filter(|n| self.members.iter().any(|m| self.key(m) == n.as_str()))
+            .map(|n| n.as_str())
+            .collect()
+    }
+
+    /// A rough size of the request in tokens: bytes / 4 for the prompt (JSON punctuation makes
+    /// it an overestimate, the safe side) plus the output it asks for.
+    pub fn estimated_tokens(&self) -> u64 {
+        self.bytes.len() as u64 / 4 + self.max_output_tokens.unwrap_or(0)
+    }
+
     /// The body with `model` set to `model_id`, as pieces that share the original buffer.
     pub fn with_model(&self, model_id: &str) -> SplicedBody {
+        self.rewrite(model_id, &[])
+    }
+
+    /// The body with `model` set to `model_id` and the top-level members named in `drop`
+    /// removed, every other byte as the client sent it.
+    pub fn rewrite(&self, model_id: &str, drop: &[&str]) -> SplicedBody {
         let encoded = serde_json::to_string(model_id).unwrap_or_else(|_| "\"\"".to_string());
-        SplicedBody {
-            parts: [
-                self.bytes.slice(..self.model_span.0),
-                Bytes::from(encoded),
-                self.bytes.slice(self.model_span.1..),
-            ],
+        // Ranges to cut, each with what replaces it.
+        let mut cuts: Vec<(usize, usize, Option<Bytes>)> = vec![(
+            self.model_span.0,
+            self.model_span.1,
+            Some(Bytes::from(encoded)),
+        )];
+        if !drop.is_empty() {
+            let dropped = |m: &Member| drop.contains(&self.key(m)) && self.key(m) != "model";
+            for (i, m) in self.members.iter().enumerate() {
+                if !dropped(m) {
+                    continue;
+                }
+                let range = match self.members.get(i + 1) {
+                    // `"k": v, ` up to the next key.
+                    Some(next) => (m.start, next.start),
+                    // The last member: from the end of the last member kept before it, which
+                    // takes the comma that preceded it.
+                    None => match self.members[..i].iter().rev().find(|p| !dropped(p)) {
+                        Some(prev) => (prev.end, m.end),
+                        None => (m.start, m.end),
+                    },
+                };
+                cuts.push((range.0, range.1, None));
+            }
+            cuts.sort_by_key(|c| c.0);
+            // Dropping neighbours gives overlapping removals; merge them.
+            let mut merged: Vec<(usize, usize, Option<Bytes>)> = Vec::with_capacity(cuts.len());
+            for c in cuts {
+                match merged.last_mut() {
+                    Some(last) if c.0 < last.1 && last.2.is_none() && c.2.is_none() => {
+                        last.1 = last.1.max(c.1)
+                    }
+                    _ => merged.push(c),
+                }
+            }
+            cuts = merged;
         }
+        let mut parts = Vec::with_capacity(cuts.len() * 2 + 1);
+        let mut at = 0;
+        for (a, b, with) in cuts {
+            parts.push(self.bytes.slice(at..a));
+            if let Some(w) = with {
+                parts.push(w);
+            }
+            at = b;
+        }
+        parts.push(self.bytes.slice(at..));
+        SplicedBody { parts }
     }
 }
 
 /// A rewritten body, kept as pieces to be written one after the other.
 #[derive(Debug, Clone)]
 pub struct SplicedBody {
-    pub parts: [Bytes; 3],
+    pub parts: Vec<Bytes>,
 }
 
 impl SplicedBody {
@@ -266,5 +451,79 @@ mod tests {
         let out = rewrite(&s, "bbb");
         assert_eq!(out.len(), s.len() + 2);
         assert_eq!(out.replace("\"model\":\"bbb\"", "\"model\":\"a\""), s);
+    }
+
+    fn drop(s: &str, names: &[&str]) -> String {
+        String::from_utf8(parse(s).unwrap().rewrite("m2", names).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn drop_params_cuts_exactly_the_named_members() {
+        let s = "{ \"model\" : \"a\",\n  \"temperature\": 0.2,\n  \"messages\": [{\"temperature\": 1}],\n  \"top_p\" :0.9 }";
+        // Middle member: its bytes up to the next key go; nested keys of the same name stay.
+        assert_eq!(
+            drop(s, &["temperature"]),
+            "{ \"model\" : \"m2\",\n  \"messages\": [{\"temperature\": 1}],\n  \"top_p\" :0.9 }"
+        );
+        // Last member: the comma before it goes with it.
+        assert_eq!(
+            drop(s, &["top_p"]),
+            "{ \"model\" : \"m2\",\n  \"temperature\": 0.2,\n  \"messages\": [{\"temperature\": 1}] }"
+        );
+        // Neighbours, including the last: still valid JSON, `model` untouched but for its value.
+        let out = drop(s, &["temperature", "messages", "top_p"]);
+        assert_eq!(out, "{ \"model\" : \"m2\" }");
+        // First member, before `model`.
+        assert_eq!(
+            drop(r#"{"top_p":1,"model":"a","n":2}"#, &["top_p"]),
+            r#"{"model":"m2","n":2}"#
+        );
+        // Absent names and `model` itself are ignored.
+        assert_eq!(
+            drop(r#"{"model":"a"}"#, &["top_p", "model"]),
+            r#"{"model":"m2"}"#
+        );
+        // Escaped keys are matched by their decoded name.
+        assert_eq!(
+            drop(
+                r#"{"model":"a","temp\u0065rature":1,"x":2}"#,
+                &["temperature"]
+            ),
+            r#"{"model":"m2","x":2}"#
+        );
+    }
+
+    #[test]
+    fn drop_params_output_is_the_input_minus_the_keys() {
+        let s = r#"{"messages":[{"role":"user","content":"hi"}],"temperature":0.7,"model":"a","seed":4,"top_p":1,"stream":false}"#;
+        for names in [
+            vec!["temperature"],
+            vec!["seed", "top_p"],
+            vec!["stream"],
+            vec!["messages", "stream"],
+        ] {
+            let out: Value = serde_json::from_str(&drop(s, &names)).unwrap();
+            let mut want: Value = serde_json::from_str(s).unwrap();
+            for n in &names {
+                want.as_object_mut().unwrap().remove(*n);
+            }
+            want["model"] = "m2".into();
+            assert_eq!(out, want, "{names:?}");
+        }
+    }
+
+    #[test]
+    fn params_and_token_estimate() {
+        let b = parse(r#"{"model":"a","max_completion_tokens":500,"temperature":1}"#).unwrap();
+        assert_eq!(
+            b.param_names(),
+            vec!["model", "max_completion_tokens", "temperature"]
+        );
+        assert_eq!(
+            b.present(&["top_p".to_string(), "temperature".to_string()]),
+            vec!["temperature"]
+        );
+        assert_eq!(b.max_output_tokens, Some(500));
+        assert_eq!(b.estimated_tokens(), b.len() as u64 / 4 + 500);
     }
 }

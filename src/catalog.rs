@@ -33,11 +33,19 @@ pub struct Offering {
     pub model_id: String,
     pub price: Option<Price>,
     pub weight: f64,
+    /// This provider's window when it differs from the model's (hosts often serve less).
+    pub context_tokens: Option<u64>,
+    /// Top-level request parameters removed before sending to this offering.
+    pub drop_params: Vec<String>,
+    /// Parameters this offering ignores or rejects; only `x-twinroute-require-parameters` reads it.
+    pub unsupported_params: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Equivalent {
     pub model: String,
+    /// `model` resolved by `Catalog::new`.
+    pub id: ModelId,
     pub grade: f64,
 }
 
@@ -61,7 +69,7 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(models: Vec<Model>) -> Result<Catalog, ConfigError> {
+    pub fn new(mut models: Vec<Model>) -> Result<Catalog, ConfigError> {
         let mut index: HashMap<String, ModelId> = HashMap::new();
         // Names and aliases first: they must be unique and they win over offering IDs.
         for (i, m) in models.iter().enumerate() {
@@ -105,8 +113,8 @@ impl Catalog {
                 }
             }
         }
-        for (i, m) in models.iter().enumerate() {
-            for (j, e) in m.equivalents.iter().enumerate() {
+        for (i, m) in models.iter_mut().enumerate() {
+            for (j, e) in m.equivalents.iter_mut().enumerate() {
                 match names_and_aliases.get(&e.model) {
                     None => {
                         return Err(ConfigError {
@@ -120,7 +128,7 @@ impl Catalog {
                             reason: "a model cannot be its own equivalent".into(),
                         })
                     }
-                    Some(_) => {}
+                    Some(&k) => e.id = k,
                 }
             }
         }
@@ -138,6 +146,12 @@ impl Catalog {
 
     pub fn models(&self) -> &[Model] {
         &self.models
+    }
+
+    /// The context window of one offering: its own, else its model's.
+    pub fn context_tokens(&self, model: ModelId, offering: usize) -> Option<u64> {
+        let m = &self.models[model];
+        m.offerings[offering].context_tokens.or(m.context_tokens)
     }
 }
 
@@ -157,6 +171,9 @@ mod tests {
                     model_id: id.to_string(),
                     price: None,
                     weight: 1.0,
+                    context_tokens: None,
+                    drop_params: vec![],
+                    unsupported_params: vec![],
                 })
                 .collect(),
             equivalents: vec![],
@@ -218,6 +235,7 @@ mod tests {
         let mut m = model("a", &[], &[(0, "a1")]);
         m.equivalents.push(Equivalent {
             model: "ghost".into(),
+            id: 0,
             grade: 0.9,
         });
         let e = Catalog::new(vec![m]).unwrap_err();

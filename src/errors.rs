@@ -14,6 +14,8 @@ use serde_json::json;
 pub enum ErrorKind {
     InvalidRequest,
     ModelNotFound,
+    /// Every provider of the model said it is gone there (not found, retired, not deployed).
+    ModelUnavailable,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -27,7 +29,7 @@ impl ErrorKind {
     pub fn status(self) -> u16 {
         match self {
             ErrorKind::InvalidRequest => 400,
-            ErrorKind::ModelNotFound | ErrorKind::NotFound => 404,
+            ErrorKind::ModelNotFound | ErrorKind::ModelUnavailable | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
@@ -48,6 +50,11 @@ impl ErrorKind {
             ErrorKind::ModelNotFound => (
                 "invalid_request_error",
                 "model_not_found",
+                "not_found_error",
+            ),
+            ErrorKind::ModelUnavailable => (
+                "invalid_request_error",
+                "model_unavailable",
                 "not_found_error",
             ),
             ErrorKind::NotFound => ("invalid_request_error", "unknown_url", "not_found_error"),

@@ -20,19 +20,23 @@ use crate::errors::{ErrorKind, GatewayError};
 use crate::health::breaker::Admission;
 use crate::metrics::METRICS;
 use crate::outcome::{
-    classify_error, classify_status, parse_retry_after, AttemptPhase, FailoverReason, StatusClass,
+    body_decides, classify_error, classify_error_body, classify_status, parse_retry_after,
+    AttemptPhase, FailoverReason, StatusClass,
 };
 use crate::provider;
 use crate::route::{Candidate, HealthView};
 use crate::state::{Runtime, Shared};
 use crate::usage::UsageScanner;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Largest error body read to classify it; provider error JSON is a few hundred bytes.
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -61,6 +65,11 @@ enum Exchange {
         upstream: Box<HttpSession>,
         peer: Box<HttpPeer>,
         ttfb: Duration,
+        /// The start of the body (all of it when the upstream says it is done), read before
+        /// deciding because an error body can mean "try elsewhere".
+        prefix: Option<Bytes>,
+        /// What that error body says: `None` for an answer to pass on as it is.
+        verdict: Option<FailoverReason>,
     },
     Failed {
         reason: FailoverReason,
@@ -99,6 +108,8 @@ pub async fn run(
     let mut cursor = 0usize;
     let mut previous: Option<usize> = None;
     let mut deadline_hit = false;
+    // Raised by a context-length answer: only offerings with a window at least this big remain.
+    let mut min_context = 0u64;
 
     for attempt in 0..max_attempts {
         if attempt > 0 {
@@ -115,11 +126,12 @@ pub async fn run(
             deadline_hit = true;
             break;
         }
-        let Some((cand, probation)) = pick(rt, plan, &mut cursor, now) else {
+        let Some((cand, probation)) = pick(rt, plan, &mut cursor, now, min_context) else {
             break;
         };
         let provider = &cfg.providers[cand.provider];
-        let offering = &cfg.catalog.model(cand.model).offerings[cand.offering];
+        let served_model = cfg.catalog.model(cand.model);
+        let offering = &served_model.offerings[cand.offering];
         if cand.panic.is_some() {
             ctx.panic_mode = true;
         }
@@ -138,7 +150,9 @@ pub async fn run(
         }
         previous = Some(cand.provider);
 
-        let spliced = body.with_model(&offering.model_id);
+        // Parameters this offering must not see: cut from the body, everything else as sent.
+        let dropped = body.present(&offering.drop_params);
+        let spliced = body.rewrite(&offering.model_id, &dropped);
         let header = provider::build_request(
             provider,
             plan.endpoint,
@@ -161,15 +175,91 @@ pub async fn run(
         let ms = attempt_start.elapsed().as_millis() as u64;
         match result {
             Exchange::Answer {
-                upstream,
+                mut upstream,
                 peer,
                 ttfb,
+                prefix,
+                verdict,
             } => {
                 let status = upstream
                     .response_header()
                     .map(|h| h.status.as_u16())
                     .unwrap_or(0);
-                rt.health.on_success(cand.provider, ttfb, Instant::now());
+                let now = Instant::now();
+                let failover = match verdict {
+                    Some(FailoverReason::ContextLength) => {
+                        // Only a larger window can help; without one the client gets the
+                        // provider's own answer.
+                        let here = cfg
+                            .catalog
+                            .context_tokens(cand.model, cand.offering)
+                            .unwrap_or(0);
+                        let larger = plan.candidates.iter().any(|c| {
+                            cfg.catalog
+                                .context_tokens(c.model, c.offering)
+                                .is_some_and(|t| t > here)
+                        });
+                        (larger && attempt + 1 < max_attempts).then(|| {
+                            min_context = here + 1;
+                            FailoverReason::ContextLength
+                        })
+                    }
+                    other => other,
+                };
+                if let Some(reason) = failover {
+                    match reason {
+                        FailoverReason::AuthFailed => rt.health.on_failure(
+                            cand.provider,
+                            reason.as_str(),
+                            !failed_once[cand.provider],
+                            now,
+                        ),
+                        // The provider is up and said something precise about this model.
+                        _ => rt.health.on_success(cand.provider, ttfb, now),
+                    }
+                    if reason == FailoverReason::ModelUnavailable {
+                        rt.health.mark_offering_unavailable(
+                            cand.provider,
+                            &offering.model_id,
+                            plan.policy.offering_cooldown,
+                            now,
+                        );
+                        log::warn!(
+                            "provider {}: model {} unavailable ({status}); offering out for {} s",
+                            provider.name,
+                            offering.model_id,
+                            plan.policy.offering_cooldown.as_secs()
+                        );
+                    }
+                    failed_once[cand.provider] = true;
+                    if upstream.response_done() {
+                        shared
+                            .connector
+                            .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
+                            .await;
+                    }
+                    METRICS
+                        .attempts
+                        .with_label_values(&[&provider.name, reason.as_str()])
+                        .inc();
+                    ctx.attempts.push(AttemptLog {
+                        provider: provider.name.clone(),
+                        model: offering.model_id.clone(),
+                        reason: Some(reason.as_str()),
+                        status: Some(status),
+                        ms,
+                    });
+                    failures.push(Failure {
+                        provider: provider.name.clone(),
+                        reason,
+                        status: Some(status),
+                        retry_after_s: None,
+                    });
+                    continue;
+                }
+                rt.health.on_success(cand.provider, ttfb, now);
+                rt.health
+                    .offering_answered(cand.provider, &offering.model_id);
                 METRICS
                     .attempts
                     .with_label_values(&[&provider.name, "ok"])
@@ -189,18 +279,41 @@ pub async fn run(
                 ctx.served_model = Some(offering.model_id.clone());
                 ctx.status = status;
                 ctx.ttfb_ms = Some(ctx.start.elapsed().as_millis() as u64);
+                ctx.dropped_params = dropped.iter().map(|d| d.to_string()).collect();
+                let equivalent = cand
+                    .grade
+                    .map(|g| format!("{};grade={g}", served_model.name));
+                if equivalent.is_some() {
+                    ctx.degraded = equivalent.clone();
+                    METRICS
+                        .degraded
+                        .with_label_values(&[&model.name, &served_model.name])
+                        .inc();
+                    log::warn!(
+                        "request {}: {} served by equivalent {} on {}",
+                        ctx.request_id,
+                        model.name,
+                        served_model.name,
+                        provider.name
+                    );
+                }
                 let attempts = (attempt + 1).to_string();
                 return relay(
                     shared,
                     session,
                     ctx,
-                    upstream,
-                    peer,
+                    Upstream {
+                        session: upstream,
+                        peer,
+                        prefix,
+                    },
                     provider,
                     Served {
-                        model_name: &model.name,
+                        model_name: &served_model.name,
                         model_id: &offering.model_id,
                         price: offering.price,
+                        equivalent,
+                        dropped: &dropped,
                     },
                     &attempts,
                     plan.endpoint.family(),
@@ -284,20 +397,43 @@ pub async fn run(
 
 /// Next candidate health admits, cycling through the list. When health turns every candidate
 /// away, the first one in order is used anyway (fail open).
-fn pick(rt: &Runtime, plan: &Plan, cursor: &mut usize, now: Instant) -> Option<(Candidate, bool)> {
+fn pick(
+    rt: &Runtime,
+    plan: &Plan,
+    cursor: &mut usize,
+    now: Instant,
+    min_context: u64,
+) -> Option<(Candidate, bool)> {
     let n = plan.candidates.len();
     if n == 0 {
+        return None;
+    }
+    let catalog = &rt.config.catalog;
+    let fits = |c: &Candidate| {
+        min_context == 0
+            || catalog
+                .context_tokens(c.model, c.offering)
+                .is_some_and(|t| t >= min_context)
+    };
+    if !plan.candidates.iter().any(fits) {
         return None;
     }
     for _ in 0..n {
         let c = &plan.candidates[*cursor % n];
         *cursor += 1;
+        if !fits(c) {
+            continue;
+        }
         if c.panic.is_some() {
             // Routing already knows everything is down; order is its call.
             return Some((c.clone(), false));
         }
-        // Health may have changed since routing (a Retry-After or a breaker trip mid-request).
-        if rt.health.skip(c.provider).is_some() {
+        // Health may have changed since routing (a Retry-After or a breaker trip mid-request,
+        // an offering another request just found gone).
+        let model_id = &catalog.model(c.model).offerings[c.offering].model_id;
+        if rt.health.skip(c.provider).is_some()
+            || rt.health.offering_skip(c.provider, model_id).is_some()
+        {
             continue;
         }
         match rt.health.admit(c.provider, now) {
@@ -306,8 +442,13 @@ fn pick(rt: &Runtime, plan: &Plan, cursor: &mut usize, now: Instant) -> Option<(
             Admission::Reject { .. } => continue,
         }
     }
-    let mut c = plan.candidates[*cursor % n].clone();
-    *cursor += 1;
+    let mut c = loop {
+        let c = &plan.candidates[*cursor % n];
+        *cursor += 1;
+        if fits(c) {
+            break c.clone();
+        }
+    };
     c.panic = rt.health.skip(c.provider).map(|(r, _)| r);
     Some((c, false))
 }
@@ -334,6 +475,16 @@ fn final_error(failures: &[Failure], deadline_hit: bool, total: Duration) -> Gat
                     &list
                 }
             ),
+        );
+    }
+    if !failures.is_empty()
+        && failures
+            .iter()
+            .all(|f| f.reason == FailoverReason::ModelUnavailable)
+    {
+        return GatewayError::new(
+            ErrorKind::ModelUnavailable,
+            format!("no provider serves this model right now: {list}"),
         );
     }
     if !failures.is_empty()
@@ -440,12 +591,58 @@ async fn exchange(
     };
     let status = resp.status.as_u16();
     match classify_status(status) {
+        StatusClass::Final if body_decides(status) => {
+            // Read the (small) error body within what is left of the budget: it decides
+            // between "pass this error on" and "this offering is gone, try the next".
+            let left = budget.saturating_sub(started.elapsed());
+            let mut buf = BytesMut::new();
+            let read = async {
+                while buf.len() < MAX_ERROR_BODY {
+                    match up.read_response_body().await? {
+                        Some(chunk) => buf.extend_from_slice(&chunk),
+                        None => return Ok(true),
+                    }
+                }
+                Ok::<_, Box<Error>>(false)
+            };
+            let complete = match tokio::time::timeout(left, read).await {
+                Ok(Ok(complete)) => complete,
+                Ok(Err(e)) => {
+                    log::debug!("provider {}: error body broke ({e})", provider.name);
+                    return failed(FailoverReason::Reset);
+                }
+                Err(_) => {
+                    return failed(if bounded_by_deadline {
+                        FailoverReason::Deadline
+                    } else {
+                        FailoverReason::FirstByteTimeout
+                    })
+                }
+            };
+            let prefix = buf.freeze();
+            // A body over the cap is no error message a provider sends about a model.
+            let verdict = if complete {
+                classify_error_body(status, &prefix)
+            } else {
+                None
+            };
+            up.set_read_timeout(Some(provider.timeouts.idle));
+            Exchange::Answer {
+                upstream: Box::new(up),
+                peer,
+                ttfb,
+                prefix: Some(prefix),
+                verdict,
+            }
+        }
         StatusClass::Final => {
             up.set_read_timeout(Some(provider.timeouts.idle));
             Exchange::Answer {
                 upstream: Box::new(up),
                 peer,
                 ttfb,
+                prefix: None,
+                verdict: None,
             }
         }
         StatusClass::Retry(reason) => {
@@ -478,6 +675,17 @@ struct Served<'a> {
     model_name: &'a str,
     model_id: &'a str,
     price: Option<Price>,
+    /// `canonical;grade=g` when a closest equivalent answered.
+    equivalent: Option<String>,
+    dropped: &'a [&'a str],
+}
+
+/// The upstream side of the chosen answer.
+struct Upstream {
+    session: Box<HttpSession>,
+    peer: Box<HttpPeer>,
+    /// Body bytes already read while classifying.
+    prefix: Option<Bytes>,
 }
 
 /// Stream the chosen answer to the client, chunk by chunk as it arrives.
@@ -486,13 +694,17 @@ async fn relay(
     shared: &Shared,
     session: &mut Session,
     ctx: &mut RequestLog,
-    mut upstream: Box<HttpSession>,
-    peer: Box<HttpPeer>,
+    up: Upstream,
     provider: &Provider,
     served: Served<'_>,
     attempts: &str,
     family: Family,
 ) -> Result<()> {
+    let Upstream {
+        session: mut upstream,
+        peer,
+        prefix,
+    } = up;
     let served_model = served.model_id;
     let Some(up_header) = upstream.response_header() else {
         return Error::e_explain(ErrorType::InternalError, "answer without a response header");
@@ -514,12 +726,21 @@ async fn relay(
     resp.insert_header("x-twinroute-model", served_model)?;
     resp.insert_header("x-twinroute-attempts", attempts)?;
     resp.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
+    if let Some(eq) = &served.equivalent {
+        resp.insert_header("x-twinroute-equivalent", eq.as_str())?;
+    }
+    if !served.dropped.is_empty() {
+        resp.insert_header("x-twinroute-dropped-params", served.dropped.join(","))?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
 
     let success = upstream
         .response_header()
         .is_some_and(|h| h.status.is_success());
     let mut usage = UsageScanner::default();
+    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+        session.write_response_body(Some(p), false).await?;
+    }
     loop {
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {

@@ -2,9 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use twinroute::api::Endpoint;
-use twinroute::config::{self, Config};
-use twinroute::route::{self, NoHealth, RequestConstraints};
+use twinroute::config;
 
 #[derive(Parser)]
 #[command(
@@ -50,74 +48,6 @@ fn init_logging() {
         .init();
 }
 
-fn print_table(cfg: &Config) {
-    println!(
-        "config OK: {} providers, {} models",
-        cfg.providers.len(),
-        cfg.catalog.models().len()
-    );
-    println!("\nproviders:");
-    for p in &cfg.providers {
-        println!(
-            "  {:<14} api={:<9} {}://{}:{}{}  region={}  key={}",
-            p.name,
-            p.api.as_str(),
-            if p.base.tls { "https" } else { "http" },
-            p.base.host,
-            p.base.port,
-            p.base.path,
-            p.region.as_deref().unwrap_or("-"),
-            match &p.key_env {
-                Some(v) => format!("${v} (set)"),
-                None => "none".into(),
-            },
-        );
-    }
-    println!("\nmodels (candidate order with every provider healthy):");
-    for (i, m) in cfg.catalog.models().iter().enumerate() {
-        let aliases = if m.aliases.is_empty() {
-            String::new()
-        } else {
-            format!(" aliases={}", m.aliases.join(","))
-        };
-        println!(
-            "  {}{}  strategy={} max_attempts={}",
-            m.name,
-            aliases,
-            m.policy.strategy.as_str(),
-            m.policy.max_attempts
-        );
-        for endpoint in [Endpoint::ChatCompletions, Endpoint::Messages] {
-            let Ok(cands) = route::candidates(
-                i,
-                m,
-                &cfg.providers,
-                endpoint,
-                &RequestConstraints::default(),
-                &NoHealth,
-            ) else {
-                continue;
-            };
-            for (n, c) in cands.iter().enumerate() {
-                let p = &cfg.providers[c.provider];
-                let o = &m.offerings[c.offering];
-                let price = o
-                    .price
-                    .map(|p| format!("${}/${} per Mtok", p.input_per_mtok, p.output_per_mtok))
-                    .unwrap_or_else(|| "no price".into());
-                println!(
-                    "    {}. {:<12} {:<50} {}  POST {}",
-                    n + 1,
-                    p.name,
-                    o.model_id,
-                    price,
-                    twinroute::provider::upstream_path(p, endpoint, &o.model_id)
-                );
-            }
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -143,7 +73,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match config::load_file(&config) {
             Ok(c) => {
-                print_table(&c);
+                print!("{}", twinroute::check::report(&c));
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub attempts: IntCounterVec,
     pub failovers: IntCounterVec,
+    pub degraded: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_ttfb: HistogramVec,
     pub provider_healthy: IntGaugeVec,
@@ -50,6 +51,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Moves from one provider to the next, with the reason",
         ),
         &["model", "from_provider", "to_provider", "reason"],
+    )?;
+    let degraded = IntCounterVec::new(
+        Opts::new(
+            "twinroute_degraded_total",
+            "Requests answered by a closest equivalent instead of a twin of the requested model",
+        ),
+        &["model", "equivalent"],
     )?;
     let request_duration = HistogramVec::new(
         HistogramOpts::new(
@@ -108,6 +116,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(attempts.clone()))?;
+    registry.register(Box::new(degraded.clone()))?;
     registry.register(Box::new(failovers.clone()))?;
     registry.register(Box::new(request_duration.clone()))?;
     registry.register(Box::new(upstream_ttfb.clone()))?;
@@ -122,6 +131,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         requests,
         attempts,
         failovers,
+        degraded,
         request_duration,
         upstream_ttfb,
         provider_healthy,

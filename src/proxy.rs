@@ -27,6 +27,9 @@ use std::time::Duration;
 pub const HDR_PROVIDER: &str = "x-twinroute-provider";
 pub const HDR_STRATEGY: &str = "x-twinroute-strategy";
 pub const HDR_REGION: &str = "x-twinroute-region";
+pub const HDR_ALLOW_EQUIVALENTS: &str = "x-twinroute-allow-equivalents";
+pub const HDR_REQUIRE_PARAMS: &str = "x-twinroute-require-parameters";
+pub const HDR_ROUTE: &str = "x-twinroute-route";
 
 /// How long a client may pause while sending its body.
 const CLIENT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -145,6 +148,7 @@ impl Proxy {
         ctx.stream = body.stream;
 
         let mut constraints = RequestConstraints::default();
+        let mut require_params: Option<bool> = None;
         if let Some(name) = header_str(session, HDR_PROVIDER) {
             let name = name.to_string();
             match cfg.provider_by_name(&name) {
@@ -171,7 +175,7 @@ impl Proxy {
                 None => {
                     return Ok(Handled::Reject(GatewayError::new(
                         ErrorKind::InvalidRequest,
-                        format!("{HDR_STRATEGY}: unknown strategy {:?} (ordered, prefer_cost or prefer_latency)", truncate(s)),
+                        format!("{HDR_STRATEGY}: unknown strategy {:?} (ordered, prefer_cost, prefer_latency or weighted)", truncate(s)),
                     )))
                 }
             }
@@ -179,6 +183,50 @@ impl Proxy {
         if let Some(r) = header_str(session, HDR_REGION) {
             constraints.region = Some(r.to_string());
         }
+        for (name, slot) in [
+            (HDR_ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
+            (HDR_REQUIRE_PARAMS, &mut require_params),
+        ] {
+            if let Some(v) = header_str(session, name) {
+                *slot = Some(match parse_bool(v) {
+                    Some(b) => b,
+                    None => {
+                        return Ok(Handled::Reject(GatewayError::new(
+                            ErrorKind::InvalidRequest,
+                            format!("{name} must be true or false"),
+                        )))
+                    }
+                });
+            }
+        }
+        if require_params == Some(true) {
+            constraints.required_params = Some(body.param_names());
+        }
+        constraints.needed_tokens = Some(body.estimated_tokens());
+        constraints.draw = rand::random::<f64>();
+        let route = cfg.route_for(&path, &session.req_header().headers);
+        if route.is_none() {
+            if let Some(asked) = header_str(session, HDR_ROUTE) {
+                let header = http::HeaderName::from_static(HDR_ROUTE);
+                let known: Vec<&str> = cfg
+                    .routes
+                    .iter()
+                    .filter(|r| r.headers.iter().any(|(k, _)| *k == header))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                if !known.is_empty() {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "{HDR_ROUTE}: {:?} matches no route for {path}; routes keyed on it: {}",
+                            truncate(asked),
+                            known.join(", ")
+                        ),
+                    )));
+                }
+            }
+        }
+        ctx.route = route.map(|r| r.name.clone());
 
         let Some(model_id) = cfg.catalog.resolve(&body.model) else {
             return Ok(Handled::Reject(GatewayError::new(
@@ -191,11 +239,13 @@ impl Proxy {
         };
         let model = cfg.catalog.model(model_id);
         ctx.model = Some(model.name.clone());
+        let policy = cfg.policy_for(route, model_id);
         let candidates = match route::candidates(
             model_id,
-            model,
+            &cfg.catalog,
             &cfg.providers,
             endpoint,
+            policy,
             &constraints,
             &rt.health,
         ) {
@@ -210,7 +260,11 @@ impl Proxy {
         // Record which twins health kept out, with the same reason names as failovers.
         for o in &model.offerings {
             if !candidates.iter().any(|c| c.provider == o.provider) {
-                if let Some((reason, _)) = rt.health.skip(o.provider) {
+                let skip = rt
+                    .health
+                    .skip(o.provider)
+                    .or_else(|| rt.health.offering_skip(o.provider, &o.model_id));
+                if let Some((reason, _)) = skip {
                     ctx.skipped.push(format!(
                         "{}:{}",
                         cfg.providers[o.provider].name,
@@ -223,11 +277,19 @@ impl Proxy {
             endpoint,
             model: model_id,
             candidates,
-            policy: model.policy.clone(),
+            policy: policy.clone(),
             pinned: constraints.pin.is_some(),
         };
         forward::run(&self.shared, &rt, session, ctx, &plan, &body).await?;
         Ok(Handled::Done)
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
     }
 }
 

@@ -22,6 +22,29 @@ pub struct FileConfig {
     #[serde(default)]
     pub models: Vec<FileModel>,
     pub policy: Option<FilePolicy>,
+    #[serde(default)]
+    pub routes: Vec<FileRoute>,
+}
+
+/// A per-feature route: requests it matches use its policy instead of the top-level one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: FileRouteMatch,
+    pub policy: Option<FilePolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteMatch {
+    /// Request paths (exact, e.g. `/v1/embeddings`); any of them matches.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Request headers that must all be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +84,8 @@ pub struct FileProbe {
     pub path: Option<String>,
     pub interval_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
+    /// Compare the probe's model listing with this provider's offerings.
+    pub list_models: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +117,11 @@ pub struct FileOffering {
     pub model: String,
     pub price: Option<FilePrice>,
     pub weight: Option<f64>,
+    pub context_tokens: Option<u64>,
+    #[serde(default)]
+    pub drop_params: Vec<String>,
+    #[serde(default)]
+    pub unsupported_params: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +148,10 @@ pub struct FilePolicy {
     pub max_attempts: Option<u32>,
     pub request_timeout_ms: Option<u64>,
     pub backoff: Option<FileBackoff>,
+    /// `fail` (default) or `degrade`: whether offerings over the cost ceiling are a last resort.
+    pub on_ceiling: Option<String>,
+    /// How long an offering that answered "model unavailable" stays out.
+    pub offering_cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,7 +6,7 @@
 
 pub mod file;
 
-use crate::catalog::{Catalog, Equivalent, Model, Offering, Price};
+use crate::catalog::{Catalog, Equivalent, Model, ModelId, Offering, Price};
 use file::{FileConfig, FilePolicy, FileProvider};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -66,6 +66,18 @@ pub enum Strategy {
     PreferCost,
     /// Lowest observed latency first (probe EWMA blended with passive TTFB).
     PreferLatency,
+    /// First choice drawn in proportion to offering `weight` (A/B, canaries); failover after
+    /// it in file order.
+    Weighted,
+}
+
+/// What the cost ceiling does to offerings above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCeiling {
+    /// Never tried.
+    Fail,
+    /// Tried last, after everything within the ceiling failed.
+    Degrade,
 }
 
 impl Strategy {
@@ -74,6 +86,7 @@ impl Strategy {
             "ordered" => Some(Strategy::Ordered),
             "prefer_cost" => Some(Strategy::PreferCost),
             "prefer_latency" => Some(Strategy::PreferLatency),
+            "weighted" => Some(Strategy::Weighted),
             _ => None,
         }
     }
@@ -83,6 +96,7 @@ impl Strategy {
             Strategy::Ordered => "ordered",
             Strategy::PreferCost => "prefer_cost",
             Strategy::PreferLatency => "prefer_latency",
+            Strategy::Weighted => "weighted",
         }
     }
 }
@@ -173,6 +187,8 @@ pub struct ProbeConf {
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Compare the listing the probe returns with the provider's offerings.
+    pub list_models: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +235,9 @@ pub struct Policy {
     /// `None`: derived per request as first-byte timeout × attempts.
     pub request_timeout: Option<Duration>,
     pub backoff: Backoff,
+    pub on_ceiling: OnCeiling,
+    /// How long an offering that answered "model unavailable" stays out of rotation.
+    pub offering_cooldown: Duration,
 }
 
 impl Default for Policy {
@@ -234,6 +253,8 @@ impl Default for Policy {
                 base: Duration::from_millis(25),
                 max: Duration::from_millis(1000),
             },
+            on_ceiling: OnCeiling::Fail,
+            offering_cooldown: Duration::from_secs(600),
         }
     }
 }
@@ -256,11 +277,47 @@ pub struct Config {
     pub providers: Vec<Arc<Provider>>,
     pub catalog: Catalog,
     pub policy: Policy,
+    pub routes: Vec<Route>,
+}
+
+/// A per-feature route: requests matching it use its policy.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// Exact request paths; empty matches any path.
+    pub paths: Vec<String>,
+    /// Headers that must all be present with these exact values.
+    pub headers: Vec<(http::HeaderName, String)>,
+    /// The effective policy per model (indexed by `ModelId`): route over model over top level.
+    pub policies: Vec<Policy>,
+}
+
+impl Route {
+    pub fn matches(&self, path: &str, headers: &http::HeaderMap) -> bool {
+        (self.paths.is_empty() || self.paths.iter().any(|p| p == path))
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| headers.get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
+    }
 }
 
 impl Config {
     pub fn provider_by_name(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// The first route matching the request, if any.
+    pub fn route_for(&self, path: &str, headers: &http::HeaderMap) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path, headers))
+    }
+
+    /// The policy a request uses: its route's for this model, else the model's.
+    pub fn policy_for<'a>(&'a self, route: Option<&'a Route>, model: ModelId) -> &'a Policy {
+        match route {
+            Some(r) => &r.policies[model],
+            None => &self.catalog.model(model).policy,
+        }
     }
 }
 
@@ -317,7 +374,10 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
         out.strategy = Strategy::parse(s).ok_or_else(|| {
             err(
                 format!("{path}.strategy"),
-                format!("unknown strategy {s:?} (expected ordered, prefer_cost or prefer_latency)"),
+                format!(
+                    "unknown strategy {s:?} (expected ordered, prefer_cost, prefer_latency or \
+                     weighted)"
+                ),
             )
         })?;
     }
@@ -365,6 +425,21 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
         if out.backoff.max < out.backoff.base {
             return Err(err(format!("{path}.backoff"), "max_ms must be >= base_ms"));
         }
+    }
+    if let Some(v) = &p.on_ceiling {
+        out.on_ceiling = match v.as_str() {
+            "fail" => OnCeiling::Fail,
+            "degrade" => OnCeiling::Degrade,
+            other => {
+                return Err(err(
+                    format!("{path}.on_ceiling"),
+                    format!("unknown value {other:?} (expected fail or degrade)"),
+                ))
+            }
+        };
+    }
+    if let Some(ms) = p.offering_cooldown_ms {
+        out.offering_cooldown = nonzero_ms(&format!("{path}.offering_cooldown_ms"), Some(ms), 0)?;
     }
     Ok(out)
 }
@@ -459,6 +534,9 @@ fn build_provider(
                         .as_deref()
                         .unwrap_or(DEFAULT_AZURE_API_VERSION)
                 ),
+                // Anthropic pages its listing (20 by default); ask for all of it.
+                ApiKind::Anthropic if base.path.is_empty() => "/v1/models?limit=1000".to_string(),
+                ApiKind::Anthropic => format!("{}/models?limit=1000", base.path),
                 _ if base.path.is_empty() => "/v1/models".to_string(),
                 _ => format!("{}/models", base.path),
             },
@@ -473,6 +551,10 @@ fn build_provider(
             pr.and_then(|p| p.timeout_ms),
             2_000,
         )?,
+        // Azure's listing names base models, not the deployments offerings use.
+        list_models: pr
+            .and_then(|p| p.list_models)
+            .unwrap_or(api != ApiKind::Azure),
     };
     if !probe.path.starts_with('/') {
         return Err(err(format!("{path}.probe.path"), "must start with '/'"));
@@ -590,6 +672,12 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
                 "a model needs at least one offering",
             ));
         }
+        if m.context_tokens == Some(0) {
+            return Err(err(
+                format!("{path}.context_tokens"),
+                "must be greater than 0",
+            ));
+        }
         let mut offerings = Vec::with_capacity(m.offerings.len());
         for (oi, o) in m.offerings.iter().enumerate() {
             let opath = format!("{path}.offerings[{oi}]");
@@ -633,11 +721,31 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             if !(weight >= 0.0 && weight.is_finite()) {
                 return Err(err(format!("{opath}.weight"), "must be >= 0"));
             }
+            for (key, list) in [
+                ("drop_params", &o.drop_params),
+                ("unsupported_params", &o.unsupported_params),
+            ] {
+                if let Some(bad) = list.iter().find(|p| p.is_empty() || p.as_str() == "model") {
+                    return Err(err(
+                        format!("{opath}.{key}"),
+                        format!("{bad:?} cannot be listed: twinroute needs `model` to route"),
+                    ));
+                }
+            }
+            if o.context_tokens == Some(0) {
+                return Err(err(
+                    format!("{opath}.context_tokens"),
+                    "must be greater than 0",
+                ));
+            }
             offerings.push(Offering {
                 provider: provider.id,
                 model_id: o.model.clone(),
                 price,
                 weight,
+                context_tokens: o.context_tokens,
+                drop_params: o.drop_params.clone(),
+                unsupported_params: o.unsupported_params.clone(),
             });
         }
         let mut equivalents = Vec::new();
@@ -650,6 +758,8 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             }
             equivalents.push(Equivalent {
                 model: e.model.clone(),
+                // Resolved by `Catalog::new` once every model is known.
+                id: 0,
                 grade: e.grade,
             });
         }
@@ -663,6 +773,53 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         });
     }
     let catalog = Catalog::new(models)?;
+    let mut routes = Vec::with_capacity(file.routes.len());
+    let mut route_names = HashSet::new();
+    for (ri, r) in file.routes.iter().enumerate() {
+        let path = format!("routes[{ri}]");
+        if r.name.is_empty() || !route_names.insert(r.name.clone()) {
+            return Err(err(
+                format!("{path}.name"),
+                format!("must be non-empty and unique ({:?})", r.name),
+            ));
+        }
+        if r.matcher.paths.is_empty() && r.matcher.headers.is_empty() {
+            return Err(err(
+                format!("{path}.match"),
+                "needs `paths` or `headers` (a route matching everything would hide `policy`)",
+            ));
+        }
+        for (pi, p) in r.matcher.paths.iter().enumerate() {
+            if crate::api::Endpoint::from_path(p).is_none() {
+                return Err(err(
+                    format!("{path}.match.paths[{pi}]"),
+                    format!("{p:?} is not an endpoint twinroute serves"),
+                ));
+            }
+        }
+        let mut headers = Vec::new();
+        for (k, v) in &r.matcher.headers {
+            let name = http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                err(
+                    format!("{path}.match.headers.{k}"),
+                    "not a valid header name",
+                )
+            })?;
+            headers.push((name, v.clone()));
+        }
+        // The route's policy applies over each model's own (route wins where it says something).
+        let policies = catalog
+            .models()
+            .iter()
+            .map(|m| build_policy(&format!("{path}.policy"), r.policy.as_ref(), &m.policy))
+            .collect::<Result<Vec<_>, _>>()?;
+        routes.push(Route {
+            name: r.name.clone(),
+            paths: r.matcher.paths.clone(),
+            headers,
+            policies,
+        });
+    }
     Ok(Config {
         listen,
         admin_listen,
@@ -673,6 +830,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         providers,
         catalog,
         policy,
+        routes,
     })
 }
 
@@ -704,7 +862,8 @@ models:
         assert_eq!(c.providers[0].key.as_ref().unwrap().expose(), "sk-test");
         assert_eq!(c.providers[1].base.path, "/v1");
         assert_eq!(c.providers[0].probe.path, "/v1/models");
-        assert_eq!(c.providers[1].probe.path, "/v1/models");
+        // Anthropic pages its listing: the probe asks for all of it.
+        assert_eq!(c.providers[1].probe.path, "/v1/models?limit=1000");
         assert!(c.providers[1].base.tls);
         assert_eq!(c.providers[1].base.port, 443);
         assert_eq!(c.listen, "127.0.0.1:4000");

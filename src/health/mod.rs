@@ -1,4 +1,5 @@
-//! Live provider health: breaker, Retry-After cooldown, probe verdict, latency, drain flag.
+//! Live provider health: breaker, Retry-After cooldown, probe verdict, latency, drain flag, and
+//! per-offering availability (one model gone on a provider that still serves the others).
 //!
 //! Written by the attempt loop (passive signals) and the probe service (active signals); read by
 //! routing through `HealthView`. Each provider's state sits behind its own short-held lock; no
@@ -12,6 +13,7 @@ use crate::config::Provider;
 use crate::route::{HealthView, SkipReason};
 use breaker::{Admission, Breaker, BreakerState};
 use ewma::{Ewma, PeakEwma};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -60,9 +62,31 @@ impl ProviderHealth {
     }
 }
 
+/// One offering (a model on a provider) out of rotation while its provider stays in.
+#[derive(Debug, Default, Clone)]
+struct OfferingState {
+    /// Set when the provider answered "model unavailable"; lifted when it passes.
+    unavailable_until: Option<Instant>,
+    /// The provider's last model listing did not include this model ID.
+    missing_from_listing: bool,
+}
+
+/// A point-in-time view of one offering that is out, for `/status`.
+#[derive(Debug, Clone)]
+pub struct OfferingSnapshot {
+    pub provider: String,
+    pub model_id: String,
+    pub reason: SkipReason,
+    pub remaining_ms: Option<u64>,
+}
+
 #[derive(Debug)]
 pub struct Health {
     providers: Vec<ProviderHealth>,
+    /// Keyed by (provider index, upstream model ID): the unit the provider answers about.
+    offerings: Mutex<HashMap<(usize, String), OfferingState>>,
+    /// Fast path: while no offering was ever marked, routing never takes the lock above.
+    offerings_marked: AtomicBool,
 }
 
 impl Health {
@@ -84,7 +108,90 @@ impl Health {
                     drained: AtomicBool::new(false),
                 })
                 .collect(),
+            offerings: Mutex::new(HashMap::new()),
+            offerings_marked: AtomicBool::new(false),
         }
+    }
+
+    fn offerings(&self) -> MutexGuard<'_, HashMap<(usize, String), OfferingState>> {
+        self.offerings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The provider said this model is gone there: keep it out for `for_how_long` (extended,
+    /// never shortened, by later answers), while the provider serves its other models.
+    pub fn mark_offering_unavailable(
+        &self,
+        provider: usize,
+        model_id: &str,
+        for_how_long: Duration,
+        now: Instant,
+    ) {
+        let until = now + for_how_long;
+        let mut g = self.offerings();
+        let st = g.entry((provider, model_id.to_string())).or_default();
+        if st.unavailable_until.is_none_or(|u| u < until) {
+            st.unavailable_until = Some(until);
+        }
+        self.offerings_marked.store(true, Ordering::Relaxed);
+    }
+
+    /// An offering answered: whatever marked it out was wrong or is over.
+    pub fn offering_answered(&self, provider: usize, model_id: &str) {
+        if !self.offerings_marked.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = self.offerings();
+        if let Some(st) = g.get_mut(&(provider, model_id.to_string())) {
+            st.unavailable_until = None;
+        }
+    }
+
+    /// Apply a model listing from the provider's probe: each of `offered` (this provider's
+    /// offering model IDs) is in or out by whether `listed` has it. Returns the IDs whose state
+    /// changed, with `true` for "now missing".
+    pub fn apply_listing(
+        &self,
+        provider: usize,
+        offered: &[&str],
+        listed: &HashSet<String>,
+    ) -> Vec<(String, bool)> {
+        let mut changed = Vec::new();
+        let mut g = self.offerings();
+        for id in offered {
+            let missing = !listed.contains(*id);
+            let key = (provider, id.to_string());
+            let was = g.get(&key).is_some_and(|s| s.missing_from_listing);
+            if was != missing {
+                g.entry(key).or_default().missing_from_listing = missing;
+                changed.push((id.to_string(), missing));
+            }
+        }
+        if changed.iter().any(|(_, m)| *m) {
+            self.offerings_marked.store(true, Ordering::Relaxed);
+        }
+        changed
+    }
+
+    /// Offerings that are out right now.
+    pub fn offering_snapshot(&self, now: Instant) -> Vec<OfferingSnapshot> {
+        if !self.offerings_marked.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let g = self.offerings();
+        let mut out: Vec<OfferingSnapshot> = g
+            .iter()
+            .filter_map(|((p, id), st)| {
+                let (reason, remaining_ms) = offering_verdict(st, now)?;
+                Some(OfferingSnapshot {
+                    provider: self.providers[*p].name.clone(),
+                    model_id: id.clone(),
+                    reason,
+                    remaining_ms,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.provider, &a.model_id).cmp(&(&b.provider, &b.model_id)));
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -202,6 +309,20 @@ impl Health {
     }
 }
 
+/// Why an offering is out, and for how much longer when that is known.
+fn offering_verdict(st: &OfferingState, now: Instant) -> Option<(SkipReason, Option<u64>)> {
+    if let Some(until) = st.unavailable_until.filter(|u| *u > now) {
+        return Some((
+            SkipReason::ModelUnavailable,
+            Some((until - now).as_millis() as u64),
+        ));
+    }
+    if st.missing_from_listing {
+        return Some((SkipReason::ProbeModelMissing, None));
+    }
+    None
+}
+
 /// Latency score: the probe's round trip and the passive time-to-first-byte, averaged when both
 /// are known.
 fn score(g: &Inner) -> Option<f64> {
@@ -235,5 +356,22 @@ impl HealthView for Health {
 
     fn latency_ms(&self, provider: usize) -> Option<f64> {
         score(&self.providers[provider].lock())
+    }
+
+    fn offering_skip(&self, provider: usize, model_id: &str) -> Option<(SkipReason, Instant)> {
+        if !self.offerings_marked.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        let g = self.offerings();
+        let st = g.get(&(provider, model_id.to_string()))?;
+        let (reason, remaining) = offering_verdict(st, now)?;
+        // A listing gap has no end time: expect it back at the next probe, roughly.
+        Some((
+            reason,
+            now + remaining
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::from_secs(5)),
+        ))
     }
 }
