@@ -222,3 +222,99 @@ pub fn report(cfg: &Config) -> String {
     }
     out
 }
+
+/// What one provider's listing says about one offering.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveState {
+    Listed,
+    Missing,
+    /// The provider answered but the listing is no full list (paged, empty, another shape).
+    Unknown,
+    AuthFailed(u16),
+    /// Another non-2xx status.
+    Error(u16),
+    Unreachable(String),
+}
+
+impl LiveState {
+    /// Could traffic reach this offering now, as far as the listing can tell?
+    pub fn reachable(&self) -> bool {
+        matches!(self, LiveState::Listed | LiveState::Unknown)
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            LiveState::Listed => "listed".into(),
+            LiveState::Missing => "missing".into(),
+            LiveState::Unknown => "reachable (listing inconclusive)".into(),
+            LiveState::AuthFailed(s) => format!("auth failed ({s})"),
+            LiveState::Error(s) => format!("error ({s})"),
+            LiveState::Unreachable(e) => format!("unreachable ({e})"),
+        }
+    }
+}
+
+/// `check --live`: one listing call per provider with its key, then a verdict per offering.
+/// Returns the report and whether every model has at least one reachable twin.
+pub async fn live(cfg: &Config) -> (String, bool) {
+    use crate::health::probe::{parse_listing, probe_once, ProbeError};
+    let connector = std::sync::Arc::new(pingora::connectors::http::Connector::new(None));
+    let resolver = std::sync::Arc::new(crate::resolve::Resolver::default());
+    // All providers at once: the slowest one bounds the wait, not the sum.
+    let tasks: Vec<_> = cfg
+        .providers
+        .iter()
+        .map(|p| {
+            let (p, connector, resolver) = (p.clone(), connector.clone(), resolver.clone());
+            tokio::spawn(async move { probe_once(&connector, &resolver, &p).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        results.push(
+            t.await
+                .unwrap_or_else(|e| Err(ProbeError::Unreachable(format!("probe task: {e}")))),
+        );
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "live check ({} providers):", cfg.providers.len());
+    for (p, r) in cfg.providers.iter().zip(&results) {
+        let summary = match r {
+            Ok((rtt, _)) => format!("ok in {} ms", rtt.as_millis()),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(out, "  {:<14} GET {}  {summary}", p.name, p.probe.path);
+    }
+    let mut all_ok = true;
+    let _ = writeln!(out, "\noffering states:");
+    for m in cfg.catalog.models() {
+        let mut any = false;
+        let _ = writeln!(out, "  {}", m.name);
+        for o in &m.offerings {
+            let p = &cfg.providers[o.provider];
+            let state = match &results[o.provider] {
+                Ok((_, body)) => match parse_listing(body) {
+                    Some(ids) if ids.contains(&o.model_id) => LiveState::Listed,
+                    Some(_) => LiveState::Missing,
+                    None => LiveState::Unknown,
+                },
+                Err(ProbeError::Status(s @ (401 | 403))) => LiveState::AuthFailed(*s),
+                Err(ProbeError::Status(s)) => LiveState::Error(*s),
+                Err(e) => LiveState::Unreachable(e.to_string()),
+            };
+            any |= state.reachable();
+            let _ = writeln!(
+                out,
+                "    {:<14} {:<50} {}",
+                p.name,
+                o.model_id,
+                state.label()
+            );
+        }
+        if !any {
+            all_ok = false;
+            let _ = writeln!(out, "    !! no reachable twin for {}", m.name);
+        }
+    }
+    (out, all_ok)
+}

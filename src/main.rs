@@ -26,6 +26,11 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: String,
+        /// Also call each provider once with its key and report, per offering, whether its
+        /// model is listed, missing, refused or unreachable. Exits 2 when a model has no
+        /// reachable twin.
+        #[arg(long)]
+        live: bool,
     },
     /// Run the proxy on built-in mock providers (one failing) and show failover. No API key needed.
     Demo,
@@ -71,10 +76,31 @@ fn main() -> ExitCode {
             let (server, _shared) = twinroute::server::build(cfg);
             server.run_forever()
         }
-        Command::Check { config } => match config::load_file(&config) {
+        Command::Check { config, live } => match config::load_file(&config) {
             Ok(c) => {
                 print!("{}", twinroute::check::report(&c));
-                ExitCode::SUCCESS
+                if !live {
+                    return ExitCode::SUCCESS;
+                }
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("twinroute check: {e}");
+                        return ExitCode::from(1);
+                    }
+                };
+                let (report, ok) = rt.block_on(twinroute::check::live(&c));
+                println!("\n{report}");
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("twinroute check: a model has no reachable twin");
+                    ExitCode::from(2)
+                }
             }
             Err(e) => {
                 eprintln!("twinroute: invalid config {config}: {e}");

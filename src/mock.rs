@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,6 +83,9 @@ struct State {
     behavior: Behavior,
     /// One-shot behaviours used before `behavior`, in order.
     queue: VecDeque<Behavior>,
+    /// Behaviour for requests naming one model, over everything else: a provider that lost
+    /// one model and still serves the rest.
+    per_model: HashMap<String, Behavior>,
     requests: Vec<Recorded>,
     probe_status: u16,
     probe_delay: Duration,
@@ -148,6 +151,7 @@ impl MockProvider {
                 name: name.to_string(),
                 behavior: Behavior::Ok,
                 queue: VecDeque::new(),
+                per_model: HashMap::new(),
                 requests: Vec::new(),
                 probe_status: 200,
                 probe_delay: Duration::ZERO,
@@ -208,6 +212,15 @@ impl MockProvider {
     }
 
     /// Use `b` for the next request only (queued after earlier one-shots).
+    /// Answer requests for `model` (the ID on the wire) this way until cleared with `None`.
+    pub fn set_model_behavior(&self, model: &str, b: Option<Behavior>) {
+        let mut s = self.lock();
+        match b {
+            Some(b) => s.per_model.insert(model.to_string(), b),
+            None => s.per_model.remove(model),
+        };
+    }
+
     pub fn push_once(&self, b: Behavior) {
         self.lock().queue.push_back(b);
     }
@@ -306,8 +319,11 @@ impl MockProvider {
             if s.record {
                 s.requests.push(recorded);
             }
+            let model = parsed["model"].as_str().unwrap_or_default();
             let b = if method == "GET" {
                 Behavior::Ok
+            } else if let Some(b) = s.per_model.get(model) {
+                b.clone()
             } else {
                 s.queue.pop_front().unwrap_or_else(|| s.behavior.clone())
             };

@@ -43,65 +43,84 @@ impl ProbeService {
     }
 }
 
-/// One probe: `Ok(round trip)` on a 2xx, `Err(why)` otherwise.
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeError {
+    /// The provider answered, with a non-2xx status.
+    Status(u16),
+    /// No answer: DNS, connect, TLS or I/O failure.
+    Unreachable(String),
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Status(s) => write!(f, "status {s}"),
+            ProbeError::Unreachable(e) => f.write_str(e),
+            ProbeError::Timeout(d) => write!(f, "timeout after {} ms", d.as_millis()),
+        }
+    }
+}
+
+/// One probe: `Ok((round trip, body))` on a 2xx.
 pub async fn probe_once(
     connector: &Connector,
     resolver: &Resolver,
     provider: &Provider,
-) -> Result<(Duration, bytes::Bytes), String> {
+) -> Result<(Duration, bytes::Bytes), ProbeError> {
     let started = Instant::now();
-    let work = async {
-        let addr = resolver
-            .resolve(&provider.base.host, provider.base.port)
-            .await?;
-        let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
-        peer.options.connection_timeout =
-            Some(provider.timeouts.connect.min(provider.probe.timeout));
-        peer.options.verify_cert = provider.tls_verify;
-        peer.options.verify_hostname = provider.tls_verify;
-        let req = build_probe(provider).map_err(|e| format!("bad probe request: {e}"))?;
-        let (mut s, _) = connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
-        s.write_request_header(Box::new(req))
-            .await
-            .map_err(|e| format!("write: {}", e.etype().as_str()))?;
-        s.finish_request_body()
-            .await
-            .map_err(|e| format!("write: {}", e.etype().as_str()))?;
-        s.read_response_header()
-            .await
-            .map_err(|e| format!("read: {}", e.etype().as_str()))?;
-        let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
-        let rtt = started.elapsed();
-        if !(200..300).contains(&status) {
-            return Err(format!("status {status}"));
-        }
-        let mut body = bytes::BytesMut::new();
-        while let Some(chunk) = s
-            .read_response_body()
-            .await
-            .map_err(|e| format!("read body: {}", e.etype().as_str()))?
-        {
-            if body.len() + chunk.len() > MAX_PROBE_BODY {
-                return Ok((rtt, body.freeze()));
+    let work =
+        async {
+            let addr = resolver
+                .resolve(&provider.base.host, provider.base.port)
+                .await
+                .map_err(ProbeError::Unreachable)?;
+            let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+            peer.options.connection_timeout =
+                Some(provider.timeouts.connect.min(provider.probe.timeout));
+            peer.options.verify_cert = provider.tls_verify;
+            peer.options.verify_hostname = provider.tls_verify;
+            let req = build_probe(provider)
+                .map_err(|e| ProbeError::Unreachable(format!("bad probe request: {e}")))?;
+            let (mut s, _) = connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| ProbeError::Unreachable(format!("connect: {}", e.etype().as_str())))?;
+            s.write_request_header(Box::new(req))
+                .await
+                .map_err(|e| ProbeError::Unreachable(format!("write: {}", e.etype().as_str())))?;
+            s.finish_request_body()
+                .await
+                .map_err(|e| ProbeError::Unreachable(format!("write: {}", e.etype().as_str())))?;
+            s.read_response_header()
+                .await
+                .map_err(|e| ProbeError::Unreachable(format!("read: {}", e.etype().as_str())))?;
+            let status = s.response_header().map(|h| h.status.as_u16()).unwrap_or(0);
+            let rtt = started.elapsed();
+            if !(200..300).contains(&status) {
+                return Err(ProbeError::Status(status));
             }
-            body.extend_from_slice(&chunk);
-        }
-        if s.response_done() {
-            connector
-                .release_http_session(s, &peer, Some(Duration::from_secs(60)))
-                .await;
-        }
-        Ok((rtt, body.freeze()))
-    };
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = s.read_response_body().await.map_err(|e| {
+                ProbeError::Unreachable(format!("read body: {}", e.etype().as_str()))
+            })? {
+                if body.len() + chunk.len() > MAX_PROBE_BODY {
+                    return Ok((rtt, body.freeze()));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if s.response_done() {
+                connector
+                    .release_http_session(s, &peer, Some(Duration::from_secs(60)))
+                    .await;
+            }
+            Ok((rtt, body.freeze()))
+        };
     match tokio::time::timeout(provider.probe.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "timeout after {} ms",
-            provider.probe.timeout.as_millis()
-        )),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ProbeError::Timeout(provider.probe.timeout)),
     }
 }
 
@@ -185,7 +204,7 @@ impl BackgroundService for ProbeService {
                         if let (Ok((_, body)), true) = (&result, p.probe.list_models) {
                             apply_listing(&rt, &p, body);
                         }
-                        let result = result.map(|(rtt, _)| rtt);
+                        let result = result.map(|(rtt, _)| rtt).map_err(|e| e.to_string());
                         let detail = result.as_ref().err().cloned();
                         // Log transitions only: a provider down for an hour is one line, not 720.
                         if rt.health.on_probe(p.id, result, Instant::now()) {
