@@ -80,13 +80,6 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
                 ));
             }
         }
-        if !m.equivalents.is_empty() && !m.policy.allow_equivalents {
-            w.push(format!(
-                "model {}: equivalents listed but allow_equivalents is false (only a request \
-                 header x-twinroute-allow-equivalents: true uses them)",
-                m.name
-            ));
-        }
     }
     for r in &cfg.routes {
         for path in &r.paths {
