@@ -74,6 +74,14 @@ pub fn status_json(rt: &Runtime) -> Value {
                 "probe_latency_ms": s.probe_latency_ms,
                 "last_error": s.last_error,
                 "drained": s.drained,
+                "endpoints": s.endpoints.iter().map(|e| json!({
+                    "url": e.url,
+                    "region": e.region,
+                    "probe_up": e.probe_up,
+                    "breaker": e.breaker,
+                    "cooldown_remaining_ms": e.cooldown_remaining_ms,
+                    "last_error": e.last_error,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -259,7 +259,19 @@ pub async fn live(cfg: &Config) -> (String, bool) {
         .iter()
         .map(|p| {
             let (p, connector, resolver) = (p.clone(), connector.clone(), resolver.clone());
-            tokio::spawn(async move { probe_once(&connector, &resolver, &p).await })
+            // Every endpoint; the provider is as reachable as its best one.
+            tokio::spawn(async move {
+                let mut first_err = None;
+                for i in 0..p.endpoints.len() {
+                    match probe_once(&connector, &resolver, &p, i).await {
+                        Ok(r) => return Ok(r),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(first_err.unwrap_or(ProbeError::Unreachable("no endpoint".into())))
+            })
         })
         .collect();
     let mut results = Vec::with_capacity(tasks.len());

@@ -15,7 +15,7 @@ use crate::api::{Endpoint, Family};
 use crate::backoff;
 use crate::body::{RequestBody, SplicedBody};
 use crate::catalog::{ModelId, Price};
-use crate::config::{Policy, Provider};
+use crate::config::{Policy, Provider, ProviderEndpoint};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::health::breaker::Admission;
 use crate::metrics::METRICS;
@@ -48,6 +48,8 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
     pub policy: Policy,
     pub pinned: bool,
+    /// `x-twinroute-region`: endpoints outside it are not used either.
+    pub region: Option<String>,
 }
 
 /// A failed attempt, kept for the final error message and the 429 decision.
@@ -103,8 +105,8 @@ pub async fn run(
             .request_timeout
             .unwrap_or(first.timeouts.first_byte * max_attempts);
     let mut failures: Vec<Failure> = Vec::new();
-    // Which providers already failed this request: only the first failure counts for a breaker.
-    let mut failed_once = vec![false; cfg.providers.len()];
+    // Which endpoints already failed this request: only the first failure counts for a breaker.
+    let mut failed_once: Vec<(usize, usize)> = Vec::new();
     let mut cursor = 0usize;
     let mut previous: Option<usize> = None;
     let mut deadline_hit = false;
@@ -126,7 +128,7 @@ pub async fn run(
             deadline_hit = true;
             break;
         }
-        let Some((cand, probation)) = pick(rt, plan, &mut cursor, now, min_context) else {
+        let Some((cand, ep, probation)) = pick(rt, plan, &mut cursor, now, min_context) else {
             break;
         };
         let provider = &cfg.providers[cand.provider];
@@ -153,8 +155,10 @@ pub async fn run(
         // Parameters this offering must not see: cut from the body, everything else as sent.
         let dropped = body.present(&offering.drop_params);
         let spliced = body.rewrite(&offering.model_id, &dropped);
+        let upstream_ep = &provider.endpoints[ep];
         let header = provider::build_request(
             provider,
+            upstream_ep,
             plan.endpoint,
             &offering.model_id,
             session.req_header(),
@@ -166,6 +170,7 @@ pub async fn run(
         let result = exchange(
             shared,
             provider,
+            upstream_ep,
             header,
             &spliced,
             budget,
@@ -210,12 +215,13 @@ pub async fn run(
                     match reason {
                         FailoverReason::AuthFailed => rt.health.on_failure(
                             cand.provider,
+                            ep,
                             reason.as_str(),
-                            !failed_once[cand.provider],
+                            !failed_once.contains(&(cand.provider, ep)),
                             now,
                         ),
                         // The provider is up and said something precise about this model.
-                        _ => rt.health.on_success(cand.provider, ttfb, now),
+                        _ => rt.health.on_success(cand.provider, ep, ttfb, now),
                     }
                     if reason == FailoverReason::ModelUnavailable {
                         rt.health.mark_offering_unavailable(
@@ -231,7 +237,7 @@ pub async fn run(
                             plan.policy.offering_cooldown.as_secs()
                         );
                     }
-                    failed_once[cand.provider] = true;
+                    failed_once.push((cand.provider, ep));
                     if upstream.response_done() {
                         shared
                             .connector
@@ -257,7 +263,7 @@ pub async fn run(
                     });
                     continue;
                 }
-                rt.health.on_success(cand.provider, ttfb, now);
+                rt.health.on_success(cand.provider, ep, ttfb, now);
                 rt.health
                     .offering_answered(cand.provider, &offering.model_id);
                 METRICS
@@ -330,22 +336,23 @@ pub async fn run(
                 let cooldown = retry_after_s.filter(|_| matches!(status, Some(429) | Some(503)));
                 if let Some(secs) = cooldown {
                     rt.health
-                        .on_retry_after(cand.provider, Duration::from_secs(secs), now);
+                        .on_retry_after(cand.provider, ep, Duration::from_secs(secs), now);
                     rt.health
-                        .on_failure(cand.provider, reason.as_str(), false, now);
+                        .on_failure(cand.provider, ep, reason.as_str(), false, now);
                 }
                 if probation && (reason == FailoverReason::Deadline || cooldown.is_some()) {
                     // No verdict on the provider's health: free the probation slot.
-                    rt.health.on_abandoned(cand.provider, now);
+                    rt.health.on_abandoned(cand.provider, ep, now);
                 } else if cooldown.is_none() {
                     rt.health.on_failure(
                         cand.provider,
+                        ep,
                         reason.as_str(),
-                        !failed_once[cand.provider],
+                        !failed_once.contains(&(cand.provider, ep)),
                         now,
                     );
                 }
-                failed_once[cand.provider] = true;
+                failed_once.push((cand.provider, ep));
                 METRICS
                     .attempts
                     .with_label_values(&[&provider.name, reason.as_str()])
@@ -403,7 +410,7 @@ fn pick(
     cursor: &mut usize,
     now: Instant,
     min_context: u64,
-) -> Option<(Candidate, bool)> {
+) -> Option<(Candidate, usize, bool)> {
     let n = plan.candidates.len();
     if n == 0 {
         return None;
@@ -426,7 +433,10 @@ fn pick(
         }
         if c.panic.is_some() {
             // Routing already knows everything is down; order is its call.
-            return Some((c.clone(), false));
+            let ep = rt
+                .health
+                .fallback_endpoint(c.provider, plan.region.as_deref(), now);
+            return Some((c.clone(), ep, false));
         }
         // Health may have changed since routing (a Retry-After or a breaker trip mid-request,
         // an offering another request just found gone).
@@ -436,10 +446,13 @@ fn pick(
         {
             continue;
         }
-        match rt.health.admit(c.provider, now) {
-            Admission::Admit => return Some((c.clone(), false)),
-            Admission::Probation => return Some((c.clone(), true)),
-            Admission::Reject { .. } => continue,
+        match rt
+            .health
+            .select_endpoint(c.provider, plan.region.as_deref(), now)
+        {
+            Some((ep, Admission::Probation)) => return Some((c.clone(), ep, true)),
+            Some((ep, _)) => return Some((c.clone(), ep, false)),
+            None => continue,
         }
     }
     let mut c = loop {
@@ -450,7 +463,10 @@ fn pick(
         }
     };
     c.panic = rt.health.skip(c.provider).map(|(r, _)| r);
-    Some((c, false))
+    let ep = rt
+        .health
+        .fallback_endpoint(c.provider, plan.region.as_deref(), now);
+    Some((c, ep, false))
 }
 
 fn final_error(failures: &[Failure], deadline_hit: bool, total: Duration) -> GatewayError {
@@ -513,6 +529,7 @@ fn final_error(failures: &[Failure], deadline_hit: bool, total: Duration) -> Gat
 async fn exchange(
     shared: &Shared,
     provider: &Provider,
+    upstream: &ProviderEndpoint,
     header: RequestHeader,
     body: &SplicedBody,
     budget: Duration,
@@ -528,7 +545,7 @@ async fn exchange(
         budget,
         shared
             .resolver
-            .resolve(&provider.base.host, provider.base.port),
+            .resolve(&upstream.base.host, upstream.base.port),
     )
     .await
     {
@@ -541,8 +558,8 @@ async fn exchange(
     };
     let mut peer = Box::new(HttpPeer::new(
         addr,
-        provider.base.tls,
-        provider.base.host.clone(),
+        upstream.base.tls,
+        upstream.base.host.clone(),
     ));
     let connect = provider.timeouts.connect.min(budget);
     peer.options.connection_timeout = Some(connect);

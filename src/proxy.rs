@@ -279,6 +279,7 @@ impl Proxy {
             candidates,
             policy: policy.clone(),
             pinned: constraints.pin.is_some(),
+            region: constraints.region.clone(),
         };
         forward::run(&self.shared, &rt, session, ctx, &plan, &body).await?;
         Ok(Handled::Done)

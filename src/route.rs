@@ -213,7 +213,7 @@ pub fn candidates(
         }
     }
     if let Some(region) = &constraints.region {
-        pool.retain(|o| providers[provider_of(o)].region.as_deref() == Some(region));
+        pool.retain(|o| providers[provider_of(o)].in_region(region));
         if pool.is_empty() {
             return Err(NoRoute::NoOfferingInRegion(region.clone()));
         }

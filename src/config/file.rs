@@ -52,7 +52,9 @@ pub struct FileRouteMatch {
 pub struct FileProvider {
     pub name: String,
     pub api: String,
-    pub base_url: String,
+    /// One endpoint; or `endpoints` for several (regions, keys).
+    pub base_url: Option<String>,
+    pub endpoints: Option<Vec<FileEndpoint>>,
     pub api_key_env: Option<String>,
     pub region: Option<String>,
     pub timeouts: Option<FileTimeouts>,
@@ -66,6 +68,17 @@ pub struct FileProvider {
     pub headers: Option<BTreeMap<String, String>>,
     /// TLS certificate verification; on unless explicitly turned off.
     pub tls_verify: Option<bool>,
+}
+
+/// One endpoint of a provider's pool: a region, a deployment, or another key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEndpoint {
+    pub url: String,
+    pub region: Option<String>,
+    pub weight: Option<usize>,
+    /// This endpoint's key; the provider's `api_key_env` when absent.
+    pub api_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

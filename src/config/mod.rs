@@ -198,6 +198,18 @@ pub struct BreakerConf {
     pub max_cooldown: Duration,
 }
 
+/// One endpoint of a provider: where requests go and with which key.
+#[derive(Debug, Clone)]
+pub struct ProviderEndpoint {
+    /// As written in the config (no secrets in it), for `/status` and logs.
+    pub url: String,
+    pub base: UpstreamBase,
+    pub region: Option<String>,
+    pub weight: usize,
+    pub key: Option<Secret>,
+    pub key_env: Option<String>,
+}
+
 /// One upstream provider, fully resolved.
 #[derive(Debug)]
 pub struct Provider {
@@ -216,6 +228,17 @@ pub struct Provider {
     pub azure_api_version: String,
     pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub tls_verify: bool,
+    /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
+    pub endpoints: Vec<ProviderEndpoint>,
+}
+
+impl Provider {
+    /// Whether any endpoint is in `region`.
+    pub fn in_region(&self, region: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.region.as_deref() == Some(region))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -472,7 +495,6 @@ fn build_provider(
             ))
         }
     };
-    let base = UpstreamBase::parse(&p.base_url).map_err(|r| err(format!("{path}.base_url"), r))?;
     if let Some(v) = &p.api_version {
         if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(err(
@@ -481,26 +503,91 @@ fn build_provider(
             ));
         }
     }
-    let key = match &p.api_key_env {
-        Some(var) => match env.get(var) {
+    let read_key = |key_path: String, var: &str| -> Result<Secret, ConfigError> {
+        match env.get(var) {
             Some(v) if !v.is_empty() => {
                 if http::HeaderValue::from_str(&v).is_err() {
                     return Err(err(
-                        format!("{path}.api_key_env"),
+                        key_path,
                         format!("env var {var} holds characters not allowed in a header"),
                     ));
                 }
-                Some(Secret::new(v))
+                Ok(Secret::new(v))
             }
-            _ => {
-                return Err(err(
-                    format!("{path}.api_key_env"),
-                    format!("env var {var} is not set (or empty)"),
-                ))
-            }
-        },
+            _ => Err(err(
+                key_path,
+                format!("env var {var} is not set (or empty)"),
+            )),
+        }
+    };
+    let key = match &p.api_key_env {
+        Some(var) => Some(read_key(format!("{path}.api_key_env"), var)?),
         None => None,
     };
+    let endpoints = match (&p.base_url, &p.endpoints) {
+        (Some(url), None) => vec![ProviderEndpoint {
+            url: url.clone(),
+            base: UpstreamBase::parse(url).map_err(|r| err(format!("{path}.base_url"), r))?,
+            region: p.region.clone(),
+            weight: 1,
+            key: key.clone(),
+            key_env: p.api_key_env.clone(),
+        }],
+        (None, Some(list)) if !list.is_empty() => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, e) in list.iter().enumerate() {
+                let epath = format!("{path}.endpoints[{i}]");
+                let base =
+                    UpstreamBase::parse(&e.url).map_err(|r| err(format!("{epath}.url"), r))?;
+                if let Some(first) = out.first() {
+                    let first: &ProviderEndpoint = first;
+                    if first.base.path != base.path {
+                        return Err(err(
+                            format!("{epath}.url"),
+                            format!(
+                                "every endpoint of a provider must have the same API root path \
+                                 ({:?} here, {:?} on endpoints[0])",
+                                base.path, first.base.path
+                            ),
+                        ));
+                    }
+                }
+                let weight = e.weight.unwrap_or(1);
+                if weight == 0 || weight > 1000 {
+                    return Err(err(format!("{epath}.weight"), "must be between 1 and 1000"));
+                }
+                let (key, key_env) = match &e.api_key_env {
+                    Some(var) => (
+                        Some(read_key(format!("{epath}.api_key_env"), var)?),
+                        Some(var.clone()),
+                    ),
+                    None => (key.clone(), p.api_key_env.clone()),
+                };
+                out.push(ProviderEndpoint {
+                    url: e.url.clone(),
+                    base,
+                    region: e.region.clone().or_else(|| p.region.clone()),
+                    weight,
+                    key,
+                    key_env,
+                });
+            }
+            out
+        }
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("{path}.endpoints"),
+                "set base_url or endpoints, not both",
+            ))
+        }
+        _ => {
+            return Err(err(
+                format!("{path}.base_url"),
+                "a provider needs base_url or a non-empty endpoints list",
+            ))
+        }
+    };
+    let base = endpoints[0].base.clone();
     let t = p.timeouts.as_ref();
     let first_byte = nonzero_ms(
         &format!("{path}.timeouts.first_byte_ms"),
@@ -601,6 +688,7 @@ fn build_provider(
         key,
         key_env: p.api_key_env,
         region: p.region,
+        endpoints,
         timeouts,
         probe,
         breaker,
@@ -917,6 +1005,55 @@ models:
         let m = &c.catalog.models()[0];
         assert_eq!(m.policy.max_attempts, 5);
         assert_eq!(m.policy.strategy, Strategy::Ordered);
+    }
+
+    #[test]
+    fn endpoint_pools() {
+        let env: BTreeMap<String, String> = [("K", "k1"), ("K2", "k2")]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let conf = |eps: &str| {
+            format!("providers:\n  - {{name: a, api: openai, api_key_env: K, region: us, {eps}}}\nmodels:\n  - {{name: m, offerings: [{{provider: a, model: x}}]}}\n")
+        };
+        let c = parse(
+            &conf("endpoints: [{url: \"https://one.example/v1\"}, {url: \"https://two.example/v1\", region: eu, weight: 3, api_key_env: K2}]"),
+            &env,
+        )
+        .unwrap();
+        let eps = &c.providers[0].endpoints;
+        assert_eq!(eps.len(), 2);
+        assert_eq!(
+            eps[0].region.as_deref(),
+            Some("us"),
+            "inherits the provider's region"
+        );
+        assert_eq!(
+            (eps[1].weight, eps[1].key.as_ref().unwrap().expose()),
+            (3, "k2")
+        );
+        assert_eq!(eps[0].key.as_ref().unwrap().expose(), "k1");
+        assert!(c.providers[0].in_region("eu"));
+        let e = parse(
+            &conf("base_url: \"http://x\", endpoints: [{url: \"http://y\"}]"),
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "providers[0].endpoints");
+        let e = parse(&conf("endpoints: []"), &env).unwrap_err();
+        assert_eq!(e.path, "providers[0].base_url");
+        let e = parse(
+            &conf("endpoints: [{url: \"http://y/v1\"}, {url: \"http://z/openai/v1\"}]"),
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "providers[0].endpoints[1].url");
+        let e = parse(
+            &conf("endpoints: [{url: \"http://y\", api_key_env: NOPE}]"),
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "providers[0].endpoints[0].api_key_env");
     }
 
     #[test]

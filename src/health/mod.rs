@@ -2,17 +2,24 @@
 //! per-offering availability (one model gone on a provider that still serves the others).
 //!
 //! Written by the attempt loop (passive signals) and the probe service (active signals); read by
-//! routing through `HealthView`. Each provider's state sits behind its own short-held lock; no
-//! lock is held across an await.
+//! routing through `HealthView`. A provider is a pool of endpoints (`pool`): probe verdicts,
+//! breakers and Retry-After cooldowns are per endpoint, and the provider is out of rotation only
+//! when every endpoint is. Each piece of state sits behind its own short-held lock; no lock is
+//! held across an await.
 
 pub mod breaker;
 pub mod ewma;
+pub mod pool;
 pub mod probe;
 
 use crate::config::Provider;
+use crate::resolve::Resolver;
 use crate::route::{HealthView, SkipReason};
-use breaker::{Admission, Breaker, BreakerState};
+use breaker::{Admission, BreakerState};
+use bytes::Bytes;
 use ewma::{Ewma, PeakEwma};
+use pingora::connectors::http::Connector;
+use pool::Pool;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,22 +28,32 @@ use tokio::time::Instant;
 
 #[derive(Debug)]
 struct Inner {
-    breaker: Breaker,
-    /// Set by a 429/503 `Retry-After`; only ever extended.
-    cooldown_until: Option<Instant>,
     probe_latency: Ewma,
     passive_ttfb: PeakEwma,
     last_error: Option<String>,
-    /// When the probe last failed, for ordering in panic mode.
-    probe_down_since: Option<Instant>,
 }
 
 #[derive(Debug)]
 pub struct ProviderHealth {
     pub name: String,
     inner: Mutex<Inner>,
-    probe_up: AtomicBool,
+    /// The provider's endpoints, with per-endpoint probe verdicts, breakers and cooldowns.
+    pool: Pool,
+    /// Where each endpoint is, for region-pinned selection.
+    regions: Vec<Option<String>>,
+    urls: Vec<String>,
     drained: AtomicBool,
+}
+
+/// One endpoint's view, for `/status`.
+#[derive(Debug, Clone)]
+pub struct EndpointSnapshot {
+    pub url: String,
+    pub region: Option<String>,
+    pub probe_up: bool,
+    pub breaker: &'static str,
+    pub cooldown_remaining_ms: Option<u64>,
+    pub last_error: Option<String>,
 }
 
 /// A point-in-time view of one provider, for `/status` and metrics.
@@ -52,6 +69,7 @@ pub struct ProviderSnapshot {
     pub probe_latency_ms: Option<f64>,
     pub last_error: Option<String>,
     pub drained: bool,
+    pub endpoints: Vec<EndpointSnapshot>,
 }
 
 impl ProviderHealth {
@@ -59,6 +77,18 @@ impl ProviderHealth {
         // A panic while holding this lock cannot leave the state half-written in a way that
         // matters more than losing health tracking; keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every endpoint's block, when all are blocked: the provider is out until the soonest.
+    fn all_blocked(&self, now: Instant) -> Option<(SkipReason, Instant)> {
+        let mut soonest: Option<(SkipReason, Instant)> = None;
+        for i in 0..self.pool.len() {
+            let b = self.pool.blocked(i, now)?;
+            if soonest.is_none_or(|s| b.1 < s.1) {
+                soonest = Some(b);
+            }
+        }
+        soonest
     }
 }
 
@@ -91,26 +121,193 @@ pub struct Health {
 
 impl Health {
     pub fn new(providers: &[Arc<Provider>]) -> Health {
+        // One connector for every pool's probes: off the request path, shared keep-alive.
+        let connector = Arc::new(Connector::new(None));
+        let resolver = Arc::new(Resolver::default());
         Health {
             providers: providers
                 .iter()
                 .map(|p| ProviderHealth {
                     name: p.name.clone(),
                     inner: Mutex::new(Inner {
-                        breaker: Breaker::new(p.breaker.clone()),
-                        cooldown_until: None,
                         probe_latency: Ewma::default(),
                         passive_ttfb: PeakEwma::new(Duration::from_secs(10)),
                         last_error: None,
-                        probe_down_since: None,
                     }),
-                    probe_up: AtomicBool::new(true),
+                    pool: Pool::new(p, connector.clone(), resolver.clone()),
+                    regions: p.endpoints.iter().map(|e| e.region.clone()).collect(),
+                    urls: p.endpoints.iter().map(|e| e.url.clone()).collect(),
                     drained: AtomicBool::new(false),
                 })
                 .collect(),
             offerings: Mutex::new(HashMap::new()),
             offerings_marked: AtomicBool::new(false),
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.providers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty()
+    }
+
+    /// Choose the endpoint of `provider` for one attempt (weighted round robin over those probe,
+    /// breaker and cooldown allow, in `region` when pinned). `Probation` means this request is
+    /// the single test of an endpoint whose breaker cooldown ended; its result must be reported.
+    pub fn select_endpoint(
+        &self,
+        provider: usize,
+        region: Option<&str>,
+        now: Instant,
+    ) -> Option<(usize, Admission)> {
+        let p = &self.providers[provider];
+        p.pool.select(region, &p.regions, now)
+    }
+
+    /// An endpoint to use when health turned everything away (fail open): the one in `region`
+    /// (if pinned) expected back soonest.
+    pub fn fallback_endpoint(&self, provider: usize, region: Option<&str>, now: Instant) -> usize {
+        let p = &self.providers[provider];
+        (0..p.pool.len())
+            .filter(|&i| region.is_none_or(|r| p.regions[i].as_deref() == Some(r)))
+            .min_by_key(|&i| p.pool.blocked(i, now).map(|(_, u)| u).unwrap_or(now))
+            .unwrap_or(0)
+    }
+
+    pub fn endpoint_url(&self, provider: usize, endpoint: usize) -> &str {
+        &self.providers[provider].urls[endpoint]
+    }
+
+    pub fn on_success(&self, provider: usize, endpoint: usize, ttfb: Duration, now: Instant) {
+        let p = &self.providers[provider];
+        p.pool.state(endpoint).breaker.on_success();
+        p.lock().passive_ttfb.observe(ttfb, now);
+    }
+
+    /// A retryable failure. `count_for_breaker` is false for the second and later failures of the
+    /// same request on the same provider.
+    pub fn on_failure(
+        &self,
+        provider: usize,
+        endpoint: usize,
+        reason: &str,
+        count_for_breaker: bool,
+        now: Instant,
+    ) {
+        let p = &self.providers[provider];
+        let mut e = p.pool.state(endpoint);
+        if count_for_breaker {
+            e.breaker.on_failure(now);
+        }
+        e.last_error = Some(reason.to_string());
+        drop(e);
+        p.lock().last_error = Some(reason.to_string());
+    }
+
+    /// A response said "come back in `after`": hold the endpoint for at least that long, without
+    /// counting it as a breaker failure. A shorter Retry-After never shortens a longer one.
+    pub fn on_retry_after(&self, provider: usize, endpoint: usize, after: Duration, now: Instant) {
+        let mut e = self.providers[provider].pool.state(endpoint);
+        let until = now + after;
+        if e.cooldown_until.is_none_or(|u| u < until) {
+            e.cooldown_until = Some(until);
+        }
+    }
+
+    /// A probation request ended without an answer either way.
+    pub fn on_abandoned(&self, provider: usize, endpoint: usize, now: Instant) {
+        self.providers[provider]
+            .pool
+            .state(endpoint)
+            .breaker
+            .on_abandoned(now);
+    }
+
+    /// Probe every endpoint of `provider` now. Returns the first successful listing body (for
+    /// the catalog comparison) and, when the provider as a whole flipped, `Some(up)` with the
+    /// error that took it down.
+    pub async fn probe(&self, provider: usize) -> (Option<Bytes>, Option<(bool, Option<String>)>) {
+        let p = &self.providers[provider];
+        let was_up = (0..p.pool.len()).any(|i| p.pool.probe_ready(i));
+        let results = p.pool.probe().await;
+        let mut body = None;
+        let mut error = None;
+        {
+            let mut g = p.lock();
+            for r in results.into_iter().flatten() {
+                match r {
+                    Ok((rtt, b)) => {
+                        g.probe_latency.observe(rtt);
+                        body.get_or_insert(b);
+                    }
+                    Err(e) => {
+                        let e = format!("probe: {e}");
+                        g.last_error = Some(e.clone());
+                        error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let up = (0..p.pool.len()).any(|i| p.pool.probe_ready(i));
+        (body, (up != was_up).then_some((up, error)))
+    }
+
+    pub fn set_drained(&self, provider: usize, drained: bool) {
+        self.providers[provider]
+            .drained
+            .store(drained, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, provider: usize, now: Instant) -> ProviderSnapshot {
+        let p = &self.providers[provider];
+        let endpoints: Vec<EndpointSnapshot> = (0..p.pool.len())
+            .map(|i| {
+                let e = p.pool.state(i);
+                EndpointSnapshot {
+                    url: p.urls[i].clone(),
+                    region: p.regions[i].clone(),
+                    probe_up: p.pool.probe_ready(i),
+                    breaker: e.breaker.state().name(),
+                    cooldown_remaining_ms: e
+                        .cooldown_until
+                        .filter(|u| *u > now)
+                        .map(|u| (u - now).as_millis() as u64),
+                    last_error: e.last_error.clone(),
+                }
+            })
+            .collect();
+        let state = p.pool.best_breaker();
+        let probe_up = endpoints.iter().any(|e| e.probe_up);
+        let drained = p.drained.load(Ordering::Relaxed);
+        // The provider is cooling down only when every endpoint is; report the soonest end.
+        let cooldown = if endpoints.iter().all(|e| e.cooldown_remaining_ms.is_some()) {
+            endpoints
+                .iter()
+                .filter_map(|e| e.cooldown_remaining_ms)
+                .min()
+        } else {
+            None
+        };
+        let g = p.lock();
+        ProviderSnapshot {
+            name: p.name.clone(),
+            healthy: !drained && p.all_blocked(now).is_none(),
+            probe_up,
+            breaker: state.name(),
+            breaker_gauge: state.gauge(),
+            cooldown_remaining_ms: cooldown,
+            latency_ms: score(&g),
+            probe_latency_ms: g.probe_latency.get(),
+            last_error: g.last_error.clone(),
+            drained,
+            endpoints,
+        }
+    }
+
+    pub fn breaker_state(&self, provider: usize) -> BreakerState {
+        self.providers[provider].pool.best_breaker()
     }
 
     fn offerings(&self) -> MutexGuard<'_, HashMap<(usize, String), OfferingState>> {
@@ -193,120 +390,6 @@ impl Health {
         out.sort_by(|a, b| (&a.provider, &a.model_id).cmp(&(&b.provider, &b.model_id)));
         out
     }
-
-    pub fn len(&self) -> usize {
-        self.providers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.providers.is_empty()
-    }
-
-    /// Ask to send a request to `provider` now. `Probation` means this request is the single
-    /// probe of a breaker whose cooldown ended; its result must be reported.
-    pub fn admit(&self, provider: usize, now: Instant) -> Admission {
-        self.providers[provider].lock().breaker.admit(now)
-    }
-
-    pub fn on_success(&self, provider: usize, ttfb: Duration, now: Instant) {
-        let mut g = self.providers[provider].lock();
-        g.breaker.on_success();
-        g.passive_ttfb.observe(ttfb, now);
-    }
-
-    /// A retryable failure. `count_for_breaker` is false for the second and later failures of the
-    /// same request on the same provider.
-    pub fn on_failure(&self, provider: usize, reason: &str, count_for_breaker: bool, now: Instant) {
-        let mut g = self.providers[provider].lock();
-        if count_for_breaker {
-            g.breaker.on_failure(now);
-        }
-        g.last_error = Some(reason.to_string());
-    }
-
-    /// A response said "come back in `after`": hold the provider for at least that long, without
-    /// counting it as a breaker failure. A shorter Retry-After never shortens a longer one.
-    pub fn on_retry_after(&self, provider: usize, after: Duration, now: Instant) {
-        let mut g = self.providers[provider].lock();
-        let until = now + after;
-        if g.cooldown_until.is_none_or(|u| u < until) {
-            g.cooldown_until = Some(until);
-        }
-    }
-
-    /// A probation request ended without an answer either way.
-    pub fn on_abandoned(&self, provider: usize, now: Instant) {
-        self.providers[provider].lock().breaker.on_abandoned(now);
-    }
-
-    /// A slow first byte that still produced an answer moves the latency score too.
-    pub fn observe_ttfb(&self, provider: usize, ttfb: Duration, now: Instant) {
-        self.providers[provider]
-            .lock()
-            .passive_ttfb
-            .observe(ttfb, now);
-    }
-
-    /// Record a probe result; returns true when it flipped the provider up or down.
-    pub fn on_probe(
-        &self,
-        provider: usize,
-        result: Result<Duration, String>,
-        now: Instant,
-    ) -> bool {
-        let p = &self.providers[provider];
-        let mut g = p.lock();
-        let was_up = p.probe_up.load(Ordering::Relaxed);
-        match result {
-            Ok(rtt) => {
-                g.probe_latency.observe(rtt);
-                g.probe_down_since = None;
-                p.probe_up.store(true, Ordering::Relaxed);
-                !was_up
-            }
-            Err(e) => {
-                g.last_error = Some(format!("probe: {e}"));
-                g.probe_down_since.get_or_insert(now);
-                p.probe_up.store(false, Ordering::Relaxed);
-                was_up
-            }
-        }
-    }
-
-    pub fn set_drained(&self, provider: usize, drained: bool) {
-        self.providers[provider]
-            .drained
-            .store(drained, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self, provider: usize, now: Instant) -> ProviderSnapshot {
-        let p = &self.providers[provider];
-        let g = p.lock();
-        let state = g.breaker.state();
-        let probe_up = p.probe_up.load(Ordering::Relaxed);
-        let drained = p.drained.load(Ordering::Relaxed);
-        let cooldown = g
-            .cooldown_until
-            .filter(|u| *u > now)
-            .map(|u| (u - now).as_millis() as u64);
-        let breaker_blocks = g.breaker.blocked(now).is_some();
-        ProviderSnapshot {
-            name: p.name.clone(),
-            healthy: probe_up && !drained && cooldown.is_none() && !breaker_blocks,
-            probe_up,
-            breaker: state.name(),
-            breaker_gauge: state.gauge(),
-            cooldown_remaining_ms: cooldown,
-            latency_ms: score(&g),
-            probe_latency_ms: g.probe_latency.get(),
-            last_error: g.last_error.clone(),
-            drained,
-        }
-    }
-
-    pub fn breaker_state(&self, provider: usize) -> BreakerState {
-        self.providers[provider].lock().breaker.state()
-    }
 }
 
 /// Why an offering is out, and for how much longer when that is known.
@@ -341,17 +424,7 @@ impl HealthView for Health {
             // Drained providers come back only by hand: last in panic order.
             return Some((SkipReason::Drained, now + Duration::from_secs(86_400)));
         }
-        let g = p.lock();
-        if let Some(until) = g.cooldown_until.filter(|u| *u > now) {
-            return Some((SkipReason::Cooldown, until));
-        }
-        if let Some(until) = g.breaker.blocked(now) {
-            return Some((SkipReason::BreakerOpen, until));
-        }
-        if !p.probe_up.load(Ordering::Relaxed) {
-            return Some((SkipReason::ProbeDown, now + Duration::from_secs(1)));
-        }
-        None
+        p.all_blocked(now)
     }
 
     fn latency_ms(&self, provider: usize) -> Option<f64> {

@@ -29,17 +29,11 @@ const MAX_PROBE_BODY: usize = 4 << 20;
 
 pub struct ProbeService {
     shared: Arc<Shared>,
-    connector: Arc<Connector>,
-    resolver: Arc<Resolver>,
 }
 
 impl ProbeService {
     pub fn new(shared: Arc<Shared>) -> ProbeService {
-        ProbeService {
-            shared,
-            connector: Arc::new(Connector::new(None)),
-            resolver: Arc::new(Resolver::default()),
-        }
+        ProbeService { shared }
     }
 }
 
@@ -63,25 +57,29 @@ impl std::fmt::Display for ProbeError {
     }
 }
 
-/// One probe: `Ok((round trip, body))` on a 2xx.
+/// One probe of endpoint `endpoint` of `provider`: `Ok((round trip, body))` on a 2xx.
 pub async fn probe_once(
     connector: &Connector,
     resolver: &Resolver,
     provider: &Provider,
+    endpoint: usize,
 ) -> Result<(Duration, bytes::Bytes), ProbeError> {
     let started = Instant::now();
+    let Some(ep) = provider.endpoints.get(endpoint) else {
+        return Err(ProbeError::Unreachable(format!("no endpoint {endpoint}")));
+    };
     let work =
         async {
             let addr = resolver
-                .resolve(&provider.base.host, provider.base.port)
+                .resolve(&ep.base.host, ep.base.port)
                 .await
                 .map_err(ProbeError::Unreachable)?;
-            let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+            let mut peer = HttpPeer::new(addr, ep.base.tls, ep.base.host.clone());
             peer.options.connection_timeout =
                 Some(provider.timeouts.connect.min(provider.probe.timeout));
             peer.options.verify_cert = provider.tls_verify;
             peer.options.verify_hostname = provider.tls_verify;
-            let req = build_probe(provider)
+            let req = build_probe(provider, ep)
                 .map_err(|e| ProbeError::Unreachable(format!("bad probe request: {e}")))?;
             let (mut s, _) = connector
                 .get_http_session(&peer)
@@ -193,31 +191,24 @@ impl BackgroundService for ProbeService {
                 if due <= now {
                     next_due.insert(p.name.clone(), now + p.probe.interval);
                     wake = wake.min(now + p.probe.interval);
-                    let (rt, p, connector, resolver) = (
-                        rt.clone(),
-                        p.clone(),
-                        self.connector.clone(),
-                        self.resolver.clone(),
-                    );
+                    let (rt, p) = (rt.clone(), p.clone());
                     tokio::spawn(async move {
-                        let result = probe_once(&connector, &resolver, &p).await;
-                        if let (Ok((_, body)), true) = (&result, p.probe.list_models) {
+                        // Every endpoint, through the pool's pingora health check.
+                        let (body, flipped) = rt.health.probe(p.id).await;
+                        if let (Some(body), true) = (&body, p.probe.list_models) {
                             apply_listing(&rt, &p, body);
                         }
-                        let result = result.map(|(rtt, _)| rtt).map_err(|e| e.to_string());
-                        let detail = result.as_ref().err().cloned();
                         // Log transitions only: a provider down for an hour is one line, not 720.
-                        if rt.health.on_probe(p.id, result, Instant::now()) {
-                            match detail {
-                                Some(e) => log::warn!(
-                                    "provider {} probe failed, out of rotation: {e}",
-                                    p.name
-                                ),
-                                None => log::warn!(
-                                    "provider {} probe succeeded, back in rotation",
-                                    p.name
-                                ),
+                        match flipped {
+                            Some((false, e)) => log::warn!(
+                                "provider {} probe failed, out of rotation: {}",
+                                p.name,
+                                e.unwrap_or_default()
+                            ),
+                            Some((true, _)) => {
+                                log::warn!("provider {} probe succeeded, back in rotation", p.name)
                             }
+                            None => {}
                         }
                     });
                 } else {

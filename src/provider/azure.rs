@@ -2,7 +2,7 @@
 //! `api-version` is a query parameter, and the key goes in `api-key`.
 
 use crate::api::Endpoint;
-use crate::config::Provider;
+use crate::config::{Provider, Secret};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
@@ -16,8 +16,8 @@ pub fn path(provider: &Provider, endpoint: Endpoint, deployment: &str) -> String
     )
 }
 
-pub fn authorize(provider: &Provider, req: &mut RequestHeader) -> Result<()> {
-    if let Some(key) = &provider.key {
+pub fn authorize(key: Option<&Secret>, req: &mut RequestHeader) -> Result<()> {
+    if let Some(key) = key {
         req.insert_header("api-key", key.expose())?;
     }
     Ok(())

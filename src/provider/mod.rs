@@ -8,7 +8,7 @@ mod azure;
 mod openai;
 
 use crate::api::Endpoint;
-use crate::config::{ApiKind, Provider};
+use crate::config::{ApiKind, Provider, ProviderEndpoint};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
@@ -57,9 +57,10 @@ pub fn upstream_path(provider: &Provider, endpoint: Endpoint, model_id: &str) ->
     }
 }
 
-/// Build the request header sent to `provider` for a body of `body_len` bytes.
+/// Build the request header sent to one endpoint of `provider` for a body of `body_len` bytes.
 pub fn build_request(
     provider: &Provider,
+    upstream: &ProviderEndpoint,
     endpoint: Endpoint,
     model_id: &str,
     client: &RequestHeader,
@@ -72,7 +73,7 @@ pub fn build_request(
             req.append_header(name.clone(), value.clone())?;
         }
     }
-    req.insert_header(http::header::HOST, provider.base.host_header())?;
+    req.insert_header(http::header::HOST, upstream.base.host_header())?;
     req.insert_header(http::header::CONTENT_LENGTH, body_len)?;
     if !req.headers.contains_key(http::header::CONTENT_TYPE) {
         req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -83,24 +84,29 @@ pub fn build_request(
     for (name, value) in &provider.extra_headers {
         req.insert_header(name.clone(), value.clone())?;
     }
-    match provider.api {
-        ApiKind::OpenAi => openai::authorize(provider, &mut req)?,
-        ApiKind::Anthropic => anthropic::authorize(provider, &mut req)?,
-        ApiKind::Azure => azure::authorize(provider, &mut req)?,
-    }
+    authorize(provider, upstream, &mut req)?;
     Ok(req)
 }
 
-/// Headers for a probe (`GET probe.path`) with the provider's credentials.
-pub fn build_probe(provider: &Provider) -> Result<RequestHeader> {
-    let mut req = RequestHeader::build("GET", provider.probe.path.as_bytes(), Some(4))?;
-    req.insert_header(http::header::HOST, provider.base.host_header())?;
-    req.insert_header(http::header::ACCEPT, "application/json")?;
+fn authorize(
+    provider: &Provider,
+    upstream: &ProviderEndpoint,
+    req: &mut RequestHeader,
+) -> Result<()> {
+    let key = upstream.key.as_ref();
     match provider.api {
-        ApiKind::OpenAi => openai::authorize(provider, &mut req)?,
-        ApiKind::Anthropic => anthropic::authorize(provider, &mut req)?,
-        ApiKind::Azure => azure::authorize(provider, &mut req)?,
+        ApiKind::OpenAi => openai::authorize(key, req),
+        ApiKind::Anthropic => anthropic::authorize(provider, key, req),
+        ApiKind::Azure => azure::authorize(key, req),
     }
+}
+
+/// Headers for a probe (`GET probe.path`) of one endpoint, with its credentials.
+pub fn build_probe(provider: &Provider, upstream: &ProviderEndpoint) -> Result<RequestHeader> {
+    let mut req = RequestHeader::build("GET", provider.probe.path.as_bytes(), Some(4))?;
+    req.insert_header(http::header::HOST, upstream.base.host_header())?;
+    req.insert_header(http::header::ACCEPT, "application/json")?;
+    authorize(provider, upstream, &mut req)?;
     Ok(req)
 }
 
@@ -169,6 +175,7 @@ models:
         let c = cfg();
         let r = build_request(
             &c.providers[0],
+            &c.providers[0].endpoints[0],
             Endpoint::ChatCompletions,
             "x",
             &client(),
@@ -188,13 +195,22 @@ models:
     #[test]
     fn anthropic_and_azure_auth() {
         let c = cfg();
-        let r = build_request(&c.providers[2], Endpoint::Messages, "x", &client(), 1).unwrap();
+        let r = build_request(
+            &c.providers[2],
+            &c.providers[2].endpoints[0],
+            Endpoint::Messages,
+            "x",
+            &client(),
+            1,
+        )
+        .unwrap();
         assert_eq!(r.headers["x-api-key"], "sk-secret");
         assert_eq!(r.headers["anthropic-version"], "2023-06-01");
         assert_eq!(r.headers["anthropic-beta"], "tools-2024");
         assert!(r.headers.get("authorization").is_none());
         let r = build_request(
             &c.providers[3],
+            &c.providers[3].endpoints[0],
             Endpoint::ChatCompletions,
             "dep",
             &client(),

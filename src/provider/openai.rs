@@ -1,11 +1,11 @@
 //! OpenAI and OpenAI-compatible hosts: `Authorization: Bearer <key>`.
 
-use crate::config::Provider;
+use crate::config::Secret;
 use pingora::http::RequestHeader;
 use pingora::Result;
 
-pub fn authorize(provider: &Provider, req: &mut RequestHeader) -> Result<()> {
-    if let Some(key) = &provider.key {
+pub fn authorize(key: Option<&Secret>, req: &mut RequestHeader) -> Result<()> {
+    if let Some(key) = key {
         req.insert_header(
             http::header::AUTHORIZATION,
             format!("Bearer {}", key.expose()),
