@@ -162,6 +162,12 @@ impl ServeHttp for Admin {
                 respond(200, "text/plain; version=0.0.4", metrics::render())
             }
             ("POST", p) if p.starts_with("/admin/providers/") => {
+                if !rt.config.admin_mutations {
+                    return json_response(
+                        403,
+                        json!({"error": "admin mutations are off; set admin_mutations: true to drain providers by hand"}),
+                    );
+                }
                 let rest = &p["/admin/providers/".len()..];
                 let (name, action) = rest.rsplit_once('/').unwrap_or((rest, ""));
                 let Some(provider) = rt.config.provider_by_name(name) else {

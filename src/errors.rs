@@ -21,6 +21,12 @@ pub enum ErrorKind {
     PayloadTooLarge,
     UnsupportedMediaType,
     RateLimited,
+    /// A client token was required and missing or wrong.
+    Unauthorized,
+    /// The client was too slow sending its request.
+    RequestTimeout,
+    /// twinroute itself is at `max_concurrent_requests`, or every provider at `max_connections`.
+    Overloaded,
     UpstreamFailed,
     UpstreamTimeout,
 }
@@ -34,6 +40,9 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::RateLimited => 429,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::RequestTimeout => 408,
+            ErrorKind::Overloaded => 503,
             ErrorKind::UpstreamFailed => 502,
             ErrorKind::UpstreamTimeout => 504,
         }
@@ -78,6 +87,15 @@ impl ErrorKind {
                 "rate_limit_exceeded",
                 "rate_limit_error",
             ),
+            ErrorKind::Unauthorized => (
+                "authentication_error",
+                "invalid_api_key",
+                "authentication_error",
+            ),
+            ErrorKind::RequestTimeout => {
+                ("invalid_request_error", "request_timeout", "timeout_error")
+            }
+            ErrorKind::Overloaded => ("server_error", "overloaded", "overloaded_error"),
             ErrorKind::UpstreamFailed => ("api_error", "all_providers_failed", "api_error"),
             ErrorKind::UpstreamTimeout => ("api_error", "upstream_timeout", "timeout_error"),
         }

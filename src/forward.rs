@@ -18,6 +18,7 @@ use crate::catalog::{ModelId, Price};
 use crate::config::{Policy, Provider, ProviderEndpoint};
 use crate::errors::{ErrorKind, GatewayError};
 use crate::health::breaker::Admission;
+use crate::health::InflightSlot;
 use crate::metrics::METRICS;
 use crate::outcome::{
     body_decides, classify_error, classify_error_body, classify_status, parse_retry_after,
@@ -112,6 +113,8 @@ pub async fn run(
     let mut deadline_hit = false;
     // Raised by a context-length answer: only offerings with a window at least this big remain.
     let mut min_context = 0u64;
+    // Set when a candidate was passed over for being at its `max_connections`.
+    let mut saturated = false;
 
     for attempt in 0..max_attempts {
         if attempt > 0 {
@@ -128,7 +131,9 @@ pub async fn run(
             deadline_hit = true;
             break;
         }
-        let Some((cand, ep, probation)) = pick(rt, plan, &mut cursor, now, min_context) else {
+        let Some((cand, ep, probation, _slot)) =
+            pick(rt, plan, &mut cursor, now, min_context, &mut saturated)
+        else {
             break;
         };
         let provider = &cfg.providers[cand.provider];
@@ -386,7 +391,16 @@ pub async fn run(
         }
     }
 
-    let e = final_error(&failures, deadline_hit, deadline - start);
+    let e = if failures.is_empty() && saturated {
+        let mut e = GatewayError::new(
+            ErrorKind::Overloaded,
+            "every provider of this model is at its max_connections; retry shortly",
+        );
+        e.retry_after_s = Some(1);
+        e
+    } else {
+        final_error(&failures, deadline_hit, deadline - start)
+    };
     ctx.status = e.kind.status();
     ctx.error = Some(e.message.clone());
     session.set_keepalive(None);
@@ -404,13 +418,14 @@ pub async fn run(
 
 /// Next candidate health admits, cycling through the list. When health turns every candidate
 /// away, the first one in order is used anyway (fail open).
-fn pick(
-    rt: &Runtime,
+fn pick<'r>(
+    rt: &'r Runtime,
     plan: &Plan,
     cursor: &mut usize,
     now: Instant,
     min_context: u64,
-) -> Option<(Candidate, usize, bool)> {
+    saturated: &mut bool,
+) -> Option<(Candidate, usize, bool, Option<InflightSlot<'r>>)> {
     let n = plan.candidates.len();
     if n == 0 {
         return None;
@@ -436,7 +451,7 @@ fn pick(
             let ep = rt
                 .health
                 .fallback_endpoint(c.provider, plan.region.as_deref(), now);
-            return Some((c.clone(), ep, false));
+            return Some((c.clone(), ep, false, None));
         }
         // Health may have changed since routing (a Retry-After or a breaker trip mid-request,
         // an offering another request just found gone).
@@ -446,12 +461,18 @@ fn pick(
         {
             continue;
         }
+        // A provider at its max_connections is passed over like an unhealthy one.
+        let max = rt.config.providers[c.provider].max_connections;
+        let Some(slot) = rt.health.try_acquire(c.provider, max) else {
+            *saturated = true;
+            continue;
+        };
         match rt
             .health
             .select_endpoint(c.provider, plan.region.as_deref(), now)
         {
-            Some((ep, Admission::Probation)) => return Some((c.clone(), ep, true)),
-            Some((ep, _)) => return Some((c.clone(), ep, false)),
+            Some((ep, Admission::Probation)) => return Some((c.clone(), ep, true, Some(slot))),
+            Some((ep, _)) => return Some((c.clone(), ep, false, Some(slot))),
             None => continue,
         }
     }
@@ -463,10 +484,14 @@ fn pick(
         }
     };
     c.panic = rt.health.skip(c.provider).map(|(r, _)| r);
+    if *saturated && c.panic.is_none() {
+        // Everyone healthy is busy: an overload answer, not a pile-up on a saturated provider.
+        return None;
+    }
     let ep = rt
         .health
         .fallback_endpoint(c.provider, plan.region.as_deref(), now);
-    Some((c, ep, false))
+    Some((c, ep, false, None))
 }
 
 fn final_error(failures: &[Failure], deadline_hit: bool, total: Duration) -> GatewayError {

@@ -23,6 +23,7 @@ pub mod mock;
 pub mod outcome;
 pub mod provider;
 pub mod proxy;
+pub mod reload;
 pub mod resolve;
 pub mod route;
 pub mod server;

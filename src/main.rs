@@ -73,7 +73,18 @@ fn main() -> ExitCode {
                 cfg.listen,
                 cfg.admin_listen
             );
-            let (server, _shared) = twinroute::server::build(cfg);
+            let loopback = |a: &str| {
+                a.parse::<std::net::SocketAddr>()
+                    .is_ok_and(|s| s.ip().is_loopback())
+            };
+            if !loopback(&cfg.listen) && cfg.client_tokens.is_empty() {
+                log::warn!(
+                    "data plane listens on {} (not loopback) without client_tokens_env: anyone who \
+                     can reach it spends your provider keys",
+                    cfg.listen
+                );
+            }
+            let (server, _shared) = twinroute::server::build(cfg, Some(config));
             server.run_forever()
         }
         Command::Check { config, live } => match config::load_file(&config) {

@@ -211,7 +211,6 @@ impl MockProvider {
         self.lock().behavior = b;
     }
 
-    /// Use `b` for the next request only (queued after earlier one-shots).
     /// Answer requests for `model` (the ID on the wire) this way until cleared with `None`.
     pub fn set_model_behavior(&self, model: &str, b: Option<Behavior>) {
         let mut s = self.lock();
@@ -221,6 +220,7 @@ impl MockProvider {
         };
     }
 
+    /// Use `b` for the next request only (queued after earlier one-shots).
     pub fn push_once(&self, b: Behavior) {
         self.lock().queue.push_back(b);
     }

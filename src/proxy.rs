@@ -102,7 +102,68 @@ async fn read_body(
     Ok(Ok(buf.freeze()))
 }
 
+/// Counts a request as active for as long as it is served.
+struct ActiveGuard<'a> {
+    shared: &'a Shared,
+    /// Active requests including this one, when it entered.
+    count: usize,
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn enter(shared: &'a Shared) -> ActiveGuard<'a> {
+        let count = shared.active.fetch_add(1, Ordering::AcqRel) + 1;
+        ActiveGuard { shared, count }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Constant-time membership: the comparison does not reveal how much of a token matched.
+fn token_ok(presented: &[u8], tokens: &[crate::config::Secret]) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut ok = subtle::Choice::from(0u8);
+    for t in tokens {
+        ok |= presented.ct_eq(t.expose().as_bytes());
+    }
+    ok.into()
+}
+
 impl Proxy {
+    /// Checks made before anything is read: concurrency limit and client tokens.
+    fn admit(&self, session: &Session, active: usize) -> Option<GatewayError> {
+        let rt = self.shared.runtime.load();
+        let cfg = &rt.config;
+        if active > cfg.max_concurrent_requests {
+            let mut e = GatewayError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "twinroute is serving its maximum of {} concurrent requests; retry shortly",
+                    cfg.max_concurrent_requests
+                ),
+            );
+            e.retry_after_s = Some(1);
+            return Some(e);
+        }
+        if !cfg.client_tokens.is_empty() {
+            let h = &session.req_header().headers;
+            let presented = h
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()));
+            if !presented.is_some_and(|p| token_ok(p, &cfg.client_tokens)) {
+                return Some(GatewayError::new(
+                    ErrorKind::Unauthorized,
+                    "missing or invalid twinroute client token (Authorization: Bearer or x-api-key)",
+                ));
+            }
+        }
+        None
+    }
+
     async fn handle(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<Handled> {
         let rt = self.shared.runtime.load_full();
         let cfg = &rt.config;
@@ -131,9 +192,26 @@ impl Proxy {
                 )));
             }
         }
-        let raw = match read_body(session, cfg.max_body_bytes).await? {
-            Ok(b) => b,
-            Err(e) => return Ok(Handled::Reject(e)),
+        // The whole body within one deadline: a client trickling bytes is cut off, not waited on.
+        let raw = match tokio::time::timeout(
+            cfg.client_body_timeout,
+            read_body(session, cfg.max_body_bytes),
+        )
+        .await
+        {
+            Ok(read) => match read? {
+                Ok(b) => b,
+                Err(e) => return Ok(Handled::Reject(e)),
+            },
+            Err(_) => {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        cfg.client_body_timeout.as_millis()
+                    ),
+                )))
+            }
         };
         let body = match RequestBody::parse(raw) {
             Ok(b) => b,
@@ -319,7 +397,12 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<bool> {
         let in_flight = METRICS.in_flight.with_label_values(&["all"]);
         in_flight.inc();
-        let result = self.handle(session, ctx).await;
+        let active = ActiveGuard::enter(&self.shared);
+        let result = match self.admit(session, active.count) {
+            Some(reject) => Ok(Handled::Reject(reject)),
+            None => self.handle(session, ctx).await,
+        };
+        drop(active);
         in_flight.dec();
         match result? {
             Handled::Done => Ok(true),

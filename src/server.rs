@@ -39,8 +39,9 @@ impl BackgroundService for Readiness {
     }
 }
 
-/// Build a server for `config`. The returned `Shared` is what the admin API and tests observe.
-pub fn build(config: Config) -> (Server, Arc<Shared>) {
+/// Build a server for `config` (read from `config_path`, watched for reloads when given). The
+/// returned `Shared` is what the admin API and tests observe.
+pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared>) {
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(config.grace_period_s),
@@ -95,5 +96,20 @@ pub fn build(config: Config) -> (Server, Arc<Shared>) {
     server.add_service(admin);
     server.add_service(readiness);
     server.add_service(probes);
+    server.add_service(background_service(
+        "drain",
+        crate::reload::Drainer {
+            shared: shared.clone(),
+        },
+    ));
+    if let Some(path) = config_path {
+        server.add_service(background_service(
+            "reload",
+            crate::reload::Reloader {
+                shared: shared.clone(),
+                path,
+            },
+        ));
+    }
     (server, shared)
 }

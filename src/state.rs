@@ -6,7 +6,7 @@ use crate::health::Health;
 use crate::resolve::Resolver;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 /// A config and the health table built for its providers (indexes match).
@@ -27,6 +27,8 @@ pub struct Shared {
     pub connector: Connector,
     pub resolver: Resolver,
     pub ready: AtomicBool,
+    /// Client requests being served now (the `max_concurrent_requests` gate and the drain).
+    pub active: AtomicUsize,
 }
 
 impl Shared {
@@ -36,6 +38,7 @@ impl Shared {
             connector: Connector::new(None),
             resolver: Resolver::default(),
             ready: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
         })
     }
 }

@@ -20,7 +20,7 @@ async fn setup(
         format!("  - {{name: {name}, api: openai, base_url: \"{url}\", timeouts: {{connect_ms: 300, first_byte_ms: 1000}}{extra}}}\n")
     };
     let yaml = format!(
-        "providers:\n{}{}models:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m, price: {{input_per_mtok: 1, output_per_mtok: 1}}}}\n      - {{provider: b, model: b-m, price: {{input_per_mtok: 1.1, output_per_mtok: 1.1}}}}\npolicy: {{max_attempts: 2, backoff: {{base_ms: 1, max_ms: 5}}{policy}}}\n",
+        "admin_mutations: true\nproviders:\n{}{}models:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m, price: {{input_per_mtok: 1, output_per_mtok: 1}}}}\n      - {{provider: b, model: b-m, price: {{input_per_mtok: 1.1, output_per_mtok: 1.1}}}}\npolicy: {{max_attempts: 2, backoff: {{base_ms: 1, max_ms: 5}}{policy}}}\n",
         prov("a", a.base_url(), a_extra),
         prov("b", b.base_url(), b_extra),
     );

@@ -17,6 +17,16 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
     pub grace_period_s: Option<u64>,
+    /// Requests served at once; past it a fast 503 with Retry-After, never a queue.
+    pub max_concurrent_requests: Option<usize>,
+    /// Longest time a client may take to send its whole body.
+    pub client_body_timeout_ms: Option<u64>,
+    /// Env var holding comma-separated client tokens; when set, every request needs one.
+    pub client_tokens_env: Option<String>,
+    /// Enable the admin listener's mutating routes (drain/undrain).
+    pub admin_mutations: Option<bool>,
+    /// Poll the config file for changes this often (SIGHUP always reloads); 0 turns polling off.
+    pub reload_poll_ms: Option<u64>,
     #[serde(default)]
     pub providers: Vec<FileProvider>,
     #[serde(default)]
@@ -56,7 +66,11 @@ pub struct FileProvider {
     pub base_url: Option<String>,
     pub endpoints: Option<Vec<FileEndpoint>>,
     pub api_key_env: Option<String>,
+    /// A file holding the key (a mounted secret); instead of `api_key_env`.
+    pub api_key_file: Option<String>,
     pub region: Option<String>,
+    /// Upstream requests in flight to this provider at most; past it, the next twin is used.
+    pub max_connections: Option<usize>,
     pub timeouts: Option<FileTimeouts>,
     pub probe: Option<FileProbe>,
     pub breaker: Option<FileBreaker>,
@@ -77,8 +91,9 @@ pub struct FileEndpoint {
     pub url: String,
     pub region: Option<String>,
     pub weight: Option<usize>,
-    /// This endpoint's key; the provider's `api_key_env` when absent.
+    /// This endpoint's key; the provider's when absent.
     pub api_key_env: Option<String>,
+    pub api_key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

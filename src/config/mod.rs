@@ -230,6 +230,8 @@ pub struct Provider {
     pub tls_verify: bool,
     /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
     pub endpoints: Vec<ProviderEndpoint>,
+    /// Upstream requests in flight at most (`None`: unbounded).
+    pub max_connections: Option<usize>,
 }
 
 impl Provider {
@@ -297,6 +299,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
+    pub max_concurrent_requests: usize,
+    pub client_body_timeout: Duration,
+    /// Tokens clients must present (`Authorization: Bearer` or `x-api-key`); empty = none needed.
+    pub client_tokens: Vec<Secret>,
+    pub admin_mutations: bool,
+    /// `None`: only SIGHUP reloads.
+    pub reload_poll: Option<Duration>,
     pub providers: Vec<Arc<Provider>>,
     pub catalog: Catalog,
     pub policy: Policy,
@@ -520,9 +529,29 @@ fn build_provider(
             )),
         }
     };
-    let key = match &p.api_key_env {
-        Some(var) => Some(read_key(format!("{path}.api_key_env"), var)?),
-        None => None,
+    let read_file = |key_path: String, file: &str| -> Result<Secret, ConfigError> {
+        let v = std::fs::read_to_string(file)
+            .map_err(|e| err(key_path.clone(), format!("cannot read {file}: {e}")))?;
+        // Mounted secrets usually end with a newline.
+        let v = v.trim();
+        if v.is_empty() || http::HeaderValue::from_str(v).is_err() {
+            return Err(err(
+                key_path,
+                format!("{file} is empty or holds characters not allowed in a header"),
+            ));
+        }
+        Ok(Secret::new(v.to_string()))
+    };
+    let key = match (&p.api_key_env, &p.api_key_file) {
+        (Some(var), None) => Some(read_key(format!("{path}.api_key_env"), var)?),
+        (None, Some(file)) => Some(read_file(format!("{path}.api_key_file"), file)?),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            return Err(err(
+                format!("{path}.api_key_file"),
+                "set api_key_env or api_key_file, not both",
+            ))
+        }
     };
     let endpoints = match (&p.base_url, &p.endpoints) {
         (Some(url), None) => vec![ProviderEndpoint {
@@ -556,12 +585,16 @@ fn build_provider(
                 if weight == 0 || weight > 1000 {
                     return Err(err(format!("{epath}.weight"), "must be between 1 and 1000"));
                 }
-                let (key, key_env) = match &e.api_key_env {
-                    Some(var) => (
+                let (key, key_env) = match (&e.api_key_env, &e.api_key_file) {
+                    (Some(var), _) => (
                         Some(read_key(format!("{epath}.api_key_env"), var)?),
                         Some(var.clone()),
                     ),
-                    None => (key.clone(), p.api_key_env.clone()),
+                    (None, Some(file)) => (
+                        Some(read_file(format!("{epath}.api_key_file"), file)?),
+                        None,
+                    ),
+                    (None, None) => (key.clone(), p.api_key_env.clone()),
                 };
                 out.push(ProviderEndpoint {
                     url: e.url.clone(),
@@ -680,8 +713,12 @@ fn build_provider(
             .map_err(|_| err(format!("{path}.headers.{k}"), "not a valid header value"))?;
         extra_headers.push((name, value));
     }
+    if p.max_connections == Some(0) {
+        return Err(err(format!("{path}.max_connections"), "must be at least 1"));
+    }
     Ok(Provider {
         id,
+        max_connections: p.max_connections,
         name: p.name,
         api,
         base,
@@ -734,6 +771,30 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
     if file.providers.is_empty() {
         return Err(err("providers", "at least one provider is required"));
     }
+    let max_concurrent_requests = file.max_concurrent_requests.unwrap_or(1024);
+    if max_concurrent_requests == 0 {
+        return Err(err("max_concurrent_requests", "must be at least 1"));
+    }
+    let client_tokens = match &file.client_tokens_env {
+        None => Vec::new(),
+        Some(var) => {
+            let tokens: Vec<Secret> = env
+                .get(var)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Secret::new(t.to_string()))
+                .collect();
+            if tokens.is_empty() {
+                return Err(err(
+                    "client_tokens_env",
+                    format!("env var {var} is not set or holds no token"),
+                ));
+            }
+            tokens
+        }
+    };
     let mut providers = Vec::with_capacity(file.providers.len());
     let mut names = HashSet::new();
     for (i, p) in file.providers.into_iter().enumerate() {
@@ -915,6 +976,19 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         max_body_bytes: max_body_bytes as usize,
         log_format,
         grace_period_s: file.grace_period_s.unwrap_or(20),
+        max_concurrent_requests,
+        client_body_timeout: nonzero_ms(
+            "client_body_timeout_ms",
+            file.client_body_timeout_ms,
+            30_000,
+        )?,
+        client_tokens,
+        admin_mutations: file.admin_mutations.unwrap_or(false),
+        reload_poll: match file.reload_poll_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => Some(Duration::from_millis(1000)),
+        },
         providers,
         catalog,
         policy,

@@ -21,7 +21,7 @@ use ewma::{Ewma, PeakEwma};
 use pingora::connectors::http::Connector;
 use pool::Pool;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -43,6 +43,17 @@ pub struct ProviderHealth {
     regions: Vec<Option<String>>,
     urls: Vec<String>,
     drained: AtomicBool,
+    /// Upstream requests in flight, for `max_connections`.
+    inflight: AtomicUsize,
+}
+
+/// One upstream request in flight to a provider; released on drop.
+pub struct InflightSlot<'a>(&'a AtomicUsize);
+
+impl Drop for InflightSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One endpoint's view, for `/status`.
@@ -138,6 +149,7 @@ impl Health {
                     regions: p.endpoints.iter().map(|e| e.region.clone()).collect(),
                     urls: p.endpoints.iter().map(|e| e.url.clone()).collect(),
                     drained: AtomicBool::new(false),
+                    inflight: AtomicUsize::new(0),
                 })
                 .collect(),
             offerings: Mutex::new(HashMap::new()),
@@ -174,6 +186,23 @@ impl Health {
             .filter(|&i| region.is_none_or(|r| p.regions[i].as_deref() == Some(r)))
             .min_by_key(|&i| p.pool.blocked(i, now).map(|(_, u)| u).unwrap_or(now))
             .unwrap_or(0)
+    }
+
+    /// Take one of `provider`'s `max` upstream slots (`None` max: unbounded, always granted).
+    pub fn try_acquire(&self, provider: usize, max: Option<usize>) -> Option<InflightSlot<'_>> {
+        let c = &self.providers[provider].inflight;
+        match max {
+            None => {
+                c.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(max) => {
+                c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .ok()?;
+            }
+        }
+        Some(InflightSlot(c))
     }
 
     pub fn endpoint_url(&self, provider: usize, endpoint: usize) -> &str {

@@ -19,6 +19,8 @@ pub fn free_port() -> u16 {
 
 pub struct Twinroute {
     child: Child,
+    /// Values of the env vars given at start (keys, tokens): none may appear in the output.
+    secrets: Vec<String>,
     pub base: String,
     pub admin: String,
     pub log_path: PathBuf,
@@ -47,7 +49,12 @@ impl Twinroute {
         let dir = scratch_dir();
         let listen = free_port();
         let admin = free_port();
-        let yaml = format!("listen: \"127.0.0.1:{listen}\"\nadmin_listen: \"127.0.0.1:{admin}\"\nthreads: 2\ngrace_period_s: 1\n{body}");
+        let grace = if body.contains("grace_period_s:") {
+            ""
+        } else {
+            "grace_period_s: 1\n"
+        };
+        let yaml = format!("listen: \"127.0.0.1:{listen}\"\nadmin_listen: \"127.0.0.1:{admin}\"\nthreads: 2\n{grace}{body}");
         let config_path = dir.join("twinroute.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
         let log_path = dir.join("twinroute.log");
@@ -66,6 +73,11 @@ impl Twinroute {
         let child = cmd.spawn().expect("spawn twinroute");
         let t = Twinroute {
             child,
+            secrets: env
+                .iter()
+                .map(|(_, v)| v.to_string())
+                .filter(|v| v.len() >= 6)
+                .collect(),
             base: format!("http://127.0.0.1:{listen}"),
             admin: format!("http://127.0.0.1:{admin}"),
             log_path,
@@ -125,12 +137,60 @@ impl Twinroute {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Send a signal (`TERM`, `HUP`, ...) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Rewrite the config file, keeping the listeners this instance was started with.
+    pub fn rewrite_config(&self, body: &str) {
+        let old = std::fs::read_to_string(&self.config_path).expect("read config");
+        let head: String = old
+            .lines()
+            .take_while(|l| !l.starts_with("providers:"))
+            .filter(|l| {
+                l.starts_with("listen:")
+                    || l.starts_with("admin_listen:")
+                    || l.starts_with("threads:")
+                    || l.starts_with("grace_period_s:")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&self.config_path, format!("{head}{body}")).expect("write config");
+    }
 }
 
 impl Drop for Twinroute {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Every test doubles as a leak check: no key or token given to the process may appear
+        // anywhere in what it printed.
+        let logs = self.logs();
+        for s in &self.secrets {
+            if logs.contains(s.as_str()) && !std::thread::panicking() {
+                panic!("a secret value appeared in twinroute's output");
+            }
+        }
     }
 }
 

@@ -1,0 +1,447 @@
+//! Black-box tests of the bad day: chaos under load, hot reload, graceful shutdown, limits,
+//! slow and vanishing clients, client tokens and admin lockdown. Counts are printed so a run's
+//! output shows what was exercised.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use twinroute::client;
+
+fn two(a: &MockProvider, b: &MockProvider, extra_a: &str) -> String {
+    format!(
+        "providers:\n{}{}models:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n      - {{provider: b, model: b-m}}\n",
+        provider("a", &a.base_url(), extra_a),
+        provider("b", &b.base_url(), ""),
+    )
+}
+
+/// Run `workers` clients sending non-streaming requests until `stop`; returns (ok, failed).
+fn load(
+    t: Arc<Twinroute>,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    model: &'static str,
+) -> tokio::task::JoinHandle<(usize, usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let ok = Arc::new(AtomicUsize::new(0));
+        let bad = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (t, stop, ok, bad, errors) = (
+                t.clone(),
+                stop.clone(),
+                ok.clone(),
+                bad.clone(),
+                errors.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match client::post_json(&t.url("/v1/chat/completions"), &[], &chat_body(model))
+                        .await
+                    {
+                        Ok(r) if r.status == 200 && !r.broken => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            errors
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} {}", r.status, r.text()));
+                        }
+                        Err(e) => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(e);
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let errors = errors.lock().unwrap().clone();
+        (
+            ok.load(Ordering::Relaxed),
+            bad.load(Ordering::Relaxed),
+            errors,
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_under_load_loses_no_request_while_one_provider_stays_healthy() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_record(false);
+    b.set_record(false);
+    let body = format!(
+        "{}policy: {{max_attempts: 3, backoff: {{base_ms: 1, max_ms: 5}}}}\n",
+        two(&a, &b, ", breaker: {failures: 3, cooldown_ms: 200}")
+    );
+    let t = Arc::new(Twinroute::start(&body, &[]).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = load(t.clone(), 16, stop.clone(), "m");
+    let phase = |d| tokio::time::sleep(Duration::from_millis(d));
+
+    phase(300).await;
+    // Killed: every connection dropped, the port refuses.
+    a.stop();
+    phase(400).await;
+    // Restarted on the same port.
+    let a2 = MockProvider::start_on(a.addr, "a").await.unwrap();
+    a2.set_record(false);
+    phase(400).await;
+    // Hangs: accepts, never answers (first-byte timeout).
+    a2.set_behavior(Behavior::Hang);
+    phase(600).await;
+    // Resets connections.
+    a2.set_behavior(Behavior::Reset);
+    phase(300).await;
+    // 503 bursts.
+    for _ in 0..5 {
+        a2.set_behavior(Behavior::status(503));
+        phase(60).await;
+        a2.set_behavior(Behavior::Ok);
+        phase(60).await;
+    }
+    // Slow answers.
+    a2.set_behavior(Behavior::Delay(Duration::from_millis(150)));
+    phase(400).await;
+    a2.set_behavior(Behavior::Ok);
+    phase(200).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, errors) = run.await.unwrap();
+    println!(
+        "chaos: {ok} requests answered through kill, restart, hang, reset, 503 bursts and slow answers; {failed} failed"
+    );
+    assert!(ok >= 1000, "only {ok} requests went through");
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_flowing_when_their_provider_dies_end_with_an_error_event() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_stream(40, Duration::from_millis(25));
+    let t = Twinroute::start(&two(&a, &b, ""), &[]).await;
+    let url = t.url("/v1/chat/completions");
+    let mut body = chat_body("m");
+    body["stream"] = true.into();
+    let streams: Vec<_> = (0..5)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            tokio::spawn(async move { client::post_json(&url, &[], &body).await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.stop();
+    let mut ended_with_error = 0;
+    for s in streams {
+        let r = s.await.unwrap();
+        let text = r.text();
+        assert_eq!(r.status, 200);
+        assert!(
+            !text.contains("[DONE]"),
+            "a cut stream must not look finished"
+        );
+        let last = text.trim_end().rsplit("\n\n").next().unwrap_or("");
+        assert!(last.starts_with("data: {\"error\""), "last event: {last}");
+        ended_with_error += 1;
+    }
+    println!("chaos: {ended_with_error} streams cut mid-way, each ended with an error event");
+    assert_eq!(ended_with_error, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_reload_under_load_drops_nothing_and_refuses_a_bad_file() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_record(false);
+    let v1 = format!(
+        "reload_poll_ms: 100\nproviders:\n{}{}models:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n",
+        provider("a", &a.base_url(), ""),
+        provider("b", &b.base_url(), ""),
+    );
+    let t = Arc::new(Twinroute::start(&v1, &[]).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = load(t.clone(), 8, stop.clone(), "m");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // v2: m now on b first, and a new model n. Swapped in by the file watcher.
+    let v2 = v1.replace(
+        "models:\n  - name: m\n    offerings:\n      - {provider: a, model: a-m}\n",
+        "models:\n  - name: m\n    offerings:\n      - {provider: b, model: b-m}\n      - {provider: a, model: a-m}\n  - name: n\n    offerings:\n      - {provider: a, model: a-n}\n",
+    );
+    t.rewrite_config(&v2);
+    t.wait_for_log("config reloaded (file changed)").await;
+    let r = t.chat(&chat_body("n"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.header("x-twinroute-provider"), Some("b"));
+
+    // A broken file is refused with the reason; the running config stays.
+    t.rewrite_config(&v2.replace("reload_poll_ms: 100", "reload_poll_ms: 100\nbogus_key: 1"));
+    let logs = t
+        .wait_for_log("config reload (file changed) rejected")
+        .await;
+    assert!(logs.contains("bogus_key"), "the log names the problem");
+    let r = t.chat(&chat_body("n"), &[]).await;
+    assert_eq!(r.status, 200);
+
+    // SIGHUP reloads too (back to v1: n is gone again).
+    t.rewrite_config(&v1.replace("reload_poll_ms: 100", "reload_poll_ms: 0"));
+    t.signal("HUP");
+    t.wait_for_log("config reloaded (SIGHUP)").await;
+    let r = t.chat(&chat_body("n"), &[]).await;
+    assert_eq!(r.status, 404);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, errors) = run.await.unwrap();
+    println!("reload: {ok} requests during three reloads, {failed} failed");
+    assert!(ok > 100);
+    assert_eq!(failed, 0, "{:?}", &errors[..errors.len().min(5)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_finishes_the_stream_and_exits_zero() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_stream(20, Duration::from_millis(50));
+    let body = format!("grace_period_s: 5\n{}", two(&a, &b, ""));
+    let mut t = Twinroute::start(&body, &[]).await;
+    let mut req = chat_body("m");
+    req["stream"] = true.into();
+    let url = t.url("/v1/chat/completions");
+    let stream = tokio::spawn(async move { client::post_json(&url, &[], &req).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    t.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections once shutdown began.
+    let port = t.base.rsplit(':').next().unwrap().to_string();
+    assert!(
+        TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .is_err(),
+        "still accepting after SIGTERM"
+    );
+    let r = stream.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(!r.broken);
+    assert!(r.text().contains("[DONE]"), "the in-flight stream finished");
+    let status = t.wait_exit(Duration::from_secs(4)).await.expect("exited");
+    assert_eq!(status.code(), Some(0));
+    // Exits once idle, well inside the 5 s grace period.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_requests_answers_a_fast_503_not_a_queue() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_behavior(Behavior::Delay(Duration::from_millis(400)));
+    let body = format!("max_concurrent_requests: 2\n{}", two(&a, &b, ""));
+    let t = Arc::new(Twinroute::start(&body, &[]).await);
+    let reqs: Vec<_> = (0..6)
+        .map(|i| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(if i < 2 { 0 } else { 100 })).await;
+                t.chat(&chat_body("m"), &[]).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut shed = 0;
+    for r in reqs {
+        let r = r.await.unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                shed += 1;
+                assert_eq!(r.header("retry-after"), Some("1"));
+                assert_eq!(r.json()["error"]["code"], "overloaded");
+                assert!(r.elapsed < Duration::from_millis(200), "{:?}", r.elapsed);
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!((ok, shed), (2, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_max_connections_sends_the_overflow_to_the_twin() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_behavior(Behavior::Delay(Duration::from_millis(300)));
+    b.set_behavior(Behavior::Delay(Duration::from_millis(300)));
+    let t = Arc::new(Twinroute::start(&two(&a, &b, ", max_connections: 1"), &[]).await);
+    let reqs: Vec<_> = (0..3)
+        .map(|_| {
+            let t = t.clone();
+            tokio::spawn(async move { t.chat(&chat_body("m"), &[]).await })
+        })
+        .collect();
+    let mut by = std::collections::HashMap::new();
+    for r in reqs {
+        let r = r.await.unwrap();
+        assert_eq!(r.status, 200);
+        *by.entry(r.header("x-twinroute-provider").unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(by.get("a"), Some(&1), "{by:?}");
+    assert_eq!(by.get("b"), Some(&2), "{by:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tokens_are_required_when_configured_and_never_forwarded() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let body = format!(
+        "client_tokens_env: TW_TOKENS\n{}",
+        two(&a, &b, ", api_key_env: PK")
+    );
+    let t = Twinroute::start(
+        &body,
+        &[
+            ("TW_TOKENS", "tok-first-123, tok-second-456"),
+            ("PK", "sk-provider-789"),
+        ],
+    )
+    .await;
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    let r = t
+        .chat(&chat_body("m"), &[("authorization", "Bearer tok-first-12")])
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(a.request_count(), 0);
+    let r = t
+        .chat(
+            &chat_body("m"),
+            &[("authorization", "Bearer tok-second-456")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = t
+        .chat(&chat_body("m"), &[("x-api-key", "tok-first-123")])
+        .await;
+    assert_eq!(r.status, 200);
+    for req in a.requests() {
+        assert_eq!(req.header("authorization"), Some("Bearer sk-provider-789"));
+        assert_eq!(req.header("x-api-key"), None);
+    }
+    // Admin mutations are off unless enabled.
+    let r = client::send(
+        "POST",
+        &format!("{}/admin/providers/a/drain", t.admin),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_do_not_starve_others() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let body = format!("client_body_timeout_ms: 300\n{}", two(&a, &b, ""));
+    let t = Twinroute::start(&body, &[]).await;
+    let addr = t.base.trim_start_matches("http://").to_string();
+    // 100 slowloris connections trickling headers, 20 trickling a body.
+    let mut lorises = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        lorises.push(s);
+    }
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
+            .await
+            .unwrap();
+        bodies.push(s);
+    }
+    // Others are served promptly meanwhile.
+    for _ in 0..5 {
+        let r = t.chat(&chat_body("m"), &[]).await;
+        assert_eq!(r.status, 200);
+        assert!(r.elapsed < Duration::from_millis(200), "{:?}", r.elapsed);
+    }
+    // The slow bodies get a 408 once their time is up.
+    let mut cut = 0;
+    for mut s in bodies {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+        let head = String::from_utf8_lossy(&buf);
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+        cut += 1;
+    }
+    println!("slow clients: {cut} slow bodies cut with 408, 100 slow headers held without harm");
+    assert_eq!(a.request_count() + b.request_count(), 5);
+    drop(lorises);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_stream_closes_the_upstream_request() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_stream(200, Duration::from_millis(20));
+    let t = Twinroute::start(&two(&a, &b, ""), &[]).await;
+    let addr = t.base.trim_start_matches("http://").to_string();
+    let before = a.connections_open();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let body = serde_json::json!({"model": "m", "stream": true, "messages": []}).to_string();
+        s.write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        drop(s);
+    }
+    assert!(a.connections_open() >= before);
+    // twinroute notices on its next write and drops the upstream connection.
+    let mut open = usize::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        open = a.connections_open();
+        if open == before {
+            break;
+        }
+    }
+    println!("client disconnects: 5 streams abandoned, upstream connections open after: {open}");
+    assert_eq!(open, before, "upstream connections leaked");
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200);
+}
