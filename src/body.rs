@@ -527,3 +527,100 @@ mod tests {
         assert_eq!(b.estimated_tokens(), b.len() as u64 / 4 + 500);
     }
 }
+
+/// Property tests: the scanner and rewriter against arbitrary JSON objects and arbitrary bytes.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| Value::Number(n.into())),
+            ".*".prop_map(Value::String),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    /// A request body: `model` plus arbitrary other members, serialized compactly or pretty.
+    fn body() -> impl Strategy<Value = (Value, String)> {
+        (
+            ".{0,20}",
+            prop::collection::btree_map("[a-z_]{1,8}", value(), 0..6),
+            any::<bool>(),
+        )
+            .prop_map(|(model, rest, pretty)| {
+                let mut m: Map<String, Value> = rest
+                    .into_iter()
+                    .filter(|(k, _)| k != "model" && k != "stream")
+                    .collect();
+                m.insert("model".into(), Value::String(model));
+                let v = Value::Object(m);
+                let text = if pretty {
+                    serde_json::to_string_pretty(&v).unwrap()
+                } else {
+                    v.to_string()
+                };
+                (v, text)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn rewrite_changes_only_model(((v, text), new_id) in (body(), ".{0,30}")) {
+            let b = RequestBody::parse(Bytes::from(text)).unwrap();
+            prop_assert_eq!(Some(b.model.as_str()), v["model"].as_str());
+            let out: Value = serde_json::from_slice(&b.with_model(&new_id).to_vec()).unwrap();
+            let mut want = v.clone();
+            want["model"] = Value::String(new_id);
+            prop_assert_eq!(out, want);
+        }
+
+        #[test]
+        fn dropping_members_removes_exactly_them((v, text) in body(), pick in any::<u64>()) {
+            let b = RequestBody::parse(Bytes::from(text)).unwrap();
+            let keys: Vec<String> = v.as_object().unwrap().keys().filter(|k| *k != "model").cloned().collect();
+            let drop: Vec<&str> = keys.iter().enumerate().filter(|(i, _)| pick >> (i % 64) & 1 == 1).map(|(_, k)| k.as_str()).collect();
+            let out: Value = serde_json::from_slice(&b.rewrite("x", &drop).to_vec()).unwrap();
+            let mut want = v.clone();
+            for k in &drop {
+                want.as_object_mut().unwrap().remove(*k);
+            }
+            want["model"] = "x".into();
+            prop_assert_eq!(out, want);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(raw in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(b) = RequestBody::parse(Bytes::from(raw)) {
+                let out = b.rewrite("m", &["temperature"]).to_vec();
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+        }
+
+        #[test]
+        fn mutated_bodies_never_panic((_, text) in body(), at in any::<usize>(), byte in any::<u8>()) {
+            let mut raw = text.into_bytes();
+            if !raw.is_empty() {
+                let i = at % raw.len();
+                raw[i] = byte;
+            }
+            if let Ok(b) = RequestBody::parse(Bytes::from(raw)) {
+                let out = b.rewrite("m", &["a"]).to_vec();
+                prop_assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+        }
+    }
+}

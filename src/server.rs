@@ -68,6 +68,12 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
         Proxy::new(shared.clone()),
         "twinroute data plane",
     );
+    // HTTP/2 clients with prior knowledge (h2c) as well as HTTP/1.1 on the same port.
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
     proxy.add_tcp(&listen);
     proxy.threads = Some(threads);
 

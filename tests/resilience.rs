@@ -445,3 +445,79 @@ async fn a_client_leaving_mid_stream_closes_the_upstream_request() {
     let r = t.chat(&chat_body("m"), &[]).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_served_and_fail_over_too() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_behavior(Behavior::status(503));
+    let t = Twinroute::start(&two(&a, &b, ""), &[]).await;
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(t.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(chat_body("m").to_string())))
+        .unwrap();
+    let resp = client.request(req).await.expect("h2c request");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-twinroute-provider"], "b");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["model"], "b-m");
+    // Bad input over HTTP/2 gets the same API-format error.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(t.url("/v1/chat/completions"))
+        .body(Full::new(bytes::Bytes::from_static(b"{\"model\": 7}")))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_injection_in_control_headers_goes_nowhere() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let t = Twinroute::start(&two(&a, &b, ""), &[]).await;
+    let addr = t.base.trim_start_matches("http://").to_string();
+    let body = chat_body("m").to_string();
+    // Pinned-provider values that name no provider: 400, value not echoed, nothing sent.
+    for pin in ["a\u{7f}evil", "b, a", "../a", "a\u{0}x"] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-twinroute-provider: {pin}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text.split(' ').nth(1).unwrap_or("");
+        assert!(status == "400", "{pin:?}: {text}");
+        // The value is never echoed back.
+        assert!(!text.contains("evil") && !text.contains("../a"), "{text}");
+    }
+    assert_eq!(a.request_count() + b.request_count(), 0);
+    // CRLF in a value is a new header line on the wire: the pin is exactly "a", and the extra
+    // line is just another client header (no second request, no response splitting).
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-twinroute-provider: b\r\nX-Injected: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1);
+    assert_eq!((a.request_count(), b.request_count()), (0, 1));
+    assert!(b.requests()[0].header("x-twinroute-provider").is_none());
+}

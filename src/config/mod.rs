@@ -1151,3 +1151,27 @@ models:
         assert_eq!(format!("{s:?}"), "Secret(***)");
     }
 }
+
+/// Property tests: the loader never panics, whatever the file holds.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALID: &str = "providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\", timeouts: {connect_ms: 5}}\nmodels:\n  - name: m\n    equivalents: [{model: n, grade: 0.9}]\n    offerings: [{provider: a, model: x, price: {input_per_mtok: 1, output_per_mtok: 2}}]\n  - name: n\n    offerings: [{provider: a, model: y}]\nroutes:\n  - {name: r, match: {paths: [/v1/embeddings]}}\n";
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            let _ = parse(&text, &BTreeMap::new());
+        }
+
+        #[test]
+        fn mutated_valid_config_never_panics(at in any::<usize>(), byte in 0x20u8..0x7f, cut in any::<bool>()) {
+            let mut raw = VALID.as_bytes().to_vec();
+            let i = at % raw.len();
+            if cut { raw.truncate(i) } else { raw[i] = byte }
+            let _ = parse(&String::from_utf8_lossy(&raw), &BTreeMap::new());
+        }
+    }
+}
