@@ -44,6 +44,12 @@ enum Command {
         /// Answer every completion with this status instead of 200.
         #[arg(long)]
         fail_status: Option<u16>,
+        /// Streams (`"stream": true`) send this many chunks ...
+        #[arg(long, default_value_t = 5)]
+        sse_chunks: usize,
+        /// ... this many milliseconds apart.
+        #[arg(long, default_value_t = 10)]
+        sse_interval_ms: u64,
     },
 }
 
@@ -122,6 +128,8 @@ fn main() -> ExitCode {
             listen,
             name,
             fail_status,
+            sse_chunks,
+            sse_interval_ms,
         } => {
             init_logging();
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -141,6 +149,10 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())?;
                 m.set_record(false);
+                m.set_stream(
+                    sse_chunks,
+                    std::time::Duration::from_millis(sse_interval_ms),
+                );
                 if let Some(status) = fail_status {
                     m.set_behavior(twinroute::mock::Behavior::Status {
                         status,
