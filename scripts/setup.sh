@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building twinroute needs on a fresh Debian machine: cmake (Pingora's zlib-ng
-# build script) and CA certificates (TLS to real providers). Idempotent; quiet when all is there.
+# build script), CA certificates (TLS to real providers), openssl and curl (webhook test). Idempotent; quiet when all is there.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# The webhook test makes a certificate with openssl and calls the webhook with curl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   SUDO=""

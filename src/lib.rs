@@ -18,6 +18,7 @@ pub mod demo;
 pub mod errors;
 pub mod forward;
 pub mod health;
+pub mod inject;
 pub mod metrics;
 pub mod mock;
 pub mod outcome;

@@ -34,6 +34,24 @@ enum Command {
     },
     /// Run the proxy on built-in mock providers (one failing) and show failover. No API key needed.
     Demo,
+    /// Serve the Kubernetes mutating admission webhook that injects the twinroute sidecar into
+    /// pods annotated `twinroute.io/inject: "true"` (POST /mutate, GET /healthz).
+    InjectWebhook {
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: String,
+        /// PEM certificate chain for TLS (the API server only calls webhooks over TLS).
+        #[arg(long, required_unless_present = "insecure_http")]
+        tls_cert: Option<String>,
+        /// PEM private key for TLS.
+        #[arg(long, required_unless_present = "insecure_http")]
+        tls_key: Option<String>,
+        /// Injector settings YAML (image, configMap, keysSecret, ports, resources, ...).
+        #[arg(long)]
+        settings: String,
+        /// Serve plain HTTP instead of TLS: for local experiments only.
+        #[arg(long)]
+        insecure_http: bool,
+    },
     /// Serve one mock provider (for benchmarks and manual experiments).
     #[command(hide = true)]
     Mock {
@@ -168,6 +186,52 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("twinroute mock: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::InjectWebhook {
+            listen,
+            tls_cert,
+            tls_key,
+            settings,
+            insecure_http,
+        } => {
+            init_logging();
+            let text = match std::fs::read_to_string(&settings) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("twinroute inject-webhook: cannot read {settings}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let parsed = match twinroute::inject::InjectorSettings::from_yaml(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("twinroute inject-webhook: {settings}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let tls = match (&tls_cert, &tls_key, insecure_http) {
+                (Some(c), Some(k), false) => Some((c.as_str(), k.as_str())),
+                (_, _, true) => None,
+                _ => {
+                    eprintln!(
+                        "twinroute inject-webhook: --tls-cert and --tls-key are both required"
+                    );
+                    return ExitCode::from(1);
+                }
+            };
+            match twinroute::inject::server::build(&listen, tls, parsed) {
+                Ok(server) => {
+                    log::info!(
+                        "twinroute inject-webhook on {listen} ({})",
+                        if tls.is_some() { "TLS" } else { "plain HTTP" }
+                    );
+                    server.run_forever()
+                }
+                Err(e) => {
+                    eprintln!("twinroute inject-webhook: {e}");
                     ExitCode::from(1)
                 }
             }
