@@ -193,7 +193,7 @@ impl Proxy {
             }
         }
         // The whole body within one deadline: a client trickling bytes is cut off, not waited on.
-        let raw = match tokio::time::timeout(
+        let raw = match pingora::prelude::fast_timeout::fast_timeout(
             cfg.client_body_timeout,
             read_body(session, cfg.max_body_bytes),
         )

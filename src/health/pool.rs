@@ -40,6 +40,8 @@ type ProbeResults = Vec<Mutex<Option<Result<(Duration, Bytes), ProbeError>>>>;
 
 pub struct Pool {
     lb: LoadBalancer<RoundRobin>,
+    /// The identity backend of each endpoint, built once (readiness lookups are per request).
+    identities: Vec<Backend>,
     endpoints: Vec<Mutex<EndpointState>>,
     results: Arc<ProbeResults>,
 }
@@ -158,6 +160,7 @@ impl Pool {
         let _ = futures_now(lb.update());
         Pool {
             lb,
+            identities: (0..provider.endpoints.len()).map(identity).collect(),
             endpoints: provider
                 .endpoints
                 .iter()
@@ -189,7 +192,7 @@ impl Pool {
 
     /// The probe verdict pingora's `Backends` holds for endpoint `i`.
     pub fn probe_ready(&self, i: usize) -> bool {
-        self.lb.backends().ready(&identity(i))
+        self.lb.backends().ready(&self.identities[i])
     }
 
     /// Why endpoint `i` takes no traffic now, and until when (probe verdicts have no end time:
