@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo; $SUDO apt-get install -y -qq wrk >/dev/null; }
+if ! command -v wrk >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi
 CARGO_TARGET_DIR="${BENCH_TARGET_DIR:-target}" cargo build --release --locked --bin twinroute --example floor
 # 5,000 concurrent streams need ~15,000 descriptors across wrk, twinroute and the mock.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

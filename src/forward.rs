@@ -36,6 +36,9 @@ use pingora::proxy::Session;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Request bodies up to this size are sent as one contiguous write.
+const COALESCE_BELOW: usize = 64 * 1024;
+
 /// Largest error body read to classify it; provider error JSON is a few hundred bytes.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -604,9 +607,17 @@ async fn exchange(
         // The whole exchange is bounded by `budget` below; per-read timeouts apply to the body.
         up.set_read_timeout(None);
         up.write_request_header(Box::new(header)).await?;
-        for part in &body.parts {
-            if !part.is_empty() {
-                up.write_request_body(part.clone(), false).await?;
+        // Pingora's streams write unbuffered: each piece is a send(2). Small bodies go out as one
+        // piece (a copy of a few KiB costs less than the syscalls); large ones as the shared
+        // slices, never copied.
+        if body.len() <= COALESCE_BELOW && body.parts.len() > 1 {
+            up.write_request_body(Bytes::from(body.to_vec()), false)
+                .await?;
+        } else {
+            for part in &body.parts {
+                if !part.is_empty() {
+                    up.write_request_body(part.clone(), false).await?;
+                }
             }
         }
         up.finish_request_body().await?;

@@ -143,7 +143,15 @@ impl MockProvider {
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str) -> std::io::Result<MockProvider> {
-        let listener = TcpListener::bind(addr).await?;
+        // A deep accept queue: benchmarks open thousands of streams at once.
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener: TcpListener = socket.listen(8192)?;
         let addr = listener.local_addr()?;
         let mock = MockProvider {
             addr,
