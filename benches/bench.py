@@ -37,6 +37,7 @@ SSE_CHUNKS, SSE_INTERVAL_MS = (5, 2) if SMOKE else (100, 30)
 SSE_LEVELS = [20] if SMOKE else [100, 1000, 5000]
 BODIES = [("1KB", 1024, CONNS)] if SMOKE else [("1KB", 1024, CONNS), ("64KB", 64 * 1024, CONNS), ("1MB", 1024 * 1024, 8)]
 FAILOVER_ROUNDS = 1 if SMOKE else 3
+BODY_ROUNDS = 1 if SMOKE else 3
 # Every target gets the same Authorization header; only LiteLLM checks it (it refuses to start
 # without a master key). twinroute and the floor drop or ignore it.
 MASTER_KEY = "sk-bench-0123456789abcdef"
@@ -124,6 +125,19 @@ local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()
             "p50_ms": to_ms(lat["50"]), "p90_ms": to_ms(lat["90"]), "p99_ms": to_ms(lat["99"]),
             "non_2xx": int(errors.group(1)) if errors else 0,
             "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+
+
+def median_of(runs):
+    """Per-field medians of several wrk results; errors are summed, RSS is the peak."""
+    out = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p90_ms", "p99_ms")
+           if all(r.get(k) is not None for r in runs)}
+    out["requests"] = sum(r["requests"] for r in runs)
+    out["non_2xx"] = sum(r["non_2xx"] for r in runs)
+    out["socket_errors"] = sum(r["socket_errors"] for r in runs)
+    rss = [r["peak_rss_mb"] for r in runs if r.get("peak_rss_mb")]
+    out["peak_rss_mb"] = max(rss) if rss else None
+    out["runs"] = len(runs)
+    return out
 
 
 def chat_body(size, stream=False):
@@ -287,12 +301,20 @@ def main():
         if peer:
             main_targets.append(("peer", f"http://127.0.0.1:{peer[1]}/v1/chat/completions", peer[0].pid))
 
+        # Non-streaming bodies: the proxies' numbers on a shared 2-core box swing by ±20 % run to
+        # run, so each target runs BODY_ROUNDS times, interleaved, and the medians are reported.
         for label, size, conns in BODIES:
             bf = os.path.join(tmp, f"body-{label}.json"); open(bf, "w").write(chat_body(size))
-            for tname, url, pid in main_targets:
-                if tname == "peer" and label != "1KB":
-                    continue
-                measure(label, tname, url, pid, bf, conns, DURATION)
+            per = {}
+            for i in range(BODY_ROUNDS):
+                for tname, url, pid in main_targets:
+                    if tname == "peer" and (label != "1KB" or i > 0):
+                        continue
+                    r = measure(f"{label} #{i+1}", tname, url, pid, bf, conns, DURATION)
+                    per.setdefault(tname, []).append(r)
+            for i in range(BODY_ROUNDS):
+                results.pop(f"{label} #{i+1}", None)
+            results[label] = {t: median_of(rs) for t, rs in per.items()}
 
         # SSE streams: one request per connection is one whole stream; latency is stream time.
         sse_bf = os.path.join(tmp, "body-sse.json"); open(sse_bf, "w").write(chat_body(200, stream=True))
@@ -314,11 +336,9 @@ def main():
                 pr, port = targets[tname]
                 r = measure(f"failover #{i+1}", tname, f"http://127.0.0.1:{port}/v1/chat/completions", pr.pid, bf, CONNS, DURATION)
                 rounds[tname].append(r)
-        fo = {t: {"rps": statistics.median(r["rps"] for r in rs),
-                  "p50_ms": statistics.median(r["p50_ms"] for r in rs),
-                  "p90_ms": statistics.median(r["p90_ms"] for r in rs),
-                  "p99_ms": statistics.median(r["p99_ms"] for r in rs),
-                  "p99_runs_ms": [r["p99_ms"] for r in rs]} for t, rs in rounds.items()}
+        fo = {t: {**median_of(rs), "p99_runs_ms": [r["p99_ms"] for r in rs]} for t, rs in rounds.items()}
+        for i in range(FAILOVER_ROUNDS):
+            results.pop(f"failover #{i+1}", None)
         results["failover (median)"] = fo
 
         # ---- ratios from this run ----
@@ -354,12 +374,12 @@ def main():
         os.makedirs(res_dir, exist_ok=True)
         json.dump(out, open(os.path.join(res_dir, "results.json"), "w"), indent=2)
 
-        lines = [f"wrk -t{THREADS}, non-streaming: -c{CONNS} (1 MB: -c8) -d{DURATION}; SSE: {SSE_CHUNKS} chunks {SSE_INTERVAL_MS} ms apart, "
+        lines = [f"wrk -t{THREADS}, non-streaming: -c{CONNS} (1 MB: -c8) -d{DURATION}, medians of {BODY_ROUNDS} interleaved rounds; SSE: {SSE_CHUNKS} chunks {SSE_INTERVAL_MS} ms apart, "
                  f"-c = concurrent streams, -d{SSE_DURATION}; failover pair interleaved {FAILOVER_ROUNDS}x. All on loopback, 2 cores.", "",
                  "| workload | target | req/s | p50 ms | p90 ms | p99 ms | errors | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
         for w, ts in results.items():
             for t, r in ts.items():
-                errs = r.get("non_2xx", 0) + r.get("socket_errors", 0) if "non_2xx" in r else "-"
+                errs = r.get("non_2xx", 0) + r.get("socket_errors", 0)
                 f = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
                 lines.append(f"| {w} | {t} | {r['rps']:.0f} | {f(r['p50_ms'])} | {f(r['p90_ms'])} | {f(r['p99_ms'])} | {errs} | {f(r.get('peak_rss_mb'))} |")
         lines += ["", "| ratio (same run) | value |", "|---|---:|"]
