@@ -43,6 +43,8 @@ pub struct RequestLog {
     pub degraded: Option<String>,
     /// Parameters removed for the offering that answered.
     pub dropped_params: Vec<String>,
+    /// Handled under `zero_retention` (no pooling, connection closed, body wiped).
+    pub zero_retention: bool,
     pub error: Option<String>,
 }
 
@@ -69,6 +71,7 @@ impl RequestLog {
             route: None,
             degraded: None,
             dropped_params: Vec::new(),
+            zero_retention: false,
             error: None,
         }
     }
@@ -117,6 +120,9 @@ impl RequestLog {
                 }
                 if self.panic_mode {
                     s.push_str(" panic_mode=true");
+                }
+                if self.zero_retention {
+                    s.push_str(" zero_retention=true");
                 }
                 if let (Some(i), Some(o)) = (self.input_tokens, self.output_tokens) {
                     let _ = write!(s, " tokens_in={i} tokens_out={o}");

@@ -58,6 +58,8 @@ pub struct Plan {
     pub pinned: bool,
     /// `x-twinroute-region`: endpoints outside it are not used either.
     pub region: Option<String>,
+    /// The request's route asked for zero retention (a provider may ask too).
+    pub zero_retention: bool,
 }
 
 /// A failed attempt, kept for the final error message and the 429 decision.
@@ -250,7 +252,8 @@ pub async fn run(
                         );
                     }
                     failed_once.push((cand.provider, ep));
-                    if upstream.response_done() {
+                    let zero_retention = plan.zero_retention || provider.zero_retention;
+                    if upstream.response_done() && !zero_retention {
                         shared
                             .connector
                             .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
@@ -316,6 +319,9 @@ pub async fn run(
                     );
                 }
                 let attempts = (attempt + 1).to_string();
+                if plan.zero_retention || provider.zero_retention {
+                    ctx.zero_retention = true;
+                }
                 return relay(
                     shared,
                     session,
@@ -789,6 +795,10 @@ async fn relay(
     if !served.dropped.is_empty() {
         resp.insert_header("x-twinroute-dropped-params", served.dropped.join(","))?;
     }
+    if ctx.zero_retention {
+        // Said in the response header: the client's connection closes after this answer.
+        session.set_keepalive(None);
+    }
     session.write_response_header(Box::new(resp), false).await?;
 
     let success = upstream
@@ -835,6 +845,11 @@ async fn relay(
     }
     session.write_response_body(None, true).await?;
     record_usage(ctx, &usage, &served, &provider.name);
+    if ctx.zero_retention {
+        // Zero retention: neither connection outlives the request with its bytes in a buffer.
+        // The upstream one is dropped rather than pooled; the client's closes (set above).
+        return Ok(());
+    }
     if upstream.response_done() {
         shared
             .connector

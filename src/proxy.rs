@@ -213,7 +213,7 @@ impl Proxy {
                 )))
             }
         };
-        let body = match RequestBody::parse(raw) {
+        let mut body = match RequestBody::parse(raw) {
             Ok(b) => b,
             Err(e) => {
                 return Ok(Handled::Reject(GatewayError::new(
@@ -358,8 +358,13 @@ impl Proxy {
             policy: policy.clone(),
             pinned: constraints.pin.is_some(),
             region: constraints.region.clone(),
+            zero_retention: route.is_some_and(|r| r.zero_retention),
         };
-        forward::run(&self.shared, &rt, session, ctx, &plan, &body).await?;
+        let result = forward::run(&self.shared, &rt, session, ctx, &plan, &body).await;
+        if ctx.zero_retention {
+            body.wipe();
+        }
+        result?;
         Ok(Handled::Done)
     }
 }

@@ -521,3 +521,44 @@ async fn header_injection_in_control_headers_goes_nowhere() {
     assert_eq!((a.request_count(), b.request_count()), (0, 1));
     assert!(b.requests()[0].header("x-twinroute-provider").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_retention_keeps_no_connection_or_buffer_beyond_the_request() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    // a is zero-retention; b is not, except through the "private" route.
+    let body = format!(
+        "{}routes:\n  - name: private\n    match: {{headers: {{x-twinroute-route: private}}}}\n    zero_retention: true\n    policy: {{max_attempts: 1}}\n",
+        two(&a, &b, ", zero_retention: true")
+    );
+    let t = Twinroute::start(&body, &[]).await;
+    for _ in 0..3 {
+        let r = t.chat(&chat_body("m"), &[]).await;
+        assert_eq!(r.header("x-twinroute-provider"), Some("a"));
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    // No upstream connection was pooled: one per request.
+    assert_eq!(a.connections_accepted(), 3);
+    t.wait_for_log("zero_retention=true").await;
+    // A normal provider pools: three requests, one connection.
+    let pin = [("x-twinroute-provider", "b")];
+    for _ in 0..3 {
+        let r = t.chat(&chat_body("m"), &pin).await;
+        assert_eq!(r.header("x-twinroute-provider"), Some("b"));
+        assert_ne!(r.header("connection"), Some("close"));
+    }
+    let pooled = b.connections_accepted();
+    assert!(pooled <= 2, "b opened {pooled} connections for 3 requests");
+    // The route turns it on for b too.
+    let private = [
+        ("x-twinroute-provider", "b"),
+        ("x-twinroute-route", "private"),
+    ];
+    for _ in 0..3 {
+        let r = t.chat(&chat_body("m"), &private).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    // The first may reuse b's idle pooled connection; none goes back, so the next two are new.
+    assert_eq!(b.connections_accepted(), pooled + 2);
+}

@@ -44,6 +44,7 @@ pub struct FileRoute {
     #[serde(rename = "match")]
     pub matcher: FileRouteMatch,
     pub policy: Option<FilePolicy>,
+    pub zero_retention: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +72,8 @@ pub struct FileProvider {
     pub region: Option<String>,
     /// Upstream requests in flight to this provider at most; past it, the next twin is used.
     pub max_connections: Option<usize>,
+    /// Keep request and response bodies out of everything that outlives the request.
+    pub zero_retention: Option<bool>,
     pub timeouts: Option<FileTimeouts>,
     pub probe: Option<FileProbe>,
     pub breaker: Option<FileBreaker>,

@@ -232,6 +232,8 @@ pub struct Provider {
     pub endpoints: Vec<ProviderEndpoint>,
     /// Upstream requests in flight at most (`None`: unbounded).
     pub max_connections: Option<usize>,
+    /// Bodies of requests to this provider outlive nothing: see `forward` and `proxy`.
+    pub zero_retention: bool,
 }
 
 impl Provider {
@@ -322,6 +324,7 @@ pub struct Route {
     pub headers: Vec<(http::HeaderName, String)>,
     /// The effective policy per model (indexed by `ModelId`): route over model over top level.
     pub policies: Vec<Policy>,
+    pub zero_retention: bool,
 }
 
 impl Route {
@@ -719,6 +722,7 @@ fn build_provider(
     Ok(Provider {
         id,
         max_connections: p.max_connections,
+        zero_retention: p.zero_retention.unwrap_or(false),
         name: p.name,
         api,
         base,
@@ -967,6 +971,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             paths: r.matcher.paths.clone(),
             headers,
             policies,
+            zero_retention: r.zero_retention.unwrap_or(false),
         });
     }
     Ok(Config {
