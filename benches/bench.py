@@ -270,6 +270,7 @@ def median_of(runs):
     rss = [r["peak_rss_mb"] for r in runs if r.get("peak_rss_mb")]
     out["peak_rss_mb"] = max(rss) if rss else None
     out["runs"] = len(runs)
+    out["per_round"] = [{k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")} for r in runs]
     return out
 
 
