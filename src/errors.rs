@@ -19,6 +19,8 @@ pub enum ErrorKind {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    /// The request header passed `max_request_header_bytes`.
+    HeaderTooLarge,
     UnsupportedMediaType,
     RateLimited,
     /// A client token was required and missing or wrong.
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::ModelNotFound | ErrorKind::ModelUnavailable | ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::HeaderTooLarge => 431,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::RateLimited => 429,
             ErrorKind::Unauthorized => 401,
@@ -75,6 +78,11 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => (
                 "invalid_request_error",
                 "request_too_large",
+                "request_too_large",
+            ),
+            ErrorKind::HeaderTooLarge => (
+                "invalid_request_error",
+                "request_header_too_large",
                 "request_too_large",
             ),
             ErrorKind::UnsupportedMediaType => (

@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod forward;
+pub mod header_guard;
 pub mod health;
 pub mod inject;
 pub mod metrics;

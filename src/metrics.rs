@@ -23,6 +23,7 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub cost_usd: CounterVec,
     pub in_flight: IntGaugeVec,
+    pub client_refused: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -114,6 +115,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["endpoint"],
     )?;
+    let client_refused = IntCounterVec::new(
+        Opts::new(
+            "twinroute_client_connections_refused_total",
+            "Client connections closed before a whole request header arrived",
+        ),
+        &["reason"],
+    )?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(attempts.clone()))?;
     registry.register(Box::new(degraded.clone()))?;
@@ -126,6 +134,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
     registry.register(Box::new(in_flight.clone()))?;
+    registry.register(Box::new(client_refused.clone()))?;
     Ok(Metrics {
         registry,
         requests,
@@ -140,6 +149,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         tokens,
         cost_usd,
         in_flight,
+        client_refused,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::header_guard::GuardedApp;
 use crate::proxy::Proxy;
 use crate::state::Shared;
 use async_trait::async_trait;
@@ -13,6 +14,9 @@ use pingora::services::listening::Service;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Pingora closes idle HTTP/1 keepalive connections after 60 s; h2 gets the same.
+const H2_IDLE: Duration = Duration::from_secs(60);
 
 /// Marks the process ready once the data-plane listener accepts connections.
 struct Readiness {
@@ -63,25 +67,28 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
     let shared = Shared::new(config);
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(shared.clone()),
-        "twinroute data plane",
+    let mut http = pingora::proxy::http_proxy(&server.configuration, Proxy::new(shared.clone()));
+    // HTTP/2 clients with prior knowledge (h2c) as well as HTTP/1.1 on the same port. An h2
+    // connection with no stream open is closed like an idle HTTP/1 keepalive one.
+    let mut opts = pingora::apps::HttpServerOptions::default();
+    opts.h2c = true;
+    opts.h2_idle_timeout = Some(H2_IDLE);
+    http.server_options = Some(opts);
+    let mut proxy = Service::new(
+        "twinroute data plane".to_string(),
+        GuardedApp::new(http, shared.clone()),
     );
-    // HTTP/2 clients with prior knowledge (h2c) as well as HTTP/1.1 on the same port.
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut opts = pingora::apps::HttpServerOptions::default();
-        opts.h2c = true;
-        app.server_options = Some(opts);
-    }
     proxy.add_tcp(&listen);
     proxy.threads = Some(threads);
 
     let mut admin = Service::new(
         "twinroute admin".to_string(),
-        Admin {
-            shared: shared.clone(),
-        },
+        GuardedApp::new(
+            Admin {
+                shared: shared.clone(),
+            },
+            shared.clone(),
+        ),
     );
     admin.add_tcp(&admin_listen);
     admin.threads = Some(1);

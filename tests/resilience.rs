@@ -361,21 +361,77 @@ async fn client_tokens_are_required_when_configured_and_never_forwarded() {
     assert_eq!(r.status, 403);
 }
 
+/// Read until the server closes (or `limit`); returns what arrived and when it closed.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        closed.then(|| start.elapsed()),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_do_not_starve_others() {
     let a = MockProvider::start("a").await.unwrap();
     let b = MockProvider::start("b").await.unwrap();
-    let body = format!("client_body_timeout_ms: 300\n{}", two(&a, &b, ""));
+    let body = format!(
+        "client_body_timeout_ms: 300\nclient_header_timeout_ms: 300\n{}",
+        two(&a, &b, "")
+    );
     let t = Twinroute::start(&body, &[]).await;
     let addr = t.base.trim_start_matches("http://").to_string();
-    // 100 slowloris connections trickling headers, 20 trickling a body.
-    let mut lorises = Vec::new();
+    // 100 slowloris connections that stall in the middle of their headers, 20 that trickle a
+    // byte every 50 ms (each read is quick; only the header as a whole is slow), 20 that send
+    // nothing, 20 that trickle a body.
+    let mut stalled = Vec::new();
     for _ in 0..100 {
         let mut s = TcpStream::connect(&addr).await.unwrap();
         s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .await
             .unwrap();
-        lorises.push(s);
+        stalled.push(s);
+    }
+    let trickling = Arc::new(AtomicUsize::new(0));
+    let mut tricklers = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let trickling = trickling.clone();
+        tricklers.push(tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let _ = s
+                .write_all(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n")
+                .await;
+            trickling.fetch_add(1, Ordering::Relaxed);
+            let (mut rd, mut wr) = s.into_split();
+            let writer = tokio::spawn(async move {
+                for _ in 0..200 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if wr.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got)).await;
+            writer.abort();
+            (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+        }));
+    }
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(&addr).await.unwrap());
     }
     let mut bodies = Vec::new();
     for _ in 0..20 {
@@ -391,18 +447,152 @@ async fn slow_clients_are_cut_off_and_do_not_starve_others() {
         assert_eq!(r.status, 200);
         assert!(r.elapsed < Duration::from_millis(200), "{:?}", r.elapsed);
     }
-    // The slow bodies get a 408 once their time is up.
-    let mut cut = 0;
-    for mut s in bodies {
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
-        let head = String::from_utf8_lossy(&buf);
-        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
-        cut += 1;
+    // Every slow client is cut once its time is up: a 408 in its API's error format where it
+    // sent part of a request, a plain close where it sent nothing.
+    let limit = Duration::from_secs(3);
+    let mut cut_headers = 0;
+    for mut s in stalled {
+        let (answer, closed) = read_until_closed(&mut s, limit).await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+        assert!(closed.is_some(), "a stalled header was not closed");
+        cut_headers += 1;
     }
-    println!("slow clients: {cut} slow bodies cut with 408, 100 slow headers held without harm");
+    let mut cut_trickles = 0;
+    for tr in tricklers {
+        let (answer, took) = tr.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        // Anthropic's shape for /v1/messages.
+        assert!(answer.contains("\"type\":\"error\""), "{answer}");
+        assert!(took < Duration::from_millis(1500), "trickler held {took:?}");
+        cut_trickles += 1;
+    }
+    let mut cut_silent = 0;
+    for mut s in silent {
+        let (answer, closed) = read_until_closed(&mut s, limit).await;
+        assert_eq!(answer, "", "nothing asked, nothing answered");
+        assert!(closed.is_some(), "a silent connection was not closed");
+        cut_silent += 1;
+    }
+    let mut cut_bodies = 0;
+    for mut s in bodies {
+        let (answer, _) = read_until_closed(&mut s, limit).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        cut_bodies += 1;
+    }
+    println!(
+        "slow clients: cut {cut_headers} stalled headers and {cut_trickles} trickled headers with 408, \
+         {cut_silent} silent connections closed, {cut_bodies} slow bodies cut with 408"
+    );
     assert_eq!(a.request_count() + b.request_count(), 5);
-    drop(lorises);
+    let metrics = t.metrics().await;
+    let refused: u64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("twinroute_client_connections_refused_total{reason=\"header_timeout\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(refused, 140, "{metrics}");
+    // Still serving.
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_limits_spare_keepalive_streams_and_h2_but_refuse_oversized_headers() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_stream(12, Duration::from_millis(50));
+    let body = format!(
+        "client_header_timeout_ms: 300\nmax_request_header_bytes: 4096\n{}",
+        two(&a, &b, "")
+    );
+    let t = Twinroute::start(&body, &[]).await;
+    let addr = t.base.trim_start_matches("http://").to_string();
+    let request = |extra: &str, stream: bool| {
+        let body = serde_json::json!({"model": "m", "stream": stream, "messages": []}).to_string();
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // One keepalive connection: a stream that lasts twice the header timeout, an idle gap longer
+    // than it, then a second request on the same connection.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(request("", true).as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let started = std::time::Instant::now();
+    while !String::from_utf8_lossy(&got).contains("data: [DONE]") {
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut chunk))
+            .await
+            .expect("stream stalled")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-stream: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(550));
+    // Let the chunked terminator arrive, then idle past the header timeout.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = tokio::time::timeout(Duration::from_millis(50), s.read(&mut chunk)).await;
+    s.write_all(request("", false).as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk))
+        .await
+        .expect("second request on the keepalive connection")
+        .unwrap();
+    let second = String::from_utf8_lossy(&chunk[..n]).into_owned();
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    drop(s);
+
+    // A header just under the limit passes; one over it gets a 431 and nothing goes upstream.
+    a.clear();
+    b.clear();
+    let filler = |len: usize| format!("X-Filler: {}\r\n", "f".repeat(len));
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(request(&filler(3500), false).as_bytes())
+        .await
+        .unwrap();
+    let n = s.read(&mut chunk).await.unwrap();
+    assert!(String::from_utf8_lossy(&chunk[..n]).starts_with("HTTP/1.1 200"));
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(request(&filler(5000), false).as_bytes())
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut s, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"request_header_too_large\""),
+        "{answer}"
+    );
+    assert!(closed.is_some());
+    assert_eq!(a.request_count() + b.request_count(), 1);
+
+    // HTTP/2 (prior knowledge): the connection idles past the header timeout between requests.
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    for round in 0..2 {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(t.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(chat_body("m").to_string())))
+            .unwrap();
+        let resp = client.request(req).await.expect("h2c request");
+        assert_eq!(resp.status(), 200, "round {round}");
+        resp.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(450)).await;
+    }
+    println!("header limits: keepalive stream + idle + reuse ok, 431 past 4096 bytes, h2 idle ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

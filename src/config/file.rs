@@ -21,6 +21,10 @@ pub struct FileConfig {
     pub max_concurrent_requests: Option<usize>,
     /// Longest time a client may take to send its whole body.
     pub client_body_timeout_ms: Option<u64>,
+    /// Longest time a client may take to send a whole request header (slowloris guard).
+    pub client_header_timeout_ms: Option<u64>,
+    /// Largest request header (request line and all fields) a client may send.
+    pub max_request_header_bytes: Option<u64>,
     /// Env var holding comma-separated client tokens; when set, every request needs one.
     pub client_tokens_env: Option<String>,
     /// Enable the admin listener's mutating routes (drain/undrain).

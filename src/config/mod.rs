@@ -303,6 +303,9 @@ pub struct Config {
     pub grace_period_s: u64,
     pub max_concurrent_requests: usize,
     pub client_body_timeout: Duration,
+    /// Whole-header deadline and size, enforced by `header_guard` below Pingora's parser.
+    pub client_header_timeout: Duration,
+    pub max_request_header_bytes: usize,
     /// Tokens clients must present (`Authorization: Bearer` or `x-api-key`); empty = none needed.
     pub client_tokens: Vec<Secret>,
     pub admin_mutations: bool,
@@ -338,6 +341,13 @@ impl Route {
 }
 
 impl Config {
+    pub fn header_limits(&self) -> crate::header_guard::HeaderLimits {
+        crate::header_guard::HeaderLimits {
+            timeout: self.client_header_timeout,
+            max_bytes: self.max_request_header_bytes,
+        }
+    }
+
     pub fn provider_by_name(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.name == name)
     }
@@ -779,6 +789,17 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
     if max_concurrent_requests == 0 {
         return Err(err("max_concurrent_requests", "must be at least 1"));
     }
+    // Pingora refuses headers past 1 MiB on its own; below 1 KiB no real client fits.
+    let max_request_header_bytes = match file.max_request_header_bytes {
+        None => 64 * 1024,
+        Some(n) if (1024..=1024 * 1024).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(err(
+                "max_request_header_bytes",
+                format!("{n} is out of range (1024 to 1048576)"),
+            ))
+        }
+    };
     let client_tokens = match &file.client_tokens_env {
         None => Vec::new(),
         Some(var) => {
@@ -987,6 +1008,12 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             file.client_body_timeout_ms,
             30_000,
         )?,
+        client_header_timeout: nonzero_ms(
+            "client_header_timeout_ms",
+            file.client_header_timeout_ms,
+            10_000,
+        )?,
+        max_request_header_bytes,
         client_tokens,
         admin_mutations: file.admin_mutations.unwrap_or(false),
         reload_poll: match file.reload_poll_ms {
@@ -1041,6 +1068,29 @@ models:
         let text = OK.replace("api_key_env: K}", "api_key_env: K, colour: red}");
         let e = parse(&text, &env()).unwrap_err().to_string();
         assert!(e.contains("providers[0]") && e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn header_limits_default_and_range() {
+        let c = parse(OK, &env()).unwrap();
+        assert_eq!(c.client_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_request_header_bytes, 64 * 1024);
+        let c = parse(
+            &format!("client_header_timeout_ms: 250\nmax_request_header_bytes: 2048\n{OK}"),
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.header_limits().timeout, Duration::from_millis(250));
+        assert_eq!(c.header_limits().max_bytes, 2048);
+        for bad in [
+            "max_request_header_bytes: 100",
+            "max_request_header_bytes: 2000000",
+        ] {
+            let e = parse(&format!("{bad}\n{OK}"), &env()).unwrap_err();
+            assert_eq!(e.path, "max_request_header_bytes", "{bad}");
+        }
+        let e = parse(&format!("client_header_timeout_ms: 0\n{OK}"), &env()).unwrap_err();
+        assert_eq!(e.path, "client_header_timeout_ms");
     }
 
     #[test]

@@ -1,0 +1,784 @@
+//! The header guard: how long and how large a client's request header may be, on every listener.
+//!
+//! Pingora 0.9 bounds each *read* of a request header (the 60 s keepalive timeout) but not the
+//! header as a whole, and with h2c on it first peeks 24 bytes for the HTTP/2 preface with no
+//! timeout at all. A client that trickles a byte every few seconds, or connects and sends nothing,
+//! holds a connection and a task for as long as it likes (slowloris). No `ProxyHttp` phase runs
+//! before the header is complete, so the guard sits below Pingora's HTTP code: `GuardedApp` wraps
+//! the accepted stream in a `GuardedStream` that watches the bytes going by.
+//!
+//! - A request header must be complete within `client_header_timeout_ms`, counted from accept for
+//!   a connection's first request and from the first byte for later keepalive requests (the idle
+//!   gap between requests is Pingora's keepalive timeout, not this one). Past it the client gets a
+//!   408 in its API's error format and the connection closes; a connection that sent nothing is
+//!   closed without a word.
+//! - A request header larger than `max_request_header_bytes` gets a 431 and the connection closes
+//!   (Pingora's own cap is a fixed 1 MiB).
+//!
+//! The guard knows only where a header ends (`HeaderScan`, pure and unit-tested); it learns that a
+//! response went out from the first non-1xx write, after which the next bytes read are the next
+//! request's header. HTTP/2 connections (preface seen in the peek) pass through untouched: h2
+//! frames have their own flow, and `h2_idle_timeout` closes idle ones.
+
+use crate::api::{Endpoint, Family};
+use crate::errors::{ErrorKind, GatewayError};
+use crate::metrics::METRICS;
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4); Pingora peeks exactly this many bytes.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes of a header's start kept to choose the error format (the request line's path).
+const REQUEST_LINE_PREFIX: usize = 64;
+
+/// The two limits, read from the config current when a connection is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderLimits {
+    pub timeout: Duration,
+    pub max_bytes: usize,
+}
+
+/// Where a header scan stands after some bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// No blank line yet; more bytes are needed.
+    Incomplete,
+    /// The header ended within the bytes just fed; the rest (if any) is body.
+    Complete,
+    /// The header passed the size limit before it ended.
+    TooLarge,
+}
+
+/// Finds the end of an HTTP/1 request header (the first blank line after the request line) in
+/// bytes fed in arbitrary pieces, and counts them against a size limit.
+///
+/// Line ends are LF with any number of CRs before it, as httparse accepts; blank lines before the
+/// request line are skipped (RFC 9112 §2.2), so sending them cannot end the header early.
+#[derive(Debug, Clone)]
+pub struct HeaderScan {
+    max_bytes: usize,
+    seen: usize,
+    /// The current line so far holds only CRs (or nothing).
+    line_blank: bool,
+    /// A non-blank line (the request line) has ended.
+    started: bool,
+    prefix: [u8; REQUEST_LINE_PREFIX],
+    prefix_len: usize,
+}
+
+impl HeaderScan {
+    pub fn new(max_bytes: usize) -> HeaderScan {
+        HeaderScan {
+            max_bytes,
+            seen: 0,
+            line_blank: true,
+            started: false,
+            prefix: [0; REQUEST_LINE_PREFIX],
+            prefix_len: 0,
+        }
+    }
+
+    /// Bytes of this header seen so far.
+    pub fn seen(&self) -> usize {
+        self.seen
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) -> Scan {
+        let keep = (REQUEST_LINE_PREFIX - self.prefix_len).min(bytes.len());
+        self.prefix[self.prefix_len..self.prefix_len + keep].copy_from_slice(&bytes[..keep]);
+        self.prefix_len += keep;
+
+        let mut line_start = 0;
+        for nl in memchr::memchr_iter(b'\n', bytes) {
+            let blank = self.line_blank && bytes[line_start..nl].iter().all(|&b| b == b'\r');
+            if blank && self.started {
+                let consumed = self.seen + nl + 1;
+                self.seen = consumed;
+                return if consumed > self.max_bytes {
+                    Scan::TooLarge
+                } else {
+                    Scan::Complete
+                };
+            }
+            if !blank {
+                self.started = true;
+            }
+            self.line_blank = true;
+            line_start = nl + 1;
+            if self.seen + line_start > self.max_bytes {
+                self.seen += line_start;
+                return Scan::TooLarge;
+            }
+        }
+        self.line_blank = self.line_blank && bytes[line_start..].iter().all(|&b| b == b'\r');
+        self.seen += bytes.len();
+        if self.seen > self.max_bytes {
+            Scan::TooLarge
+        } else {
+            Scan::Incomplete
+        }
+    }
+
+    /// The error format of the endpoint the request line names (OpenAI's when unknown).
+    pub fn family(&self) -> Family {
+        let head = &self.prefix[..self.prefix_len];
+        let head = head.strip_prefix(b"\r\n").unwrap_or(head);
+        let path = head
+            .split(|&b| b == b' ')
+            .nth(1)
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .map(|p| p.split('?').next().unwrap_or(p));
+        path.and_then(Endpoint::from_path)
+            .map_or(Family::OpenAi, Endpoint::family)
+    }
+
+    /// Whether the bytes so far start like a request line (a method token), as opposed to the
+    /// left-over body of a request answered early, which gets no error response of its own.
+    pub fn looks_like_request(&self) -> bool {
+        self.prefix[..self.prefix_len]
+            .iter()
+            .find(|&&b| b != b'\r' && b != b'\n')
+            .is_some_and(u8::is_ascii_uppercase)
+    }
+}
+
+/// The whole raw HTTP/1.1 error response the guard writes before it closes a connection.
+pub fn error_response(kind: ErrorKind, family: Family, message: &str) -> Vec<u8> {
+    let body = GatewayError::new(kind, message).body(family);
+    let status = kind.status();
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request header, which must be complete by `deadline`.
+    Header,
+    /// Header done: body and response flow without the guard's limits.
+    Request,
+    /// A final response started; the next bytes read begin the next request's header.
+    Responded,
+    /// HTTP/2, or a connection the guard already closed: no more checks.
+    Passthrough,
+}
+
+/// An accepted client stream with the header limits enforced on its reads.
+pub struct GuardedStream {
+    inner: Stream,
+    limits: HeaderLimits,
+    phase: Phase,
+    scan: HeaderScan,
+    deadline: Instant,
+    /// Armed only when a header read has to wait: most headers arrive in one read.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Set once the guard refused the connection; every later read fails with it.
+    refused: Option<io::ErrorKind>,
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+impl GuardedStream {
+    pub fn new(inner: Stream, limits: HeaderLimits) -> GuardedStream {
+        GuardedStream {
+            inner,
+            limits,
+            phase: Phase::Header,
+            scan: HeaderScan::new(limits.max_bytes),
+            deadline: Instant::now() + limits.timeout,
+            timer: None,
+            refused: None,
+        }
+    }
+
+    /// Answer `kind` (when the client sent something that looks like a request), then fail the
+    /// read so Pingora closes the connection. The write is best effort: a client too slow to send
+    /// its header is not waited on to read our answer either.
+    fn refuse(&mut self, cx: &mut Context<'_>, kind: ErrorKind, message: String) -> io::Error {
+        let (reason, io_kind) = match kind {
+            ErrorKind::HeaderTooLarge => ("header_too_large", io::ErrorKind::InvalidData),
+            _ => ("header_timeout", io::ErrorKind::TimedOut),
+        };
+        METRICS.client_refused.with_label_values(&[reason]).inc();
+        if self.scan.seen() > 0 && self.scan.looks_like_request() {
+            let response = error_response(kind, self.scan.family(), &message);
+            let _ = Pin::new(&mut self.inner).poll_write(cx, &response);
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        self.phase = Phase::Passthrough;
+        self.refused = Some(io_kind);
+        io::Error::new(io_kind, message)
+    }
+
+    fn timeout_message(&self) -> String {
+        format!(
+            "the request header did not arrive within {} ms (client_header_timeout_ms)",
+            self.limits.timeout.as_millis()
+        )
+    }
+
+    fn too_large_message(&self) -> String {
+        format!(
+            "the request header is larger than {} bytes (max_request_header_bytes)",
+            self.limits.max_bytes
+        )
+    }
+
+    /// A header read that returned nothing yet: wait on the deadline too.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(kind) = this.refused {
+            return Poll::Ready(Err(io::Error::new(
+                kind,
+                "connection refused by the header guard",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match this.phase {
+            Phase::Request | Phase::Passthrough => return polled,
+            Phase::Responded => {
+                if !matches!(polled, Poll::Ready(Ok(()))) || buf.filled().len() == before {
+                    return polled;
+                }
+                // The first bytes of the next request on this keepalive connection.
+                this.phase = Phase::Header;
+                this.scan = HeaderScan::new(this.limits.max_bytes);
+                this.deadline = Instant::now() + this.limits.timeout;
+            }
+            Phase::Header => {}
+        }
+        match polled {
+            Poll::Ready(Ok(())) => {
+                let fresh = &buf.filled()[before..];
+                if fresh.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                match this.scan.feed(fresh) {
+                    Scan::Complete => this.phase = Phase::Request,
+                    Scan::TooLarge => {
+                        buf.set_filled(before);
+                        let msg = this.too_large_message();
+                        return Poll::Ready(Err(this.refuse(cx, ErrorKind::HeaderTooLarge, msg)));
+                    }
+                    Scan::Incomplete => {
+                        // A client trickling bytes never leaves the read pending for long.
+                        if Instant::now() >= this.deadline {
+                            buf.set_filled(before);
+                            let msg = this.timeout_message();
+                            return Poll::Ready(Err(this.refuse(
+                                cx,
+                                ErrorKind::RequestTimeout,
+                                msg,
+                            )));
+                        }
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.poll_deadline(cx) {
+                Poll::Ready(()) => {
+                    let msg = this.timeout_message();
+                    Poll::Ready(Err(this.refuse(cx, ErrorKind::RequestTimeout, msg)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            err => err,
+        }
+    }
+}
+
+/// Whether a write is (the start of) an informational response such as `100 Continue`, after
+/// which the client still sends the body of the same request.
+fn is_informational(bytes: &[u8]) -> bool {
+    bytes.len() >= 10 && bytes.starts_with(b"HTTP/1.") && bytes[8] == b' ' && bytes[9] == b'1'
+}
+
+impl GuardedStream {
+    fn saw_write(&mut self, bytes: &[u8], n: usize) {
+        if n > 0 && matches!(self.phase, Phase::Request | Phase::Header) && !is_informational(bytes)
+        {
+            self.phase = Phase::Responded;
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.saw_write(buf, n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+            this.saw_write(first, n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    /// Pingora peeks for the h2c preface before anything else, with no timeout of its own: the
+    /// first request's deadline covers the peek too.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if self.phase != Phase::Header {
+            return self.inner.try_peek(buf).await;
+        }
+        match tokio::time::timeout_at(self.deadline, self.inner.try_peek(buf)).await {
+            Ok(Ok(true)) => {
+                if buf == H2_PREFACE {
+                    self.phase = Phase::Passthrough;
+                }
+                Ok(true)
+            }
+            Ok(other) => other,
+            Err(_) => {
+                METRICS
+                    .client_refused
+                    .with_label_values(&["header_timeout"])
+                    .inc();
+                self.phase = Phase::Passthrough;
+                self.refused = Some(io::ErrorKind::TimedOut);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    self.timeout_message(),
+                ))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+/// A listener's application with the header guard in front of it.
+pub struct GuardedApp<A> {
+    inner: Arc<A>,
+    shared: Arc<Shared>,
+}
+
+impl<A> GuardedApp<A> {
+    pub fn new(inner: A, shared: Arc<Shared>) -> GuardedApp<A> {
+        GuardedApp {
+            inner: Arc::new(inner),
+            shared,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Read per connection, so a reloaded config applies to the next connection.
+        let limits = self.shared.runtime.load().config.header_limits();
+        let guarded = GuardedStream::new(stream, limits);
+        // Pingora's HTTP app keeps a keepalive connection inside this call, so the stream is
+        // wrapped once per connection.
+        self.inner.process_new(Box::new(guarded), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn scan_all(pieces: &[&[u8]], max: usize) -> Vec<Scan> {
+        let mut s = HeaderScan::new(max);
+        pieces.iter().map(|p| s.feed(p)).collect()
+    }
+
+    #[test]
+    fn finds_the_header_end_across_any_split() {
+        let req = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}";
+        let end = req.len() - 2;
+        for split in 0..=req.len() {
+            let mut s = HeaderScan::new(1 << 20);
+            let (a, b) = req.split_at(split);
+            let first = s.feed(a);
+            if split >= end {
+                assert_eq!(first, Scan::Complete, "split {split}");
+            } else {
+                assert_eq!(first, Scan::Incomplete, "split {split}");
+                assert_eq!(s.feed(b), Scan::Complete, "split {split}");
+            }
+            assert_eq!(s.seen(), end, "split {split}");
+        }
+        // Byte by byte.
+        let mut s = HeaderScan::new(1 << 20);
+        let results: Vec<Scan> = req.iter().map(|b| s.feed(&[*b])).collect();
+        assert_eq!(
+            results.iter().position(|r| *r == Scan::Complete),
+            Some(end - 1)
+        );
+    }
+
+    #[test]
+    fn bare_lf_and_leading_blank_lines() {
+        assert_eq!(
+            scan_all(&[b"GET / HTTP/1.1\nHost: x\n\n"], 1024),
+            [Scan::Complete]
+        );
+        // Blank lines before the request line do not end the header.
+        assert_eq!(
+            scan_all(&[b"\r\n\r\n\n", b"GET / HTTP/1.1\r\n", b"\r\n"], 1024),
+            [Scan::Incomplete, Scan::Incomplete, Scan::Complete]
+        );
+        // A CR inside a line does not make it blank.
+        assert_eq!(
+            scan_all(&[b"GET / HTTP/1.1\r\nA: b\rc\r\n"], 1024),
+            [Scan::Incomplete]
+        );
+    }
+
+    #[test]
+    fn size_limit_counts_every_header_byte_and_no_body_byte() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(scan_all(&[head], head.len()), [Scan::Complete]);
+        assert_eq!(scan_all(&[head], head.len() - 1), [Scan::TooLarge]);
+        let mut with_body = head.to_vec();
+        with_body.extend_from_slice(&[b'x'; 4096]);
+        assert_eq!(scan_all(&[&with_body], head.len()), [Scan::Complete]);
+        // A header that never ends is cut at the limit, whatever the read sizes.
+        let endless = [b'a'; 300];
+        assert_eq!(
+            scan_all(&[b"GET / HTTP/1.1\r\nX: ", &endless, &endless], 500),
+            [Scan::Incomplete, Scan::Incomplete, Scan::TooLarge]
+        );
+        assert_eq!(
+            scan_all(&[b"GET / HTTP/1.1\r\nX: a\r\nY: b\r\nZ: c\r\n"], 20),
+            [Scan::TooLarge]
+        );
+    }
+
+    #[test]
+    fn family_and_request_shape_from_the_request_line() {
+        let mut s = HeaderScan::new(1024);
+        s.feed(b"POST /v1/messages?beta=true HTTP/1.1\r\nHo");
+        assert_eq!(s.family(), Family::Anthropic);
+        assert!(s.looks_like_request());
+        let mut s = HeaderScan::new(1024);
+        s.feed(b"POST /v1/chat/completions HTTP/1.1\r\n");
+        assert_eq!(s.family(), Family::OpenAi);
+        let mut s = HeaderScan::new(1024);
+        s.feed(b"{\"model\":\"x\"}");
+        assert!(!s.looks_like_request());
+        assert_eq!(s.family(), Family::OpenAi);
+    }
+
+    #[test]
+    fn error_response_is_complete_http() {
+        let r = error_response(ErrorKind::HeaderTooLarge, Family::Anthropic, "too big");
+        let text = String::from_utf8(r).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(head.contains("Connection: close"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["type"], "error");
+    }
+
+    fn guarded(timeout_ms: u64, max_bytes: usize) -> (GuardedStream, tokio::io::DuplexStream) {
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let limits = HeaderLimits {
+            timeout: Duration::from_millis(timeout_ms),
+            max_bytes,
+        };
+        (GuardedStream::new(Box::new(server), limits), client)
+    }
+
+    async fn read_some(s: &mut GuardedStream) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_header_is_cut_at_the_deadline_with_a_408() {
+        let (mut s, mut client) = guarded(300, 1 << 16);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                match read_some(&mut s).await {
+                    Ok(b) => got.extend(b),
+                    Err(e) => return (got, e, Instant::now()),
+                }
+            }
+        });
+        let start = Instant::now();
+        client
+            .write_all(b"POST /v1/chat/completions HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        // One byte every 50 ms keeps each read short; the header as a whole is what is timed.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if client.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+        let (_, err, at) = reader.await.unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = at - start;
+        assert!(
+            took >= Duration::from_millis(300) && took <= Duration::from_millis(360),
+            "{took:?}"
+        );
+        let mut answer = vec![0u8; 1024];
+        let n = client.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_closed_without_an_answer() {
+        let (mut s, mut client) = guarded(300, 1 << 16);
+        let err = read_some(&mut s).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(s);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_idle_is_not_header_time_and_continue_is_not_a_response() {
+        let (mut s, mut client) = guarded(300, 1 << 16);
+        client
+            .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        read_some(&mut s).await.unwrap();
+        // 100 Continue, then a body slower than the header timeout: still the same request.
+        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+        client.write_all(b"{").await.unwrap();
+        assert_eq!(read_some(&mut s).await.unwrap(), b"{");
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            client.write_all(b"}").await.unwrap();
+            client
+        });
+        assert_eq!(read_some(&mut s).await.unwrap(), b"}");
+        let mut client = rest.await.unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Idle for longer than the header timeout, then a prompt second request.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(read_some(&mut s).await.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // A third that starts and stalls is cut 300 ms after its first byte.
+        client.write_all(b"GET / HT").await.unwrap();
+        let started = Instant::now();
+        let mut got = read_some(&mut s).await.unwrap();
+        let err = loop {
+            match read_some(&mut s).await {
+                Ok(b) => got.extend(b),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, b"GET / HT");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(Instant::now() - started <= Duration::from_millis(310));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_header_gets_431_and_its_bytes_are_not_passed_on() {
+        let (mut s, mut client) = guarded(10_000, 1024);
+        let mut req = b"POST /v1/messages HTTP/1.1\r\nX-Big: ".to_vec();
+        req.extend_from_slice(&[b'a'; 2000]);
+        req.extend_from_slice(b"\r\n\r\n");
+        client.write_all(&req).await.unwrap();
+        let err = read_some(&mut s).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(read_some(&mut s).await.is_err(), "refused stays refused");
+        let mut answer = vec![0u8; 1024];
+        let n = client.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+        assert!(
+            answer.contains("\"type\":\"error\""),
+            "Anthropic shape: {answer}"
+        );
+    }
+
+    /// A real socket (l4 streams can peek; in-memory ones cannot), so real time, kept short.
+    async fn tcp_pair(timeout_ms: u64) -> (GuardedStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server: pingora::protocols::l4::stream::Stream = server.into();
+        let limits = HeaderLimits {
+            timeout: Duration::from_millis(timeout_ms),
+            max_bytes: 64,
+        };
+        (GuardedStream::new(Box::new(server), limits), client)
+    }
+
+    #[tokio::test]
+    async fn the_h2c_peek_is_bounded_and_h2_passes_through() {
+        // Pingora peeks for 24 bytes with no timeout; a client sending fewer is cut.
+        let (mut s, mut client) = tcp_pair(150).await;
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0u8; 24];
+        let started = std::time::Instant::now();
+        let err = s.try_peek(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_millis(1000));
+        assert!(read_some(&mut s).await.is_err(), "refused stays refused");
+        // After the preface, reads are neither timed nor counted (64-byte limit here).
+        let (mut s, mut client) = tcp_pair(150).await;
+        client.write_all(H2_PREFACE).await.unwrap();
+        client.write_all(&[0u8; 200]).await.unwrap();
+        assert!(s.try_peek(&mut buf).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut got = 0;
+        while got < H2_PREFACE.len() + 200 {
+            got += read_some(&mut s).await.unwrap().len();
+        }
+    }
+}
