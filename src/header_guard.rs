@@ -1,24 +1,32 @@
-//! The header guard: how long and how large a client's request header may be, on every listener.
+//! The header guard: how long and how large a client's request header may be, and how long an
+//! idle keepalive connection may wait, on every listener.
 //!
-//! Pingora 0.9 bounds each *read* of a request header (the 60 s keepalive timeout) but not the
-//! header as a whole, and with h2c on it first peeks 24 bytes for the HTTP/2 preface with no
-//! timeout at all. A client that trickles a byte every few seconds, or connects and sends nothing,
-//! holds a connection and a task for as long as it likes (slowloris). No `ProxyHttp` phase runs
-//! before the header is complete, so the guard sits below Pingora's HTTP code: `GuardedApp` wraps
-//! the accepted stream in a `GuardedStream` that watches the bytes going by.
+//! Pingora 0.9 bounds each *read* of a first request header (60 s) but not the header as a whole;
+//! after a connection's first request it waits for the next one with no timeout at all
+//! (`respect_keepalive` makes it infinite for HTTP/1.1); and with h2c on it first peeks 24 bytes
+//! for the HTTP/2 preface with no timeout. A client that trickles a byte every few seconds, or
+//! connects and sends nothing, or sends one request and then nothing, holds a connection and a
+//! task as long as it likes (slowloris). No `ProxyHttp` phase runs before a header is complete,
+//! so the guard sits below Pingora's HTTP code: `GuardedApp` wraps the accepted stream in a
+//! `GuardedStream` that watches the bytes going by.
 //!
 //! - A request header must be complete within `client_header_timeout_ms`, counted from accept for
-//!   a connection's first request and from the first byte for later keepalive requests (the idle
-//!   gap between requests is Pingora's keepalive timeout, not this one). Past it the client gets a
-//!   408 in its API's error format and the connection closes; a connection that sent nothing is
-//!   closed without a word.
+//!   a connection's first request and from the first byte for later keepalive requests. Past it
+//!   the client gets a 408 in its API's error format and the connection closes; a connection that
+//!   sent nothing is closed without a word.
 //! - A request header larger than `max_request_header_bytes` gets a 431 and the connection closes
 //!   (Pingora's own cap is a fixed 1 MiB).
+//! - A keepalive connection idle for `client_keepalive_timeout_ms` after a response is closed.
+//! - After a 408/431 the connection closes lingeringly, so the answer is not lost to a RST.
 //!
-//! The guard knows only where a header ends (`HeaderScan`, pure and unit-tested); it learns that a
-//! response went out from the first non-1xx write, after which the next bytes read are the next
-//! request's header. HTTP/2 connections (preface seen in the peek) pass through untouched: h2
-//! frames have their own flow, and `h2_idle_timeout` closes idle ones.
+//! The guard knows only where a header ends (`HeaderScan`, pure and unit-tested against
+//! httparse by the fuzz targets); it learns that a response went out from the first write of a
+//! final (non-1xx) status line, after which the next bytes read are the next request's header.
+//! That relies on Pingora not reading a request body after answering (it closes the connection
+//! when a response goes out before the body is read, `close_on_response_before_downstream_finish`,
+//! and twinroute reads every body before answering). HTTP/2 connections (preface seen by the
+//! peek) pass through untouched: h2 frames have their own flow, and `h2_idle_timeout` closes
+//! idle ones.
 
 use crate::api::{Endpoint, Family};
 use crate::errors::{ErrorKind, GatewayError};
@@ -39,7 +47,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4); Pingora peeks exactly this many bytes.
@@ -48,11 +56,15 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes of a header's start kept to choose the error format (the request line's path).
 const REQUEST_LINE_PREFIX: usize = 64;
 
-/// The two limits, read from the config current when a connection is accepted.
+/// A client connection's limits, read from the config current when it is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeaderLimits {
-    pub timeout: Duration,
-    pub max_bytes: usize,
+pub struct ConnectionLimits {
+    /// A request header must be complete this long after its first byte (after accept, for a
+    /// connection's first request).
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// A keepalive connection waiting for its next request is closed after this long.
+    pub idle_timeout: Duration,
 }
 
 /// Where a header scan stands after some bytes.
@@ -139,7 +151,11 @@ impl HeaderScan {
     /// The error format of the endpoint the request line names (OpenAI's when unknown).
     pub fn family(&self) -> Family {
         let head = &self.prefix[..self.prefix_len];
-        let head = head.strip_prefix(b"\r\n").unwrap_or(head);
+        let skip = head
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        let head = &head[skip..];
         let path = head
             .split(|&b| b == b' ')
             .nth(1)
@@ -182,23 +198,39 @@ enum Phase {
     Header,
     /// Header done: body and response flow without the guard's limits.
     Request,
-    /// A final response started; the next bytes read begin the next request's header.
+    /// A final response started; the next bytes read begin the next request's header, and a
+    /// read left waiting past `deadline` (armed when it starts waiting) ends the connection.
     Responded,
-    /// HTTP/2, or a connection the guard already closed: no more checks.
+    /// HTTP/2, or a connection the guard already ended: no more checks.
     Passthrough,
 }
 
-/// An accepted client stream with the header limits enforced on its reads.
+/// How long a refused connection is kept open to swallow what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// An accepted client stream with the connection limits enforced on its reads.
 pub struct GuardedStream {
     inner: Stream,
-    limits: HeaderLimits,
+    limits: ConnectionLimits,
     phase: Phase,
     scan: HeaderScan,
     deadline: Instant,
-    /// Armed only when a header read has to wait: most headers arrive in one read.
+    /// `Responded` only: the idle deadline is set for the current wait.
+    idle_armed: bool,
+    /// A 1xx response header is being written and has not ended yet.
+    informational_open: bool,
+    /// Armed only when a read has to wait: most headers arrive in one read.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Set once the guard refused the connection; every later read fails with it.
+    /// Bytes the preface check read ahead, handed out by `poll_read` before `inner` is read.
+    ahead: Vec<u8>,
+    ahead_pos: usize,
+    /// Set once the guard ended the connection: `Some(kind)` fails every later read with it,
+    /// `None` with `ended` is a quiet end of file (idle keepalive).
     refused: Option<io::ErrorKind>,
+    ended: bool,
+    /// Close lingeringly on drop (we answered while the client may still be sending).
+    linger: bool,
 }
 
 impl std::fmt::Debug for GuardedStream {
@@ -211,52 +243,70 @@ impl std::fmt::Debug for GuardedStream {
 }
 
 impl GuardedStream {
-    pub fn new(inner: Stream, limits: HeaderLimits) -> GuardedStream {
+    pub fn new(inner: Stream, limits: ConnectionLimits) -> GuardedStream {
         GuardedStream {
             inner,
             limits,
             phase: Phase::Header,
-            scan: HeaderScan::new(limits.max_bytes),
-            deadline: Instant::now() + limits.timeout,
+            scan: HeaderScan::new(limits.max_header_bytes),
+            deadline: Instant::now() + limits.header_timeout,
+            idle_armed: false,
+            informational_open: false,
             timer: None,
+            ahead: Vec::new(),
+            ahead_pos: 0,
             refused: None,
+            ended: false,
+            linger: false,
         }
     }
 
-    /// Answer `kind` (when the client sent something that looks like a request), then fail the
-    /// read so Pingora closes the connection. The write is best effort: a client too slow to send
-    /// its header is not waited on to read our answer either.
-    fn refuse(&mut self, cx: &mut Context<'_>, kind: ErrorKind, message: String) -> io::Error {
+    /// Record a refusal and count it; returns the error every read now fails with.
+    fn mark_refused(&mut self, kind: ErrorKind, message: String) -> io::Error {
         let (reason, io_kind) = match kind {
             ErrorKind::HeaderTooLarge => ("header_too_large", io::ErrorKind::InvalidData),
             _ => ("header_timeout", io::ErrorKind::TimedOut),
         };
         METRICS.client_refused.with_label_values(&[reason]).inc();
-        if self.scan.seen() > 0 && self.scan.looks_like_request() {
-            let response = error_response(kind, self.scan.family(), &message);
-            let _ = Pin::new(&mut self.inner).poll_write(cx, &response);
-            let _ = Pin::new(&mut self.inner).poll_flush(cx);
-        }
         self.phase = Phase::Passthrough;
         self.refused = Some(io_kind);
+        self.ended = true;
         io::Error::new(io_kind, message)
+    }
+
+    /// The answer to send before closing, if the client sent something that looks like a request
+    /// (a connection that sent nothing, or the tail of a body, gets no answer).
+    fn answer(&self, kind: ErrorKind, message: &str) -> Option<Vec<u8>> {
+        (self.scan.seen() > 0 && self.scan.looks_like_request())
+            .then(|| error_response(kind, self.scan.family(), message))
+    }
+
+    /// Answer `kind` and fail the read so Pingora closes the connection. The write is best
+    /// effort: a client too slow to send its header is not waited on to read our answer either.
+    fn refuse(&mut self, cx: &mut Context<'_>, kind: ErrorKind, message: String) -> io::Error {
+        if let Some(response) = self.answer(kind, &message) {
+            let _ = Pin::new(&mut self.inner).poll_write(cx, &response);
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            self.linger = true;
+        }
+        self.mark_refused(kind, message)
     }
 
     fn timeout_message(&self) -> String {
         format!(
             "the request header did not arrive within {} ms (client_header_timeout_ms)",
-            self.limits.timeout.as_millis()
+            self.limits.header_timeout.as_millis()
         )
     }
 
     fn too_large_message(&self) -> String {
         format!(
             "the request header is larger than {} bytes (max_request_header_bytes)",
-            self.limits.max_bytes
+            self.limits.max_header_bytes
         )
     }
 
-    /// A header read that returned nothing yet: wait on the deadline too.
+    /// A read that returned nothing yet: wait on the deadline too.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.deadline;
         let timer = self
@@ -267,6 +317,30 @@ impl GuardedStream {
         }
         timer.as_mut().poll(cx)
     }
+
+    /// Track responses from what is written: a final (non-1xx) status line means the request
+    /// is answered and the next bytes read are the next request. Pingora writes each response
+    /// header with one `write_all`, so a status line starts a write; a 1xx header split across
+    /// writes is followed until its blank line, so its tail is not taken for a final response.
+    fn saw_write(&mut self, written: &[u8]) {
+        if written.is_empty() || !matches!(self.phase, Phase::Request | Phase::Header) {
+            return;
+        }
+        if written.len() >= 10 && written.starts_with(b"HTTP/1.") {
+            if written[9] == b'1' {
+                self.informational_open = memchr::memmem::find(written, b"\r\n\r\n").is_none();
+                return;
+            }
+        } else if self.informational_open {
+            if memchr::memmem::find(written, b"\r\n\r\n").is_some() {
+                self.informational_open = false;
+            }
+            return;
+        }
+        self.informational_open = false;
+        self.phase = Phase::Responded;
+        self.idle_armed = false;
+    }
 }
 
 impl AsyncRead for GuardedStream {
@@ -276,25 +350,52 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(kind) = this.refused {
-            return Poll::Ready(Err(io::Error::new(
-                kind,
-                "connection refused by the header guard",
-            )));
+        if this.ended {
+            return Poll::Ready(match this.refused {
+                Some(kind) => Err(io::Error::new(kind, "connection ended by the header guard")),
+                None => Ok(()),
+            });
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = if this.ahead_pos < this.ahead.len() {
+            let n = buf.remaining().min(this.ahead.len() - this.ahead_pos);
+            buf.put_slice(&this.ahead[this.ahead_pos..this.ahead_pos + n]);
+            this.ahead_pos += n;
+            if this.ahead_pos == this.ahead.len() {
+                this.ahead = Vec::new();
+                this.ahead_pos = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
         match this.phase {
             Phase::Request | Phase::Passthrough => return polled,
-            Phase::Responded => {
-                if !matches!(polled, Poll::Ready(Ok(()))) || buf.filled().len() == before {
-                    return polled;
+            Phase::Responded => match polled {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                    // The first bytes of the next request on this keepalive connection.
+                    this.phase = Phase::Header;
+                    this.scan = HeaderScan::new(this.limits.max_header_bytes);
+                    this.deadline = Instant::now() + this.limits.header_timeout;
                 }
-                // The first bytes of the next request on this keepalive connection.
-                this.phase = Phase::Header;
-                this.scan = HeaderScan::new(this.limits.max_bytes);
-                this.deadline = Instant::now() + this.limits.timeout;
-            }
+                Poll::Pending => {
+                    // Pingora 0.9 waits for a keepalive request with no timeout after the first
+                    // request on a connection (`respect_keepalive` makes it infinite).
+                    if !this.idle_armed {
+                        this.idle_armed = true;
+                        this.deadline = Instant::now() + this.limits.idle_timeout;
+                    }
+                    return match this.poll_deadline(cx) {
+                        Poll::Ready(()) => {
+                            this.ended = true;
+                            this.phase = Phase::Passthrough;
+                            Poll::Ready(Ok(()))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                other => return other,
+            },
             Phase::Header => {}
         }
         match polled {
@@ -337,21 +438,6 @@ impl AsyncRead for GuardedStream {
     }
 }
 
-/// Whether a write is (the start of) an informational response such as `100 Continue`, after
-/// which the client still sends the body of the same request.
-fn is_informational(bytes: &[u8]) -> bool {
-    bytes.len() >= 10 && bytes.starts_with(b"HTTP/1.") && bytes[8] == b' ' && bytes[9] == b'1'
-}
-
-impl GuardedStream {
-    fn saw_write(&mut self, bytes: &[u8], n: usize) {
-        if n > 0 && matches!(self.phase, Phase::Request | Phase::Header) && !is_informational(bytes)
-        {
-            self.phase = Phase::Responded;
-        }
-    }
-}
-
 impl AsyncWrite for GuardedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -361,7 +447,7 @@ impl AsyncWrite for GuardedStream {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            this.saw_write(buf, n);
+            this.saw_write(&buf[..n.min(buf.len())]);
         }
         polled
     }
@@ -374,8 +460,11 @@ impl AsyncWrite for GuardedStream {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = polled {
-            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
-            this.saw_write(first, n);
+            if n > 0 {
+                // A status line sits at the start of one slice.
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                this.saw_write(&first[..n.min(first.len())]);
+            }
         }
         polled
     }
@@ -393,42 +482,90 @@ impl AsyncWrite for GuardedStream {
     }
 }
 
+impl Drop for GuardedStream {
+    /// After an answer to a client that may still be sending, close the way nginx's
+    /// `lingering_close` does: closing a socket with unread bytes makes the kernel send a RST,
+    /// which can destroy the 408/431 before the client reads it. So: FIN, then swallow what the
+    /// client still sends for a bounded time and size, then close.
+    fn drop(&mut self) {
+        if !self.linger {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let placeholder: Stream = Box::new(std::io::Cursor::new(Vec::new()));
+        let mut inner = std::mem::replace(&mut self.inner, placeholder);
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, async {
+                let _ = AsyncWriteExt::shutdown(&mut inner).await;
+                let mut sink = [0u8; 4096];
+                let mut swallowed = 0;
+                while swallowed < LINGER_BYTES {
+                    match inner.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => swallowed += n,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
 #[async_trait]
 impl Peek for GuardedStream {
-    /// Pingora peeks for the h2c preface before anything else, with no timeout of its own: the
-    /// first request's deadline covers the peek too.
+    /// Pingora peeks for the h2c preface before anything else by reading exactly 24 bytes with no
+    /// timeout: a request shorter than that (`GET / HTTP/1.0` and a blank line) would wait
+    /// forever, and a silent client too. The guard answers the peek itself: it reads ahead until
+    /// it has the 24 bytes or a byte that rules out the preface, within the first request's
+    /// deadline, and `poll_read` hands the bytes out again.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        if self.phase != Phase::Header {
+        if self.phase != Phase::Header || self.ahead_pos != 0 {
             return self.inner.try_peek(buf).await;
         }
-        match tokio::time::timeout_at(self.deadline, self.inner.try_peek(buf)).await {
-            Ok(Ok(true)) => {
-                if buf == H2_PREFACE {
-                    self.phase = Phase::Passthrough;
-                }
-                Ok(true)
+        loop {
+            let k = self.ahead.len().min(H2_PREFACE.len());
+            if self.ahead.len() >= buf.len() || self.ahead[..k] != H2_PREFACE[..k] {
+                break;
             }
-            Ok(other) => other,
-            Err(_) => {
-                METRICS
-                    .client_refused
-                    .with_label_values(&["header_timeout"])
-                    .inc();
-                self.phase = Phase::Passthrough;
-                self.refused = Some(io::ErrorKind::TimedOut);
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    self.timeout_message(),
-                ))
+            if self.ahead.capacity() == 0 {
+                self.ahead.reserve(1024);
+            }
+            match tokio::time::timeout_at(self.deadline, self.inner.read_buf(&mut self.ahead)).await
+            {
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    let msg = self.timeout_message();
+                    let _ = self.scan.feed(&self.ahead);
+                    if let Some(response) = self.answer(ErrorKind::RequestTimeout, &msg) {
+                        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                            self.inner.write_all(&response).await?;
+                            self.inner.flush().await
+                        })
+                        .await;
+                        self.linger = true;
+                    }
+                    return Err(self.mark_refused(ErrorKind::RequestTimeout, msg));
+                }
             }
         }
+        let n = buf.len().min(self.ahead.len());
+        buf[..n].copy_from_slice(&self.ahead[..n]);
+        buf[n..].fill(0);
+        if self.ahead.starts_with(H2_PREFACE) {
+            self.phase = Phase::Passthrough;
+        }
+        Ok(true)
     }
 }
 
 #[async_trait]
 impl Shutdown for GuardedStream {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        Shutdown::shutdown(&mut *self.inner).await
     }
 }
 
@@ -503,7 +640,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for GuardedApp<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // Read per connection, so a reloaded config applies to the next connection.
-        let limits = self.shared.runtime.load().config.header_limits();
+        let limits = self.shared.runtime.load().config.connection_limits();
         let guarded = GuardedStream::new(stream, limits);
         // Pingora's HTTP app keeps a keepalive connection inside this call, so the stream is
         // wrapped once per connection.
@@ -609,17 +746,21 @@ mod tests {
         let text = String::from_utf8(r).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
-        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
         assert!(head.contains("Connection: close"));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["type"], "error");
     }
 
-    fn guarded(timeout_ms: u64, max_bytes: usize) -> (GuardedStream, tokio::io::DuplexStream) {
+    const HEADER_MS: u64 = 300;
+    const IDLE_MS: u64 = 2_000;
+
+    fn guarded(max_bytes: usize) -> (GuardedStream, tokio::io::DuplexStream) {
         let (server, client) = tokio::io::duplex(1 << 16);
-        let limits = HeaderLimits {
-            timeout: Duration::from_millis(timeout_ms),
-            max_bytes,
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_millis(HEADER_MS),
+            max_header_bytes: max_bytes,
+            idle_timeout: Duration::from_millis(IDLE_MS),
         };
         (GuardedStream::new(Box::new(server), limits), client)
     }
@@ -631,9 +772,19 @@ mod tests {
         Ok(buf)
     }
 
+    async fn client_reads(client: &mut tokio::io::DuplexStream) -> String {
+        let mut answer = vec![0u8; 4096];
+        let n = client.read(&mut answer).await.unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    }
+
+    fn between(took: Duration, lo_ms: u64, hi_ms: u64) -> bool {
+        took >= Duration::from_millis(lo_ms) && took <= Duration::from_millis(hi_ms)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_trickled_header_is_cut_at_the_deadline_with_a_408() {
-        let (mut s, mut client) = guarded(300, 1 << 16);
+        let (mut s, mut client) = guarded(1 << 16);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
@@ -657,23 +808,23 @@ mod tests {
         }
         let (_, err, at) = reader.await.unwrap();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        let took = at - start;
         assert!(
-            took >= Duration::from_millis(300) && took <= Duration::from_millis(360),
-            "{took:?}"
+            between(at - start, HEADER_MS, HEADER_MS + 60),
+            "{:?}",
+            at - start
         );
-        let mut answer = vec![0u8; 1024];
-        let n = client.read(&mut answer).await.unwrap();
-        let answer = String::from_utf8_lossy(&answer[..n]);
+        let answer = client_reads(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
         assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn silence_is_closed_without_an_answer() {
-        let (mut s, mut client) = guarded(300, 1 << 16);
+    async fn silence_is_closed_at_the_deadline_without_an_answer() {
+        let (mut s, mut client) = guarded(1 << 16);
+        let start = Instant::now();
         let err = read_some(&mut s).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(between(start.elapsed(), HEADER_MS, HEADER_MS + 10));
         drop(s);
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
@@ -682,14 +833,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn keepalive_idle_is_not_header_time_and_continue_is_not_a_response() {
-        let (mut s, mut client) = guarded(300, 1 << 16);
+        let (mut s, mut client) = guarded(1 << 16);
         client
             .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
             .await
             .unwrap();
         read_some(&mut s).await.unwrap();
-        // 100 Continue, then a body slower than the header timeout: still the same request.
-        s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+        // 100 Continue (written in two pieces), then a body slower than the header timeout:
+        // still the same request, so not timed.
+        s.write_all(b"HTTP/1.1 100 Cont").await.unwrap();
+        s.write_all(b"inue\r\n\r\n").await.unwrap();
         client.write_all(b"{").await.unwrap();
         assert_eq!(read_some(&mut s).await.unwrap(), b"{");
         let rest = tokio::spawn(async move {
@@ -702,10 +855,15 @@ mod tests {
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
-        // Idle for longer than the header timeout, then a prompt second request.
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        // Idle for longer than the header timeout (less than the idle one), then a prompt
+        // second request.
+        let second = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            client
+        });
         assert_eq!(read_some(&mut s).await.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+        let mut client = second.await.unwrap();
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
@@ -721,12 +879,33 @@ mod tests {
         };
         assert_eq!(got, b"GET / HT");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(Instant::now() - started <= Duration::from_millis(310));
+        assert!(between(started.elapsed(), HEADER_MS, HEADER_MS + 10));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_oversized_header_gets_431_and_its_bytes_are_not_passed_on() {
-        let (mut s, mut client) = guarded(10_000, 1024);
+    async fn an_idle_keepalive_connection_ends_quietly() {
+        let (mut s, mut client) = guarded(1 << 16);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        read_some(&mut s).await.unwrap();
+        // Working on the answer takes longer than the idle timeout: no read waits meanwhile.
+        tokio::time::sleep(Duration::from_millis(IDLE_MS * 2)).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let waiting = Instant::now();
+        assert_eq!(
+            read_some(&mut s).await.unwrap(),
+            b"",
+            "end of file, no error"
+        );
+        assert!(between(waiting.elapsed(), IDLE_MS, IDLE_MS + 10));
+        assert_eq!(read_some(&mut s).await.unwrap(), b"");
+        assert!(client_reads(&mut client).await.starts_with("HTTP/1.1 200"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_header_gets_431_and_the_connection_is_refused() {
+        let (mut s, mut client) = guarded(1024);
         let mut req = b"POST /v1/messages HTTP/1.1\r\nX-Big: ".to_vec();
         req.extend_from_slice(&[b'a'; 2000]);
         req.extend_from_slice(b"\r\n\r\n");
@@ -734,9 +913,7 @@ mod tests {
         let err = read_some(&mut s).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(read_some(&mut s).await.is_err(), "refused stays refused");
-        let mut answer = vec![0u8; 1024];
-        let n = client.read(&mut answer).await.unwrap();
-        let answer = String::from_utf8_lossy(&answer[..n]);
+        let answer = client_reads(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
         assert!(
             answer.contains("\"type\":\"error\""),
@@ -744,41 +921,61 @@ mod tests {
         );
     }
 
-    /// A real socket (l4 streams can peek; in-memory ones cannot), so real time, kept short.
-    async fn tcp_pair(timeout_ms: u64) -> (GuardedStream, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let server: pingora::protocols::l4::stream::Stream = server.into();
-        let limits = HeaderLimits {
-            timeout: Duration::from_millis(timeout_ms),
-            max_bytes: 64,
-        };
-        (GuardedStream::new(Box::new(server), limits), client)
-    }
-
-    #[tokio::test]
-    async fn the_h2c_peek_is_bounded_and_h2_passes_through() {
-        // Pingora peeks for 24 bytes with no timeout; a client sending fewer is cut.
-        let (mut s, mut client) = tcp_pair(150).await;
-        client.write_all(b"GET").await.unwrap();
+    #[tokio::test(start_paused = true)]
+    async fn the_preface_peek_is_bounded_and_short_requests_pass() {
         let mut buf = [0u8; 24];
-        let started = std::time::Instant::now();
+        // Shorter than the preface, but plainly not it: answered at once, bytes kept for reads.
+        let (mut s, mut client) = guarded(1 << 16);
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let start = Instant::now();
+        assert!(s.try_peek(&mut buf).await.unwrap());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_ne!(&buf[..], H2_PREFACE);
+        assert_eq!(read_some(&mut s).await.unwrap(), b"GET / HTTP/1.0\r\n\r\n");
+        // "G" already rules the preface out: no wait; the stalled header is then cut by reads.
+        let (mut s, mut client) = guarded(1 << 16);
+        client.write_all(b"GET").await.unwrap();
+        let start = Instant::now();
+        assert!(s.try_peek(&mut buf).await.unwrap());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(read_some(&mut s).await.unwrap(), b"GET");
+        let err = read_some(&mut s).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(between(start.elapsed(), HEADER_MS, HEADER_MS + 10));
+        assert!(client_reads(&mut client).await.starts_with("HTTP/1.1 408 "));
+        // Part of the preface and then nothing: the peek itself ends at the deadline.
+        let (mut s, mut client) = guarded(1 << 16);
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let start = Instant::now();
         let err = s.try_peek(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(started.elapsed() < Duration::from_millis(1000));
+        assert!(between(start.elapsed(), HEADER_MS, HEADER_MS + 10));
         assert!(read_some(&mut s).await.is_err(), "refused stays refused");
-        // After the preface, reads are neither timed nor counted (64-byte limit here).
-        let (mut s, mut client) = tcp_pair(150).await;
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_passes_through_untimed_and_uncounted() {
+        let mut buf = [0u8; 24];
+        let (mut s, mut client) = guarded(64);
         client.write_all(H2_PREFACE).await.unwrap();
-        client.write_all(&[0u8; 200]).await.unwrap();
         assert!(s.try_peek(&mut buf).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(&buf[..], H2_PREFACE);
+        assert_eq!(read_some(&mut s).await.unwrap(), H2_PREFACE);
+        // The server's SETTINGS frame, then client frames: 200 bytes with no blank line, slower
+        // than the header timeout and larger than the 64-byte header limit.
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let writer = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(HEADER_MS)).await;
+                client.write_all(&[7u8; 50]).await.unwrap();
+            }
+            client
+        });
         let mut got = 0;
-        while got < H2_PREFACE.len() + 200 {
-            got += read_some(&mut s).await.unwrap().len();
+        while got < 200 {
+            got += read_some(&mut s).await.expect("h2 frames pass").len();
         }
+        drop(writer.await.unwrap());
     }
 }

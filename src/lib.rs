@@ -17,6 +17,8 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod header_guard;
 pub mod health;
 pub mod inject;

@@ -15,9 +15,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Pingora closes idle HTTP/1 keepalive connections after 60 s; h2 gets the same.
-const H2_IDLE: Duration = Duration::from_secs(60);
-
 /// Marks the process ready once the data-plane listener accepts connections.
 struct Readiness {
     shared: Arc<Shared>,
@@ -62,6 +59,9 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
         ..ServerConf::default()
     };
     let listen = config.listen.clone();
+    // Idle HTTP/1 keepalive connections are closed by the header guard; h2 ones by Pingora,
+    // which takes the value at start (a reload changes the HTTP/1 one only).
+    let h2_idle = config.client_keepalive_timeout;
     let admin_listen = config.admin_listen.clone();
     let threads = config.threads;
     let shared = Shared::new(config);
@@ -72,7 +72,7 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
     // connection with no stream open is closed like an idle HTTP/1 keepalive one.
     let mut opts = pingora::apps::HttpServerOptions::default();
     opts.h2c = true;
-    opts.h2_idle_timeout = Some(H2_IDLE);
+    opts.h2_idle_timeout = Some(h2_idle);
     http.server_options = Some(opts);
     let mut proxy = Service::new(
         "twinroute data plane".to_string(),

@@ -509,7 +509,7 @@ async fn header_limits_spare_keepalive_streams_and_h2_but_refuse_oversized_heade
     let b = MockProvider::start("b").await.unwrap();
     a.set_stream(12, Duration::from_millis(50));
     let body = format!(
-        "client_header_timeout_ms: 300\nmax_request_header_bytes: 4096\n{}",
+        "client_header_timeout_ms: 300\nmax_request_header_bytes: 4096\nclient_keepalive_timeout_ms: 1000\n{}",
         two(&a, &b, "")
     );
     let t = Twinroute::start(&body, &[]).await;
@@ -575,6 +575,50 @@ async fn header_limits_spare_keepalive_streams_and_h2_but_refuse_oversized_heade
     );
     assert!(closed.is_some());
     assert_eq!(a.request_count() + b.request_count(), 1);
+    // A client still pushing a huge header while refused reads the whole 431. (The lingering
+    // close behind it matters on real networks, where a RST can overtake the answer; on
+    // loopback the answer arrives first either way, so this does not tell the two apart.)
+    let s = TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let pusher = tokio::spawn(async move {
+        let _ = wr
+            .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nX-Huge: ")
+            .await;
+        for _ in 0..64 {
+            if wr.write_all(&[b'h'; 4096]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), rd.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{read:?} {answer}");
+    let _ = pusher.await;
+
+    // A request shorter than the HTTP/2 preface is answered at once (Pingora's own peek would
+    // wait for 24 bytes).
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let (answer, closed) = read_until_closed(&mut s, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(
+        closed.is_some_and(|d| d < Duration::from_millis(250)),
+        "{closed:?}"
+    );
+
+    // An idle keepalive connection is closed once client_keepalive_timeout_ms passes.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(request("", false).as_bytes()).await.unwrap();
+    let n = s.read(&mut chunk).await.unwrap();
+    assert!(String::from_utf8_lossy(&chunk[..n]).starts_with("HTTP/1.1 200"));
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    assert_eq!(rest, "");
+    let idle = closed.expect("idle keepalive connection was not closed");
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2000),
+        "{idle:?}"
+    );
 
     // HTTP/2 (prior knowledge): the connection idles past the header timeout between requests.
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
@@ -592,7 +636,11 @@ async fn header_limits_spare_keepalive_streams_and_h2_but_refuse_oversized_heade
         resp.into_body().collect().await.unwrap();
         tokio::time::sleep(Duration::from_millis(450)).await;
     }
-    println!("header limits: keepalive stream + idle + reuse ok, 431 past 4096 bytes, h2 idle ok");
+    println!(
+        "header limits: keepalive stream + idle gap + reuse ok, 431 past 4096 bytes (also to a \
+         client still pushing 256 KiB), short request answered, idle keepalive closed after \
+         {idle:?}, h2 idle ok"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

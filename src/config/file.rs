@@ -25,6 +25,8 @@ pub struct FileConfig {
     pub client_header_timeout_ms: Option<u64>,
     /// Largest request header (request line and all fields) a client may send.
     pub max_request_header_bytes: Option<u64>,
+    /// How long a keepalive client connection may wait idle for its next request.
+    pub client_keepalive_timeout_ms: Option<u64>,
     /// Env var holding comma-separated client tokens; when set, every request needs one.
     pub client_tokens_env: Option<String>,
     /// Enable the admin listener's mutating routes (drain/undrain).

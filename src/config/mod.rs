@@ -306,6 +306,8 @@ pub struct Config {
     /// Whole-header deadline and size, enforced by `header_guard` below Pingora's parser.
     pub client_header_timeout: Duration,
     pub max_request_header_bytes: usize,
+    /// An idle keepalive client connection is closed after this long.
+    pub client_keepalive_timeout: Duration,
     /// Tokens clients must present (`Authorization: Bearer` or `x-api-key`); empty = none needed.
     pub client_tokens: Vec<Secret>,
     pub admin_mutations: bool,
@@ -341,10 +343,11 @@ impl Route {
 }
 
 impl Config {
-    pub fn header_limits(&self) -> crate::header_guard::HeaderLimits {
-        crate::header_guard::HeaderLimits {
-            timeout: self.client_header_timeout,
-            max_bytes: self.max_request_header_bytes,
+    pub fn connection_limits(&self) -> crate::header_guard::ConnectionLimits {
+        crate::header_guard::ConnectionLimits {
+            header_timeout: self.client_header_timeout,
+            max_header_bytes: self.max_request_header_bytes,
+            idle_timeout: self.client_keepalive_timeout,
         }
     }
 
@@ -1014,6 +1017,11 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             10_000,
         )?,
         max_request_header_bytes,
+        client_keepalive_timeout: nonzero_ms(
+            "client_keepalive_timeout_ms",
+            file.client_keepalive_timeout_ms,
+            60_000,
+        )?,
         client_tokens,
         admin_mutations: file.admin_mutations.unwrap_or(false),
         reload_poll: match file.reload_poll_ms {
@@ -1080,8 +1088,12 @@ models:
             &env(),
         )
         .unwrap();
-        assert_eq!(c.header_limits().timeout, Duration::from_millis(250));
-        assert_eq!(c.header_limits().max_bytes, 2048);
+        assert_eq!(
+            c.connection_limits().header_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(c.connection_limits().max_header_bytes, 2048);
+        assert_eq!(c.connection_limits().idle_timeout, Duration::from_secs(60));
         for bad in [
             "max_request_header_bytes: 100",
             "max_request_header_bytes: 2000000",
