@@ -500,11 +500,37 @@ async fn slow_clients_are_cut_off_and_do_not_starve_others() {
     assert_eq!(r.status, 200);
 }
 
+/// An HTTP/2 prior-knowledge (h2c) client and a POST through it.
+type H2Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+fn h2_client() -> H2Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+async fn h2_post(
+    client: &H2Client,
+    url: String,
+    body: &[u8],
+) -> http::Response<hyper::body::Incoming> {
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(
+            body,
+        )))
+        .expect("h2 request");
+    client.request(req).await.expect("h2c request")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_limits_spare_keepalive_streams_and_h2_but_refuse_oversized_headers() {
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
+    use http_body_util::BodyExt;
     let a = MockProvider::start("a").await.unwrap();
     let b = MockProvider::start("b").await.unwrap();
     a.set_stream(12, Duration::from_millis(50));
@@ -621,17 +647,10 @@ async fn header_limits_spare_keepalive_streams_and_h2_but_refuse_oversized_heade
     );
 
     // HTTP/2 (prior knowledge): the connection idles past the header timeout between requests.
-    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
+    let client = h2_client();
+    let chat = chat_body("m").to_string();
     for round in 0..2 {
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(t.url("/v1/chat/completions"))
-            .header("content-type", "application/json")
-            .body(Full::new(bytes::Bytes::from(chat_body("m").to_string())))
-            .unwrap();
-        let resp = client.request(req).await.expect("h2c request");
+        let resp = h2_post(&client, t.url("/v1/chat/completions"), chat.as_bytes()).await;
         assert_eq!(resp.status(), 200, "round {round}");
         resp.into_body().collect().await.unwrap();
         tokio::time::sleep(Duration::from_millis(450)).await;
@@ -686,23 +705,14 @@ async fn a_client_leaving_mid_stream_closes_the_upstream_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_are_served_and_fail_over_too() {
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
+    use http_body_util::BodyExt;
     let a = MockProvider::start("a").await.unwrap();
     let b = MockProvider::start("b").await.unwrap();
     a.set_behavior(Behavior::status(503));
     let t = Twinroute::start(&two(&a, &b, ""), &[]).await;
-    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(t.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(chat_body("m").to_string())))
-        .unwrap();
-    let resp = client.request(req).await.expect("h2c request");
+    let client = h2_client();
+    let chat = chat_body("m").to_string();
+    let resp = h2_post(&client, t.url("/v1/chat/completions"), chat.as_bytes()).await;
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-twinroute-provider"], "b");
@@ -710,12 +720,7 @@ async fn http2_clients_are_served_and_fail_over_too() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["model"], "b-m");
     // Bad input over HTTP/2 gets the same API-format error.
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(t.url("/v1/chat/completions"))
-        .body(Full::new(bytes::Bytes::from_static(b"{\"model\": 7}")))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
+    let resp = h2_post(&client, t.url("/v1/chat/completions"), b"{\"model\": 7}").await;
     assert_eq!(resp.status(), 400);
 }
 
