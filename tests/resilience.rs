@@ -725,6 +725,53 @@ async fn http2_clients_are_served_and_fail_over_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_json_neither_crashes_nor_reaches_a_provider_broken() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let t = Twinroute::start(&two(&a, &b, ""), &[]).await;
+    let url = t.url("/v1/chat/completions");
+    let json = [("content-type", "application/json")];
+    // 200,000 levels: a recursive parser would overflow its stack and take the process down.
+    let depth = 200_000;
+    let deep = format!(
+        "{{\"x\":{}{},\"model\":\"m\"}}",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let r = client::send("POST", &url, &json, deep.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = &a.requests()[0].body;
+    let want = deep.replace("\"model\":\"m\"", "\"model\":\"a-m\"");
+    assert!(
+        got == want.as_bytes(),
+        "forwarded body differs but for model"
+    );
+    // Unbalanced: a clear 400 in the API's format, nothing upstream.
+    a.clear();
+    let unbalanced = format!("{{\"model\":\"m\",\"x\":{}}}", "[".repeat(depth));
+    let r = client::send("POST", &url, &json, unbalanced).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(a.request_count() + b.request_count(), 0);
+    // Deep nesting around `model` itself: no model at the top level.
+    let buried = format!(
+        "{}{{\"model\":\"m\"}}{}",
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    let r = client::send("POST", &url, &json, buried).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    // Still alive and serving.
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200);
+    println!(
+        "deep JSON: {depth} levels forwarded intact, unbalanced and buried ones refused with 400"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_injection_in_control_headers_goes_nowhere() {
     let a = MockProvider::start("a").await.unwrap();
     let b = MockProvider::start("b").await.unwrap();

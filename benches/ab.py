@@ -1,0 +1,61 @@
+"""A/B of two twinroute binaries on the same load, interleaved, in one run.
+
+    python3 benches/ab.py OLD_BINARY NEW_BINARY [body bytes, default 1024] [rounds, default 6]
+
+Starts one mock provider (`NEW_BINARY mock`) and both binaries with the same one-provider
+config, then runs wrk (-t2 -c32 -d5s) against each in alternating order (old-new, new-old, ...)
+so drift on a shared machine hits both alike, and prints per-round req/s, p50 and proxy CPU per
+request plus the new/old ratios of the medians. How a change's cost was measured: build the
+previous commit into another target dir, e.g.
+    git worktree add /tmp/old HEAD~1 && (cd /tmp/old && cargo build --release --bin twinroute)
+"""
+import subprocess, os, time, socket, re, tempfile, sys, json
+def free_port():
+    s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
+def wait_port(p):
+    for _ in range(500):
+        try: socket.create_connection(("127.0.0.1",p),0.2).close(); return
+        except OSError: time.sleep(0.02)
+    raise SystemExit(f"port {p} not up")
+def cpu(pid):
+    f=open(f"/proc/{pid}/stat").read().rsplit(")",1)[1].split()
+    return (int(f[11])+int(f[12]))/os.sysconf("SC_CLK_TCK")
+bins={"old":sys.argv[1],"new":sys.argv[2]}
+size=int(sys.argv[3]) if len(sys.argv)>3 else 1024
+rounds=int(sys.argv[4]) if len(sys.argv)>4 else 4
+tmp=tempfile.mkdtemp()
+mp=free_port()
+procs=[subprocess.Popen([bins["new"],"mock","--listen",f"127.0.0.1:{mp}","--name","mock"],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)]
+wait_port(mp)
+targets={}
+for name,b in bins.items():
+    port,admin=free_port(),free_port()
+    conf=os.path.join(tmp,name+".yaml")
+    open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n')
+    p=subprocess.Popen([b,"run","--config",conf],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env={**os.environ,"RUST_LOG":"warn"})
+    procs.append(p); targets[name]=(p,port); wait_port(port)
+body=os.path.join(tmp,"body.json")
+pad="x"*max(0,size-80)
+open(body,"w").write(json.dumps({"model":"m","messages":[{"role":"user","content":pad}]}))
+lua=os.path.join(tmp,"w.lua")
+open(lua,"w").write(f'wrk.method="POST"\nwrk.headers["Content-Type"]="application/json"\nlocal f=io.open("{body}","rb"); wrk.body=f:read("*all"); f:close()\n')
+res={k:[] for k in bins}
+try:
+    for r in range(rounds):
+        for name in (["old","new"] if r%2==0 else ["new","old"]):
+            p,port=targets[name]
+            c0=cpu(p.pid)
+            out=subprocess.run(["wrk","-t2","-c32","-d5s","--latency","-s",lua,f"http://127.0.0.1:{port}/v1/chat/completions"],capture_output=True,text=True).stdout
+            c1=cpu(p.pid)
+            rps=float(re.search(r"Requests/sec:\s+([\d.]+)",out).group(1))
+            n=int(re.search(r"(\d+) requests in",out).group(1))
+            p50=re.search(r"50%\s+(\S+)",out).group(1)
+            res[name].append((rps,(c1-c0)/n*1e6))
+            print(f"round {r} {name}: {rps:.0f} req/s p50 {p50} cpu/req {(c1-c0)/n*1e6:.1f} us", flush=True)
+finally:
+    for p in procs: p.terminate()
+import statistics as st
+for k,v in res.items():
+    print(k, "median req/s", st.median(x[0] for x in v), "median cpu/req us", round(st.median(x[1] for x in v),1))
+print("new/old throughput", round(st.median(x[0] for x in res["new"])/st.median(x[0] for x in res["old"]),3),
+      "cpu/req", round(st.median(x[1] for x in res["new"])/st.median(x[1] for x in res["old"]),3))
