@@ -44,6 +44,7 @@ use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,6 +66,8 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     /// A keepalive connection waiting for its next request is closed after this long.
     pub idle_timeout: Duration,
+    /// A write the client does not make room for (it stopped reading) fails after this long.
+    pub send_timeout: Duration,
 }
 
 /// Where a header scan stands after some bytes.
@@ -208,6 +211,10 @@ enum Phase {
 /// How long a refused connection is kept open to swallow what the client still sends.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
+/// Refused connections lingering at once; past it they close at once (under attack, descriptors
+/// matter more than a polite answer).
+const MAX_LINGERING: usize = 1024;
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// An accepted client stream with the connection limits enforced on its reads.
 pub struct GuardedStream {
@@ -222,6 +229,9 @@ pub struct GuardedStream {
     informational_open: bool,
     /// Armed only when a read has to wait: most headers arrive in one read.
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the write now waiting for the client to read must give up, and its timer.
+    write_deadline: Option<Instant>,
+    write_timer: Option<Pin<Box<Sleep>>>,
     /// Bytes the preface check read ahead, handed out by `poll_read` before `inner` is read.
     ahead: Vec<u8>,
     ahead_pos: usize,
@@ -253,6 +263,8 @@ impl GuardedStream {
             idle_armed: false,
             informational_open: false,
             timer: None,
+            write_deadline: None,
+            write_timer: None,
             ahead: Vec::new(),
             ahead_pos: 0,
             refused: None,
@@ -267,7 +279,7 @@ impl GuardedStream {
             ErrorKind::HeaderTooLarge => ("header_too_large", io::ErrorKind::InvalidData),
             _ => ("header_timeout", io::ErrorKind::TimedOut),
         };
-        METRICS.client_refused.with_label_values(&[reason]).inc();
+        METRICS.client_cut.with_label_values(&[reason]).inc();
         self.phase = Phase::Passthrough;
         self.refused = Some(io_kind);
         self.ended = true;
@@ -318,12 +330,59 @@ impl GuardedStream {
         timer.as_mut().poll(cx)
     }
 
+    /// A write that returned `Pending` (the client is not reading): fail it once the client has
+    /// made no room for `send_timeout`. Progress of any kind clears the clock.
+    fn poll_write_deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !polled.is_pending() {
+            self.write_deadline = None;
+            return polled;
+        }
+        let deadline = *self
+            .write_deadline
+            .get_or_insert_with(|| Instant::now() + self.limits.send_timeout);
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                METRICS
+                    .client_cut
+                    .with_label_values(&["send_timeout"])
+                    .inc();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client read nothing for {} ms (client_send_timeout_ms)",
+                        self.limits.send_timeout.as_millis()
+                    ),
+                )))
+            }
+        }
+    }
+
     /// Track responses from what is written: a final (non-1xx) status line means the request
     /// is answered and the next bytes read are the next request. Pingora writes each response
     /// header with one `write_all`, so a status line starts a write; a 1xx header split across
     /// writes is followed until its blank line, so its tail is not taken for a final response.
     fn saw_write(&mut self, written: &[u8]) {
-        if written.is_empty() || !matches!(self.phase, Phase::Request | Phase::Header) {
+        if written.is_empty() {
+            return;
+        }
+        if self.phase == Phase::Responded {
+            // Idle time counts from the last byte sent, so a read left waiting while a long
+            // response streams out is never taken for an idle connection.
+            self.idle_armed = false;
+            return;
+        }
+        if !matches!(self.phase, Phase::Request | Phase::Header) {
             return;
         }
         if written.len() >= 10 && written.starts_with(b"HTTP/1.") {
@@ -449,7 +508,7 @@ impl AsyncWrite for GuardedStream {
         if let Poll::Ready(Ok(n)) = polled {
             this.saw_write(&buf[..n.min(buf.len())]);
         }
-        polled
+        this.poll_write_deadline(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -466,7 +525,7 @@ impl AsyncWrite for GuardedStream {
                 this.saw_write(&first[..n.min(first.len())]);
             }
         }
-        polled
+        this.poll_write_deadline(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -474,11 +533,15 @@ impl AsyncWrite for GuardedStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.poll_write_deadline(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.poll_write_deadline(cx, polled)
     }
 }
 
@@ -494,6 +557,10 @@ impl Drop for GuardedStream {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if LINGERING.fetch_add(1, Ordering::Relaxed) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let placeholder: Stream = Box::new(std::io::Cursor::new(Vec::new()));
         let mut inner = std::mem::replace(&mut self.inner, placeholder);
         runtime.spawn(async move {
@@ -509,6 +576,7 @@ impl Drop for GuardedStream {
                 }
             })
             .await;
+            LINGERING.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -521,8 +589,10 @@ impl Peek for GuardedStream {
     /// it has the 24 bytes or a byte that rules out the preface, within the first request's
     /// deadline, and `poll_read` hands the bytes out again.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        if self.phase != Phase::Header || self.ahead_pos != 0 {
-            return self.inner.try_peek(buf).await;
+        if self.phase != Phase::Header || self.ahead_pos != 0 || self.refused.is_some() {
+            // Pingora peeks once, first; a later peek past bytes already handed out could only
+            // return later bytes, so none is offered.
+            return Ok(false);
         }
         loop {
             let k = self.ahead.len().min(H2_PREFACE.len());
@@ -754,6 +824,7 @@ mod tests {
 
     const HEADER_MS: u64 = 300;
     const IDLE_MS: u64 = 2_000;
+    const SEND_MS: u64 = 1_000;
 
     fn guarded(max_bytes: usize) -> (GuardedStream, tokio::io::DuplexStream) {
         let (server, client) = tokio::io::duplex(1 << 16);
@@ -761,6 +832,7 @@ mod tests {
             header_timeout: Duration::from_millis(HEADER_MS),
             max_header_bytes: max_bytes,
             idle_timeout: Duration::from_millis(IDLE_MS),
+            send_timeout: Duration::from_millis(SEND_MS),
         };
         (GuardedStream::new(Box::new(server), limits), client)
     }
@@ -977,5 +1049,66 @@ mod tests {
             got += read_some(&mut s).await.expect("h2 frames pass").len();
         }
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_counts_from_the_last_byte_sent() {
+        let (s, mut client) = guarded(1 << 16);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let (mut rd, mut wr) = tokio::io::split(s);
+        let mut first = [0u8; 64];
+        let n = rd.read(&mut first).await.unwrap();
+        assert_eq!(&first[..n], b"GET / HTTP/1.1\r\n\r\n");
+        wr.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        // A read waits for the client the whole time the answer streams: 3 idle timeouts long.
+        let waiting = tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            let n = rd.read(&mut b).await.unwrap();
+            (n, Instant::now())
+        });
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(IDLE_MS / 4)).await;
+            wr.write_all(b"5\r\nhello\r\n").await.unwrap();
+        }
+        let last_write = Instant::now();
+        assert!(
+            !waiting.is_finished(),
+            "idle close while the answer was still streaming"
+        );
+        let (n, at) = waiting.await.unwrap();
+        assert_eq!(n, 0);
+        let idle = at - last_write;
+        // The timer re-arms on the next poll after a write: between one and two idle timeouts.
+        assert!(between(idle, IDLE_MS, 2 * IDLE_MS + 10), "{idle:?}");
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_at_the_send_timeout() {
+        let (mut s, mut client) = guarded(1 << 16);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        read_some(&mut s).await.unwrap();
+        // 1 MiB answer, 64 KiB of pipe, a client that never reads.
+        let answer = vec![b'x'; 1 << 20];
+        let start = Instant::now();
+        let err = s.write_all(&answer).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(between(start.elapsed(), SEND_MS, SEND_MS + 10));
+        // A client that reads slowly but steadily is not cut: each bit of room resets the clock.
+        let (mut s, client) = guarded(1 << 16);
+        let reader = tokio::spawn(async move {
+            let mut client = client;
+            let mut buf = vec![0u8; 8192];
+            let mut total = 0;
+            while total < (1 << 20) {
+                tokio::time::sleep(Duration::from_millis(SEND_MS / 2)).await;
+                total += client.read(&mut buf).await.unwrap();
+            }
+            total
+        });
+        s.write_all(&answer).await.expect("a slow reader is served");
+        assert_eq!(reader.await.unwrap(), 1 << 20);
     }
 }

@@ -23,7 +23,7 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub cost_usd: CounterVec,
     pub in_flight: IntGaugeVec,
-    pub client_refused: IntCounterVec,
+    pub client_cut: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -115,10 +115,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["endpoint"],
     )?;
-    let client_refused = IntCounterVec::new(
+    let client_cut = IntCounterVec::new(
         Opts::new(
-            "twinroute_client_connections_refused_total",
-            "Client connections closed before a whole request header arrived",
+            "twinroute_client_connections_cut_total",
+            "Client connections twinroute closed for a limit: header_timeout, header_too_large, send_timeout",
         ),
         &["reason"],
     )?;
@@ -134,7 +134,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
     registry.register(Box::new(in_flight.clone()))?;
-    registry.register(Box::new(client_refused.clone()))?;
+    registry.register(Box::new(client_cut.clone()))?;
     Ok(Metrics {
         registry,
         requests,
@@ -149,7 +149,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         tokens,
         cost_usd,
         in_flight,
-        client_refused,
+        client_cut,
     })
 }
 

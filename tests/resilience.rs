@@ -489,7 +489,7 @@ async fn slow_clients_are_cut_off_and_do_not_starve_others() {
     let refused: u64 = metrics
         .lines()
         .find(|l| {
-            l.starts_with("twinroute_client_connections_refused_total{reason=\"header_timeout\"}")
+            l.starts_with("twinroute_client_connections_cut_total{reason=\"header_timeout\"}")
         })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
@@ -660,6 +660,64 @@ async fn header_limits_spare_keepalive_streams_and_h2_but_refuse_oversized_heade
          client still pushing 256 KiB), short request answered, idle keepalive closed after \
          {idle:?}, h2 idle ok"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_and_its_upstream_closed() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    // An answer (16 MB) far larger than the socket buffers between twinroute and the client (the
+    // kernel grows a loopback send buffer up to 4 MB).
+    a.set_behavior(Behavior::Status {
+        status: 200,
+        body: format!("{{\"pad\":\"{}\"}}", "p".repeat(16 << 20)),
+        retry_after: None,
+    });
+    let body = format!("client_send_timeout_ms: 300\n{}", two(&a, &b, ""));
+    let t = Twinroute::start(&body, &[]).await;
+    let addr: std::net::SocketAddr = t.base.trim_start_matches("http://").parse().unwrap();
+    let before = a.connections_open();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let req = serde_json::json!({"model": "m", "messages": []}).to_string();
+    s.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{req}",
+            req.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The client reads nothing. twinroute's writes stall, fail after 300 ms, and the upstream
+    // request is dropped instead of being held for as long as the client likes.
+    let started = std::time::Instant::now();
+    let mut open = usize::MAX;
+    while started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open = a.connections_open();
+        if open == before && started.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        open,
+        before,
+        "upstream still open after {took:?}\n{}",
+        t.logs()
+    );
+    let metrics = t.metrics().await;
+    assert!(
+        metrics.contains("twinroute_client_connections_cut_total{reason=\"send_timeout\"} 1"),
+        "took {took:?}\n{}",
+        t.logs()
+    );
+    println!("stalled reader: cut and upstream closed {took:?} after the request");
+    drop(s);
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

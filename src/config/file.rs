@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub max_request_header_bytes: Option<u64>,
     /// How long a keepalive client connection may wait idle for its next request.
     pub client_keepalive_timeout_ms: Option<u64>,
+    /// How long a client may leave its answer unread (no room in its socket) before it is cut.
+    pub client_send_timeout_ms: Option<u64>,
     /// Env var holding comma-separated client tokens; when set, every request needs one.
     pub client_tokens_env: Option<String>,
     /// Enable the admin listener's mutating routes (drain/undrain).

@@ -308,6 +308,8 @@ pub struct Config {
     pub max_request_header_bytes: usize,
     /// An idle keepalive client connection is closed after this long.
     pub client_keepalive_timeout: Duration,
+    /// A client that reads nothing of its answer for this long is cut off.
+    pub client_send_timeout: Duration,
     /// Tokens clients must present (`Authorization: Bearer` or `x-api-key`); empty = none needed.
     pub client_tokens: Vec<Secret>,
     pub admin_mutations: bool,
@@ -348,6 +350,7 @@ impl Config {
             header_timeout: self.client_header_timeout,
             max_header_bytes: self.max_request_header_bytes,
             idle_timeout: self.client_keepalive_timeout,
+            send_timeout: self.client_send_timeout,
         }
     }
 
@@ -1020,6 +1023,11 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         client_keepalive_timeout: nonzero_ms(
             "client_keepalive_timeout_ms",
             file.client_keepalive_timeout_ms,
+            60_000,
+        )?,
+        client_send_timeout: nonzero_ms(
+            "client_send_timeout_ms",
+            file.client_send_timeout_ms,
             60_000,
         )?,
         client_tokens,
