@@ -1,5 +1,6 @@
-//! The header guard: how long and how large a client's request header may be, and how long an
-//! idle keepalive connection may wait, on every listener.
+//! The header guard: how long and how large a client's request header may be, how long an idle
+//! keepalive connection may wait and how long a client may leave its answer unread, on every
+//! listener.
 //!
 //! Pingora 0.9 bounds each *read* of a first request header (60 s) but not the header as a whole;
 //! after a connection's first request it waits for the next one with no timeout at all
@@ -16,7 +17,11 @@
 //!   sent nothing is closed without a word.
 //! - A request header larger than `max_request_header_bytes` gets a 431 and the connection closes
 //!   (Pingora's own cap is a fixed 1 MiB).
-//! - A keepalive connection idle for `client_keepalive_timeout_ms` after a response is closed.
+//! - A keepalive connection idle for `client_keepalive_timeout_ms` after the last byte of a
+//!   response is closed.
+//! - A write the client makes no room for within `client_send_timeout_ms` (it stopped reading)
+//!   fails, so the answer and its upstream request are dropped instead of held forever (Pingora
+//!   sets no downstream write timeout).
 //! - After a 408/431 the connection closes lingeringly, so the answer is not lost to a RST.
 //!
 //! The guard knows only where a header ends (`HeaderScan`, pure and unit-tested against
@@ -216,7 +221,7 @@ const LINGER_BYTES: usize = 1 << 20;
 const MAX_LINGERING: usize = 1024;
 static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// An accepted client stream with the connection limits enforced on its reads.
+/// An accepted client stream with the connection limits enforced on its reads and writes.
 pub struct GuardedStream {
     inner: Stream,
     limits: ConnectionLimits,
@@ -634,8 +639,11 @@ impl Peek for GuardedStream {
 
 #[async_trait]
 impl Shutdown for GuardedStream {
+    /// Pingora flushes and shuts down a connection it gives up on; a client that reads nothing
+    /// must not hold that either.
     async fn shutdown(&mut self) {
-        Shutdown::shutdown(&mut *self.inner).await
+        let limit = self.limits.send_timeout;
+        let _ = tokio::time::timeout(limit, Shutdown::shutdown(&mut *self.inner)).await;
     }
 }
 
