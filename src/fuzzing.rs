@@ -119,8 +119,9 @@ pub fn header_scan(data: &[u8]) {
     }
 }
 
-/// The config loader never panics on any text, and a config it accepts yields its derived
-/// values (header limits, provider lookup) without panicking either.
+/// The config loader never panics on any text, and a config it accepts keeps the loader's
+/// promises: provider names are unique (a lookup by name finds that very provider) and the
+/// connection limits are inside their documented ranges.
 pub fn config_load(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let env: BTreeMap<String, String> = [("K", "sk-fuzz-key"), ("T", "tok-a,tok-b")]
@@ -128,9 +129,22 @@ pub fn config_load(data: &[u8]) {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     if let Ok(config) = crate::config::parse(&text, &env) {
-        let _ = config.connection_limits();
+        let limits = config.connection_limits();
+        assert!((1024..=1 << 20).contains(&limits.max_header_bytes));
+        for t in [
+            limits.header_timeout,
+            limits.idle_timeout,
+            limits.send_timeout,
+        ] {
+            assert!(!t.is_zero(), "a zero timeout was accepted");
+        }
         for p in &config.providers {
-            assert!(config.provider_by_name(&p.name).is_some());
+            let found = config.provider_by_name(&p.name).expect("named provider");
+            assert!(
+                std::sync::Arc::ptr_eq(found, p),
+                "two providers named {:?}",
+                p.name
+            );
         }
     }
 }

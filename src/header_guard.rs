@@ -183,19 +183,28 @@ impl HeaderScan {
     }
 }
 
-/// The whole raw HTTP/1.1 error response the guard writes before it closes a connection.
+/// The whole raw HTTP/1.1 error response the guard writes before it closes a connection: the
+/// same status, headers and body `GatewayError::send` gives through Pingora, written by hand
+/// because no Pingora session exists yet, plus `Connection: close`.
 pub fn error_response(kind: ErrorKind, family: Family, message: &str) -> Vec<u8> {
-    let body = GatewayError::new(kind, message).body(family);
-    let status = kind.status();
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error");
+    let error = GatewayError::new(kind, message);
+    let body = error.body(family);
+    let status = http::StatusCode::from_u16(kind.status()).unwrap_or(http::StatusCode::BAD_REQUEST);
     let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
     )
     .into_bytes();
+    if let Ok(header) = error.header(body.len()) {
+        for (name, value) in header.headers.iter() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
     out.extend_from_slice(&body);
     out
 }
@@ -325,14 +334,7 @@ impl GuardedStream {
 
     /// A read that returned nothing yet: wait on the deadline too.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = self.deadline;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
-        timer.as_mut().poll(cx)
+        poll_timer(&mut self.timer, self.deadline, cx)
     }
 
     /// A write that returned `Pending` (the client is not reading): fail it once the client has
@@ -349,13 +351,7 @@ impl GuardedStream {
         let deadline = *self
             .write_deadline
             .get_or_insert_with(|| Instant::now() + self.limits.send_timeout);
-        let timer = self
-            .write_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
-        }
-        match timer.as_mut().poll(cx) {
+        match poll_timer(&mut self.write_timer, deadline, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => {
                 METRICS
@@ -405,6 +401,20 @@ impl GuardedStream {
         self.phase = Phase::Responded;
         self.idle_armed = false;
     }
+}
+
+/// Poll a lazily created timer set to `deadline`: created on first use, moved when the deadline
+/// changed, so a connection allocates it at most once and only if it ever has to wait.
+fn poll_timer(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    deadline: Instant,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if timer.deadline() != deadline {
+        timer.as_mut().reset(deadline);
+    }
+    timer.as_mut().poll(cx)
 }
 
 impl AsyncRead for GuardedStream {
@@ -824,8 +834,11 @@ mod tests {
         let text = String::from_utf8(r).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
-        assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", body.len())));
-        assert!(head.contains("Connection: close"));
+        // Field names are case-insensitive; they come from GatewayError::header (lowercase).
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains(&format!("\r\ncontent-length: {}\r\n", body.len())));
+        assert!(head.contains("\r\ncontent-type: application/json\r\n"));
+        assert!(head.contains("connection: close"));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["type"], "error");
     }
