@@ -108,12 +108,12 @@ fn main() -> ExitCode {
                     cfg.listen
                 );
             }
-            let (server, _shared) = twinroute::server::build(cfg, Some(config));
+            let (server, _shared) = twinroute::serve::server::build(cfg, Some(config));
             server.run_forever()
         }
         Command::Check { config, live } => match config::load_file(&config) {
             Ok(c) => {
-                print!("{}", twinroute::check::report(&c));
+                print!("{}", twinroute::cmd::check::report(&c));
                 if !live {
                     return ExitCode::SUCCESS;
                 }
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(1);
                     }
                 };
-                let (report, ok) = rt.block_on(twinroute::check::live(&c));
+                let (report, ok) = rt.block_on(twinroute::cmd::check::live(&c));
                 println!("\n{report}");
                 if ok {
                     ExitCode::SUCCESS
@@ -163,7 +163,7 @@ fn main() -> ExitCode {
             };
             let result: Result<(), String> = rt.block_on(async move {
                 let addr = listen.parse().map_err(|e| format!("--listen: {e}"))?;
-                let m = twinroute::mock::MockProvider::start_on(addr, &name)
+                let m = twinroute::testkit::mock::MockProvider::start_on(addr, &name)
                     .await
                     .map_err(|e| e.to_string())?;
                 m.set_record(false);
@@ -172,7 +172,7 @@ fn main() -> ExitCode {
                     std::time::Duration::from_millis(sse_interval_ms),
                 );
                 if let Some(status) = fail_status {
-                    m.set_behavior(twinroute::mock::Behavior::Status {
+                    m.set_behavior(twinroute::testkit::mock::Behavior::Status {
                         status,
                         body: "{}".into(),
                         retry_after: None,
@@ -239,7 +239,7 @@ fn main() -> ExitCode {
         Command::Demo => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();
-            let code = twinroute::demo::run();
+            let code = twinroute::cmd::demo::run();
             // The proxy runs on its own threads until the process ends.
             std::process::exit(code)
         }

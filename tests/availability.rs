@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use twinroute::client;
+use twinroute::testkit::client;
 
 const GONE_404: &str = r#"{"error":{"message":"The model `a-m` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
 

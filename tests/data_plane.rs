@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
-use twinroute::client;
+use twinroute::testkit::client;
 
 const KEY_A: &str = "sk-test-alpha-0123456789";
 const KEY_B: &str = "sk-test-beta-9876543210";
@@ -228,7 +228,7 @@ async fn sse_streams_chunk_by_chunk_and_fails_over_before_the_first_byte() {
     let text = r.text();
     assert_eq!(
         text,
-        twinroute::mock::sse_events("b-m-large", false, 8).concat()
+        twinroute::testkit::mock::sse_events("b-m-large", false, 8).concat()
     );
     // Unbuffered: the first event arrived long before the last (8 × 60 ms apart at the source).
     let first = r.chunks.first().unwrap().0;
@@ -493,7 +493,7 @@ async fn anthropic_wire_format_with_x_api_key() {
         .unwrap();
     assert_eq!(
         r.text(),
-        twinroute::mock::sse_events("claude-haiku-4-5-20251001", true, 5).concat()
+        twinroute::testkit::mock::sse_events("claude-haiku-4-5-20251001", true, 5).concat()
     );
 }
 

@@ -32,15 +32,19 @@ fn replay(target: &str, property: fn(&[u8]), at_least: usize) {
 
 #[test]
 fn body_rewrite_corpus() {
-    replay("body_rewrite", twinroute::fuzzing::body_rewrite, 10);
+    replay(
+        "body_rewrite",
+        twinroute::testkit::fuzzing::body_rewrite,
+        10,
+    );
 }
 
 #[test]
 fn header_scan_corpus() {
-    replay("header_scan", twinroute::fuzzing::header_scan, 7);
+    replay("header_scan", twinroute::testkit::fuzzing::header_scan, 7);
 }
 
 #[test]
 fn config_load_corpus() {
-    replay("config_load", twinroute::fuzzing::config_load, 3);
+    replay("config_load", twinroute::testkit::fuzzing::config_load, 3);
 }

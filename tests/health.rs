@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use std::time::Duration;
-use twinroute::client;
+use twinroute::testkit::client;
 
 /// Providers a (cheaper, first in file order) and b serving model `m`. `a_extra`/`b_extra` are
 /// appended to each provider's YAML map; `policy` to the policy map.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use twinroute::client;
+use twinroute::testkit::client;
 
 fn two(a: &MockProvider, b: &MockProvider, extra_a: &str) -> String {
     format!(

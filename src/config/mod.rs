@@ -1,4 +1,4 @@
-//! Runtime configuration: the validated, immutable model built from the YAML file.
+//! Loading the YAML file into the runtime model (`crate::model`).
 //!
 //! `file` mirrors the YAML; `build` checks it and resolves everything the request path needs
 //! (secrets from the environment, durations, parsed upstream URLs, the catalog index) so the
@@ -6,369 +6,22 @@
 
 pub mod file;
 
-use crate::catalog::{Catalog, Equivalent, Model, ModelId, Offering, Price};
+use crate::model::catalog::{Catalog, Equivalent, Model, Offering, Price};
+pub use crate::model::ConfigError;
+use crate::model::{
+    ApiKind, BreakerConf, Config, LogFormat, OnCeiling, Policy, ProbeConf, Provider,
+    ProviderEndpoint, Route, Secret, Strategy, Timeouts, UpstreamBase,
+};
+use crate::model::{ModelId, ProviderId};
 use file::{FileConfig, FilePolicy, FileProvider};
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A config problem, with the YAML key path it concerns.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError {
-    pub path: String,
-    pub reason: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.reason)
-        } else {
-            write!(f, "{}: {}", self.path, self.reason)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 fn err(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.into(),
         reason: reason.into(),
-    }
-}
-
-/// The wire format a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiKind {
-    OpenAi,
-    Anthropic,
-    Azure,
-}
-
-impl ApiKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiKind::OpenAi => "openai",
-            ApiKind::Anthropic => "anthropic",
-            ApiKind::Azure => "azure",
-        }
-    }
-}
-
-/// Candidate ordering strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// File order of the offerings.
-    Ordered,
-    /// Cheapest blended price first.
-    PreferCost,
-    /// Lowest observed latency first (probe EWMA blended with passive TTFB).
-    PreferLatency,
-    /// First choice drawn in proportion to offering `weight` (A/B, canaries); failover after
-    /// it in file order.
-    Weighted,
-}
-
-/// What the cost ceiling does to offerings above it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnCeiling {
-    /// Never tried.
-    Fail,
-    /// Tried last, after everything within the ceiling failed.
-    Degrade,
-}
-
-impl Strategy {
-    pub fn parse(s: &str) -> Option<Strategy> {
-        match s {
-            "ordered" => Some(Strategy::Ordered),
-            "prefer_cost" => Some(Strategy::PreferCost),
-            "prefer_latency" => Some(Strategy::PreferLatency),
-            "weighted" => Some(Strategy::Weighted),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Ordered => "ordered",
-            Strategy::PreferCost => "prefer_cost",
-            Strategy::PreferLatency => "prefer_latency",
-            Strategy::Weighted => "weighted",
-        }
-    }
-}
-
-/// A provider API key. Its `Debug`/`Display` never show the value, so it cannot leak
-/// through a log line or an error message by accident.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Where a provider lives, parsed once from `base_url`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamBase {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash; empty when the URL has no path.
-    pub path: String,
-}
-
-impl UpstreamBase {
-    pub fn parse(url: &str) -> Result<UpstreamBase, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("not a valid URL ({e})"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err("scheme must be http or https".into()),
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| "URL has no host".to_string())?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if uri.query().is_some() {
-            return Err("base_url must not carry a query string".into());
-        }
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path = uri.path().trim_end_matches('/').to_string();
-        Ok(UpstreamBase {
-            tls,
-            host,
-            port,
-            path,
-        })
-    }
-
-    /// `Host` header value: the port is shown only when it is not the scheme's default.
-    pub fn host_header(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub first_byte: Duration,
-    pub idle: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct ProbeConf {
-    pub enabled: bool,
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Compare the listing the probe returns with the provider's offerings.
-    pub list_models: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct BreakerConf {
-    pub failures: u32,
-    pub cooldown: Duration,
-    pub max_cooldown: Duration,
-}
-
-/// One endpoint of a provider: where requests go and with which key.
-#[derive(Debug, Clone)]
-pub struct ProviderEndpoint {
-    /// As written in the config (no secrets in it), for `/status` and logs.
-    pub url: String,
-    pub base: UpstreamBase,
-    pub region: Option<String>,
-    pub weight: usize,
-    pub key: Option<Secret>,
-    pub key_env: Option<String>,
-}
-
-/// One upstream provider, fully resolved.
-#[derive(Debug)]
-pub struct Provider {
-    /// Index into `Config::providers`; used as a compact id on the hot path.
-    pub id: usize,
-    pub name: String,
-    pub api: ApiKind,
-    pub base: UpstreamBase,
-    pub key: Option<Secret>,
-    pub key_env: Option<String>,
-    pub region: Option<String>,
-    pub timeouts: Timeouts,
-    pub probe: ProbeConf,
-    pub breaker: BreakerConf,
-    pub anthropic_version: String,
-    pub azure_api_version: String,
-    pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub tls_verify: bool,
-    /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
-    pub endpoints: Vec<ProviderEndpoint>,
-    /// Upstream requests in flight at most (`None`: unbounded).
-    pub max_connections: Option<usize>,
-    /// Bodies of requests to this provider outlive nothing: see `forward` and `proxy`.
-    pub zero_retention: bool,
-}
-
-impl Provider {
-    /// Whether any endpoint is in `region`.
-    pub fn in_region(&self, region: &str) -> bool {
-        self.endpoints
-            .iter()
-            .any(|e| e.region.as_deref() == Some(region))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-}
-
-/// Routing policy after merging a model's override over the top-level defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    pub strategy: Strategy,
-    pub allow_equivalents: bool,
-    pub min_grade: f64,
-    pub max_cost_multiplier: Option<f64>,
-    pub max_attempts: u32,
-    /// `None`: derived per request as first-byte timeout × attempts.
-    pub request_timeout: Option<Duration>,
-    pub backoff: Backoff,
-    pub on_ceiling: OnCeiling,
-    /// How long an offering that answered "model unavailable" stays out of rotation.
-    pub offering_cooldown: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            strategy: Strategy::Ordered,
-            allow_equivalents: false,
-            min_grade: 0.8,
-            max_cost_multiplier: None,
-            max_attempts: 3,
-            request_timeout: None,
-            backoff: Backoff {
-                base: Duration::from_millis(25),
-                max: Duration::from_millis(1000),
-            },
-            on_ceiling: OnCeiling::Fail,
-            offering_cooldown: Duration::from_secs(600),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// The whole runtime configuration, swapped in as one immutable unit.
-#[derive(Debug)]
-pub struct Config {
-    pub listen: String,
-    pub admin_listen: String,
-    pub threads: usize,
-    pub max_body_bytes: usize,
-    pub log_format: LogFormat,
-    pub grace_period_s: u64,
-    pub max_concurrent_requests: usize,
-    pub client_body_timeout: Duration,
-    /// Whole-header deadline and size, enforced by `header_guard` below Pingora's parser.
-    pub client_header_timeout: Duration,
-    pub max_request_header_bytes: usize,
-    /// An idle keepalive client connection is closed after this long.
-    pub client_keepalive_timeout: Duration,
-    /// A client that reads nothing of its answer for this long is cut off.
-    pub client_send_timeout: Duration,
-    /// Tokens clients must present (`Authorization: Bearer` or `x-api-key`); empty = none needed.
-    pub client_tokens: Vec<Secret>,
-    pub admin_mutations: bool,
-    /// `None`: only SIGHUP reloads.
-    pub reload_poll: Option<Duration>,
-    pub providers: Vec<Arc<Provider>>,
-    pub catalog: Catalog,
-    pub policy: Policy,
-    pub routes: Vec<Route>,
-}
-
-/// A per-feature route: requests matching it use its policy.
-#[derive(Debug)]
-pub struct Route {
-    pub name: String,
-    /// Exact request paths; empty matches any path.
-    pub paths: Vec<String>,
-    /// Headers that must all be present with these exact values.
-    pub headers: Vec<(http::HeaderName, String)>,
-    /// The effective policy per model (indexed by `ModelId`): route over model over top level.
-    pub policies: Vec<Policy>,
-    pub zero_retention: bool,
-}
-
-impl Route {
-    pub fn matches(&self, path: &str, headers: &http::HeaderMap) -> bool {
-        (self.paths.is_empty() || self.paths.iter().any(|p| p == path))
-            && self
-                .headers
-                .iter()
-                .all(|(k, v)| headers.get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
-    }
-}
-
-impl Config {
-    pub fn connection_limits(&self) -> crate::header_guard::ConnectionLimits {
-        crate::header_guard::ConnectionLimits {
-            header_timeout: self.client_header_timeout,
-            max_header_bytes: self.max_request_header_bytes,
-            idle_timeout: self.client_keepalive_timeout,
-            send_timeout: self.client_send_timeout,
-        }
-    }
-
-    pub fn provider_by_name(&self, name: &str) -> Option<&Arc<Provider>> {
-        self.providers.iter().find(|p| p.name == name)
-    }
-
-    /// The first route matching the request, if any.
-    pub fn route_for(&self, path: &str, headers: &http::HeaderMap) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(path, headers))
-    }
-
-    /// The policy a request uses: its route's for this model, else the model's.
-    pub fn policy_for<'a>(&'a self, route: Option<&'a Route>, model: ModelId) -> &'a Policy {
-        match route {
-            Some(r) => &r.policies[model],
-            None => &self.catalog.model(model).policy,
-        }
     }
 }
 
@@ -496,7 +149,7 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
 }
 
 fn build_provider(
-    id: usize,
+    id: ProviderId,
     path: &str,
     p: FileProvider,
     env: &dyn EnvSource,
@@ -836,7 +489,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
                 format!("duplicate provider {:?}", p.name),
             ));
         }
-        providers.push(Arc::new(build_provider(i, &path, p, env)?));
+        providers.push(Arc::new(build_provider(ProviderId(i), &path, p, env)?));
     }
     let policy = build_policy("policy", file.policy.as_ref(), &Policy::default())?;
 
@@ -939,7 +592,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             equivalents.push(Equivalent {
                 model: e.model.clone(),
                 // Resolved by `Catalog::new` once every model is known.
-                id: 0,
+                id: ModelId(0),
                 grade: e.grade,
             });
         }
@@ -970,7 +623,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             ));
         }
         for (pi, p) in r.matcher.paths.iter().enumerate() {
-            if crate::api::Endpoint::from_path(p).is_none() {
+            if crate::model::endpoint::Endpoint::from_path(p).is_none() {
                 return Err(err(
                     format!("{path}.match.paths[{pi}]"),
                     format!("{p:?} is not an endpoint twinroute serves"),

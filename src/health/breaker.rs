@@ -7,7 +7,7 @@
 //!
 //! Time is passed in, never read here, so it is tested on tokio's paused clock.
 
-use crate::config::BreakerConf;
+use crate::model::BreakerConf;
 use std::time::Duration;
 use tokio::time::Instant;
 

@@ -12,9 +12,12 @@ pub mod ewma;
 pub mod pool;
 pub mod probe;
 
-use crate::config::Provider;
-use crate::resolve::Resolver;
-use crate::route::{HealthView, SkipReason};
+use crate::decide::attempt::HealthSignal;
+use crate::decide::route::{HealthSnapshot, ProviderVerdict, SkipReason};
+use crate::model::outcome::FailoverReason;
+use crate::model::Provider;
+use crate::model::ProviderId;
+use crate::net::resolve::Resolver;
 use breaker::{Admission, BreakerState};
 use bytes::Bytes;
 use ewma::{Ewma, PeakEwma};
@@ -123,40 +126,91 @@ pub struct OfferingSnapshot {
 
 #[derive(Debug)]
 pub struct Health {
-    providers: Vec<ProviderHealth>,
+    /// Shared with the next config's `Health` when a reload leaves the provider unchanged.
+    providers: Vec<Arc<ProviderHealth>>,
     /// Keyed by (provider index, upstream model ID): the unit the provider answers about.
-    offerings: Mutex<HashMap<(usize, String), OfferingState>>,
+    offerings: Mutex<HashMap<(ProviderId, String), OfferingState>>,
     /// Fast path: while no offering was ever marked, routing never takes the lock above.
     offerings_marked: AtomicBool,
 }
 
 impl Health {
     pub fn new(providers: &[Arc<Provider>]) -> Health {
+        Health::carried_over(providers, None)
+    }
+
+    /// The health of a new config's providers. Keyed by identity, not position: a provider the
+    /// reload left unchanged (`Provider::same_upstream`) keeps its whole state (breakers,
+    /// cooldowns, probe verdicts, latency, drain flag, offerings taken out); a changed or new
+    /// one starts fresh but for its drain flag; a removed one's state goes with the old config.
+    pub fn carried_over(
+        providers: &[Arc<Provider>],
+        previous: Option<(&Health, &[Arc<Provider>])>,
+    ) -> Health {
         // One connector for every pool's probes: off the request path, shared keep-alive.
         let connector = Arc::new(Connector::new(None));
         let resolver = Arc::new(Resolver::default());
+        let offerings = Mutex::new(HashMap::new());
+        let list = providers
+            .iter()
+            .map(|p| {
+                let old = previous.and_then(|(h, old_providers)| {
+                    let i = old_providers.iter().position(|o| o.name == p.name)?;
+                    Some((h, &old_providers[i], ProviderId(i)))
+                });
+                match old {
+                    Some((h, old_p, old_id)) if old_p.same_upstream(p) => {
+                        let kept = h.offerings();
+                        let mut g = offerings.lock().unwrap_or_else(|e| e.into_inner());
+                        for ((op, id), st) in kept.iter() {
+                            if *op == old_id {
+                                g.insert((p.id, id.clone()), st.clone());
+                            }
+                        }
+                        h.providers[old_id].clone()
+                    }
+                    _ => {
+                        let fresh = Arc::new(ProviderHealth::new(p, &connector, &resolver));
+                        if let Some((h, _, old_id)) = old {
+                            let drained = h.providers[old_id].drained.load(Ordering::Relaxed);
+                            fresh.drained.store(drained, Ordering::Relaxed);
+                        }
+                        fresh
+                    }
+                }
+            })
+            .collect();
+        let marked = !offerings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
         Health {
-            providers: providers
-                .iter()
-                .map(|p| ProviderHealth {
-                    name: p.name.clone(),
-                    inner: Mutex::new(Inner {
-                        probe_latency: Ewma::default(),
-                        passive_ttfb: PeakEwma::new(Duration::from_secs(10)),
-                        last_error: None,
-                    }),
-                    pool: Pool::new(p, connector.clone(), resolver.clone()),
-                    regions: p.endpoints.iter().map(|e| e.region.clone()).collect(),
-                    urls: p.endpoints.iter().map(|e| e.url.clone()).collect(),
-                    drained: AtomicBool::new(false),
-                    inflight: AtomicUsize::new(0),
-                })
-                .collect(),
-            offerings: Mutex::new(HashMap::new()),
-            offerings_marked: AtomicBool::new(false),
+            providers: list,
+            offerings,
+            offerings_marked: AtomicBool::new(marked),
         }
     }
+}
 
+impl ProviderHealth {
+    fn new(p: &Arc<Provider>, connector: &Arc<Connector>, resolver: &Arc<Resolver>) -> Self {
+        ProviderHealth {
+            name: p.name.clone(),
+            inner: Mutex::new(Inner {
+                probe_latency: Ewma::default(),
+                passive_ttfb: PeakEwma::new(Duration::from_secs(10)),
+                last_error: None,
+            }),
+            pool: Pool::new(p, connector.clone(), resolver.clone()),
+            regions: p.endpoints.iter().map(|e| e.region.clone()).collect(),
+            urls: p.endpoints.iter().map(|e| e.url.clone()).collect(),
+            drained: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Health {
     pub fn len(&self) -> usize {
         self.providers.len()
     }
@@ -170,7 +224,7 @@ impl Health {
     /// the single test of an endpoint whose breaker cooldown ended; its result must be reported.
     pub fn select_endpoint(
         &self,
-        provider: usize,
+        provider: ProviderId,
         region: Option<&str>,
         now: Instant,
     ) -> Option<(usize, Admission)> {
@@ -180,7 +234,12 @@ impl Health {
 
     /// An endpoint to use when health turned everything away (fail open): the one in `region`
     /// (if pinned) expected back soonest.
-    pub fn fallback_endpoint(&self, provider: usize, region: Option<&str>, now: Instant) -> usize {
+    pub fn fallback_endpoint(
+        &self,
+        provider: ProviderId,
+        region: Option<&str>,
+        now: Instant,
+    ) -> usize {
         let p = &self.providers[provider];
         (0..p.pool.len())
             .filter(|&i| region.is_none_or(|r| p.regions[i].as_deref() == Some(r)))
@@ -189,7 +248,11 @@ impl Health {
     }
 
     /// Take one of `provider`'s `max` upstream slots (`None` max: unbounded, always granted).
-    pub fn try_acquire(&self, provider: usize, max: Option<usize>) -> Option<InflightSlot<'_>> {
+    pub fn try_acquire(
+        &self,
+        provider: ProviderId,
+        max: Option<usize>,
+    ) -> Option<InflightSlot<'_>> {
         let c = &self.providers[provider].inflight;
         match max {
             None => {
@@ -205,11 +268,11 @@ impl Health {
         Some(InflightSlot(c))
     }
 
-    pub fn endpoint_url(&self, provider: usize, endpoint: usize) -> &str {
+    pub fn endpoint_url(&self, provider: ProviderId, endpoint: usize) -> &str {
         &self.providers[provider].urls[endpoint]
     }
 
-    pub fn on_success(&self, provider: usize, endpoint: usize, ttfb: Duration, now: Instant) {
+    pub fn on_success(&self, provider: ProviderId, endpoint: usize, ttfb: Duration, now: Instant) {
         let p = &self.providers[provider];
         p.pool.state(endpoint).breaker.on_success();
         p.lock().passive_ttfb.observe(ttfb, now);
@@ -219,9 +282,9 @@ impl Health {
     /// same request on the same provider.
     pub fn on_failure(
         &self,
-        provider: usize,
+        provider: ProviderId,
         endpoint: usize,
-        reason: &str,
+        reason: FailoverReason,
         count_for_breaker: bool,
         now: Instant,
     ) {
@@ -230,14 +293,20 @@ impl Health {
         if count_for_breaker {
             e.breaker.on_failure(now);
         }
-        e.last_error = Some(reason.to_string());
+        e.last_error = Some(reason.as_str().to_string());
         drop(e);
-        p.lock().last_error = Some(reason.to_string());
+        p.lock().last_error = Some(reason.as_str().to_string());
     }
 
     /// A response said "come back in `after`": hold the endpoint for at least that long, without
     /// counting it as a breaker failure. A shorter Retry-After never shortens a longer one.
-    pub fn on_retry_after(&self, provider: usize, endpoint: usize, after: Duration, now: Instant) {
+    pub fn on_retry_after(
+        &self,
+        provider: ProviderId,
+        endpoint: usize,
+        after: Duration,
+        now: Instant,
+    ) {
         let mut e = self.providers[provider].pool.state(endpoint);
         let until = now + after;
         if e.cooldown_until.is_none_or(|u| u < until) {
@@ -246,7 +315,7 @@ impl Health {
     }
 
     /// A probation request ended without an answer either way.
-    pub fn on_abandoned(&self, provider: usize, endpoint: usize, now: Instant) {
+    pub fn on_abandoned(&self, provider: ProviderId, endpoint: usize, now: Instant) {
         self.providers[provider]
             .pool
             .state(endpoint)
@@ -257,7 +326,10 @@ impl Health {
     /// Probe every endpoint of `provider` now. Returns the first successful listing body (for
     /// the catalog comparison) and, when the provider as a whole flipped, `Some(up)` with the
     /// error that took it down.
-    pub async fn probe(&self, provider: usize) -> (Option<Bytes>, Option<(bool, Option<String>)>) {
+    pub async fn probe(
+        &self,
+        provider: ProviderId,
+    ) -> (Option<Bytes>, Option<(bool, Option<String>)>) {
         let p = &self.providers[provider];
         let was_up = (0..p.pool.len()).any(|i| p.pool.probe_ready(i));
         let results = p.pool.probe().await;
@@ -283,13 +355,13 @@ impl Health {
         (body, (up != was_up).then_some((up, error)))
     }
 
-    pub fn set_drained(&self, provider: usize, drained: bool) {
+    pub fn set_drained(&self, provider: ProviderId, drained: bool) {
         self.providers[provider]
             .drained
             .store(drained, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self, provider: usize, now: Instant) -> ProviderSnapshot {
+    pub fn snapshot(&self, provider: ProviderId, now: Instant) -> ProviderSnapshot {
         let p = &self.providers[provider];
         let endpoints: Vec<EndpointSnapshot> = (0..p.pool.len())
             .map(|i| {
@@ -335,11 +407,11 @@ impl Health {
         }
     }
 
-    pub fn breaker_state(&self, provider: usize) -> BreakerState {
+    pub fn breaker_state(&self, provider: ProviderId) -> BreakerState {
         self.providers[provider].pool.best_breaker()
     }
 
-    fn offerings(&self) -> MutexGuard<'_, HashMap<(usize, String), OfferingState>> {
+    fn offerings(&self) -> MutexGuard<'_, HashMap<(ProviderId, String), OfferingState>> {
         self.offerings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -347,7 +419,7 @@ impl Health {
     /// never shortened, by later answers), while the provider serves its other models.
     pub fn mark_offering_unavailable(
         &self,
-        provider: usize,
+        provider: ProviderId,
         model_id: &str,
         for_how_long: Duration,
         now: Instant,
@@ -362,7 +434,7 @@ impl Health {
     }
 
     /// An offering answered: whatever marked it out was wrong or is over.
-    pub fn offering_answered(&self, provider: usize, model_id: &str) {
+    pub fn offering_answered(&self, provider: ProviderId, model_id: &str) {
         if !self.offerings_marked.load(Ordering::Relaxed) {
             return;
         }
@@ -377,7 +449,7 @@ impl Health {
     /// changed, with `true` for "now missing".
     pub fn apply_listing(
         &self,
-        provider: usize,
+        provider: ProviderId,
         offered: &[&str],
         listed: &HashSet<String>,
     ) -> Vec<(String, bool)> {
@@ -445,35 +517,108 @@ fn score(g: &Inner) -> Option<f64> {
     }
 }
 
-impl HealthView for Health {
-    fn skip(&self, provider: usize) -> Option<(SkipReason, Instant)> {
+impl Health {
+    /// Apply what one attempt said about an endpoint of `provider` and its offering `model_id`
+    /// (`decide::attempt` decides which signals an outcome gives; this is their one consumer).
+    pub fn apply(
+        &self,
+        provider: ProviderId,
+        endpoint: usize,
+        model_id: &str,
+        signal: HealthSignal,
+        now: Instant,
+    ) {
+        match signal {
+            HealthSignal::Success { ttfb } => self.on_success(provider, endpoint, ttfb, now),
+            HealthSignal::Failure {
+                reason,
+                count_for_breaker,
+            } => self.on_failure(provider, endpoint, reason, count_for_breaker, now),
+            HealthSignal::RetryAfter(after) => self.on_retry_after(provider, endpoint, after, now),
+            HealthSignal::ProbationAbandoned => self.on_abandoned(provider, endpoint, now),
+            HealthSignal::OfferingUnavailable(cooldown) => {
+                self.mark_offering_unavailable(provider, model_id, cooldown, now);
+                log::warn!(
+                    "provider {}: model {model_id} unavailable; offering out for {} s",
+                    self.providers[provider].name,
+                    cooldown.as_secs()
+                );
+            }
+            HealthSignal::OfferingAnswered => self.offering_answered(provider, model_id),
+            HealthSignal::AccountProblem(cooldown) => {
+                self.on_retry_after(provider, endpoint, cooldown, now);
+                log::warn!(
+                    "provider {}: account cannot pay (credits or quota exhausted); endpoint {} out for {} s",
+                    self.providers[provider].name,
+                    self.endpoint_url(provider, endpoint),
+                    cooldown.as_secs()
+                );
+            }
+        }
+    }
+
+    /// What health holds against each provider and offering right now, for one routing
+    /// decision: each provider's state is read once, not once per candidate or comparison.
+    pub fn routing_snapshot(&self, now: Instant) -> HealthSnapshot {
+        let mut snap = HealthSnapshot::all_up();
+        for (i, p) in self.providers.iter().enumerate() {
+            let id = ProviderId(i);
+            let verdict = ProviderVerdict {
+                skip: self.provider_skip(id, now),
+                latency_ms: score(&p.lock()),
+            };
+            if verdict != ProviderVerdict::default() {
+                snap.set_provider(id, verdict);
+            }
+        }
+        if self.offerings_marked.load(Ordering::Relaxed) {
+            for ((p, id), st) in self.offerings().iter() {
+                if let Some((reason, until)) = offering_until(st, now) {
+                    snap.skip_offering(*p, id, reason, until);
+                }
+            }
+        }
+        snap
+    }
+
+    /// `Some((reason, until))` when the provider should be skipped now; `until` is when it is
+    /// expected back.
+    pub fn provider_skip(
+        &self,
+        provider: ProviderId,
+        now: Instant,
+    ) -> Option<(SkipReason, Instant)> {
         let p = &self.providers[provider];
-        let now = Instant::now();
         if p.drained.load(Ordering::Relaxed) {
-            // Drained providers come back only by hand: last in panic order.
+            // Drained providers come back only by hand: last in fail-open order.
             return Some((SkipReason::Drained, now + Duration::from_secs(86_400)));
         }
         p.all_blocked(now)
     }
 
-    fn latency_ms(&self, provider: usize) -> Option<f64> {
-        score(&self.providers[provider].lock())
-    }
-
-    fn offering_skip(&self, provider: usize, model_id: &str) -> Option<(SkipReason, Instant)> {
+    /// `Some` when this one model is out on this provider while the provider itself is fine.
+    pub fn offering_skip(
+        &self,
+        provider: ProviderId,
+        model_id: &str,
+        now: Instant,
+    ) -> Option<(SkipReason, Instant)> {
         if !self.offerings_marked.load(Ordering::Relaxed) {
             return None;
         }
-        let now = Instant::now();
         let g = self.offerings();
-        let st = g.get(&(provider, model_id.to_string()))?;
-        let (reason, remaining) = offering_verdict(st, now)?;
-        // A listing gap has no end time: expect it back at the next probe, roughly.
-        Some((
-            reason,
-            now + remaining
-                .map(Duration::from_millis)
-                .unwrap_or(Duration::from_secs(5)),
-        ))
+        offering_until(g.get(&(provider, model_id.to_string()))?, now)
     }
+}
+
+/// An offering's verdict with an end time: a listing gap has none, so expect it back at the
+/// next probe, roughly.
+fn offering_until(st: &OfferingState, now: Instant) -> Option<(SkipReason, Instant)> {
+    let (reason, remaining) = offering_verdict(st, now)?;
+    Some((
+        reason,
+        now + remaining
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_secs(5)),
+    ))
 }

@@ -12,9 +12,9 @@
 
 use super::breaker::{Admission, Breaker, BreakerState};
 use super::probe::{probe_once, ProbeError};
-use crate::config::Provider;
-use crate::resolve::Resolver;
-use crate::route::SkipReason;
+use crate::decide::route::SkipReason;
+use crate::model::Provider;
+use crate::net::resolve::Resolver;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::connectors::http::Connector;

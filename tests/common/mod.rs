@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use twinroute::client;
+use twinroute::testkit::client;
 
-pub use twinroute::mock::{refused_addr, Behavior, MockProvider};
+pub use twinroute::testkit::mock::{refused_addr, Behavior, MockProvider};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,98 @@
+//! The client-facing API surface: which paths twinroute serves, which wire format each belongs
+//! to, and which provider kinds can serve it.
+
+use crate::model::ApiKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Responses,
+    Messages,
+}
+
+/// The error JSON shape a client of an endpoint expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    OpenAi,
+    Anthropic,
+}
+
+impl Endpoint {
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/v1/completions" => Some(Endpoint::Completions),
+            "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/responses" => Some(Endpoint::Responses),
+            "/v1/messages" => Some(Endpoint::Messages),
+            _ => None,
+        }
+    }
+
+    /// The path below the API root (`/v1`), as appended to a provider's base URL.
+    pub fn subpath(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+            Endpoint::Responses => "/responses",
+            Endpoint::Messages => "/messages",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+        }
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            Endpoint::Messages => Family::Anthropic,
+            _ => Family::OpenAi,
+        }
+    }
+
+    /// Whether a provider of this kind speaks this endpoint's wire format.
+    pub fn served_by(self, api: ApiKind) -> bool {
+        match (self, api) {
+            (Endpoint::Messages, ApiKind::Anthropic) => true,
+            (Endpoint::Messages, _) | (_, ApiKind::Anthropic) => false,
+            (_, ApiKind::OpenAi) => true,
+            // Azure's classic deployments API has no Responses route.
+            (Endpoint::Responses, ApiKind::Azure) => false,
+            (_, ApiKind::Azure) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_compatibility() {
+        assert_eq!(
+            Endpoint::from_path("/v1/chat/completions"),
+            Some(Endpoint::ChatCompletions)
+        );
+        assert_eq!(
+            Endpoint::from_path("/v1/messages/"),
+            Some(Endpoint::Messages)
+        );
+        assert_eq!(Endpoint::from_path("/v1/models"), None);
+        assert_eq!(Endpoint::from_path("/v2/chat/completions"), None);
+        assert!(Endpoint::ChatCompletions.served_by(ApiKind::OpenAi));
+        assert!(Endpoint::ChatCompletions.served_by(ApiKind::Azure));
+        assert!(!Endpoint::ChatCompletions.served_by(ApiKind::Anthropic));
+        assert!(Endpoint::Messages.served_by(ApiKind::Anthropic));
+        assert!(!Endpoint::Messages.served_by(ApiKind::OpenAi));
+        assert!(!Endpoint::Responses.served_by(ApiKind::Azure));
+    }
+}

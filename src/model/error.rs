@@ -1,0 +1,62 @@
+//! The errors twinroute itself answers with, as data: a kind (which fixes the status) and a
+//! message. How each API family renders them is `wire::errors`.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    ModelNotFound,
+    /// Every provider of the model said it is gone there (not found, retired, not deployed).
+    ModelUnavailable,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    /// The request header passed `max_request_header_bytes`.
+    HeaderTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    /// A client token was required and missing or wrong.
+    Unauthorized,
+    /// The client was too slow sending its request.
+    RequestTimeout,
+    /// twinroute itself is at `max_concurrent_requests`, or every provider at `max_connections`.
+    Overloaded,
+    UpstreamFailed,
+    UpstreamTimeout,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::ModelNotFound | ErrorKind::ModelUnavailable | ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::HeaderTooLarge => 431,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::RequestTimeout => 408,
+            ErrorKind::Overloaded => 503,
+            ErrorKind::UpstreamFailed => 502,
+            ErrorKind::UpstreamTimeout => 504,
+        }
+    }
+}
+
+/// An error response twinroute generates (as opposed to one a provider sent).
+#[derive(Debug, Clone)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub retry_after_s: Option<u64>,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> GatewayError {
+        GatewayError {
+            kind,
+            message: message.into(),
+            retry_after_s: None,
+        }
+    }
+}

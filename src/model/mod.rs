@@ -1,0 +1,141 @@
+//! The runtime model: plain, validated, immutable data that every other layer reads.
+//!
+//! Built by `config` from the YAML file and swapped in whole on reload. Imports nothing else of
+//! the crate: ids, the catalog, policies, providers and their endpoints, the client-facing API
+//! surface, the vocabulary of attempt outcomes and of the errors twinroute answers with.
+
+pub mod catalog;
+pub mod endpoint;
+pub mod error;
+pub mod ids;
+pub mod outcome;
+pub mod policy;
+pub mod provider;
+
+pub use catalog::{Catalog, Equivalent, Model, Offering, Price};
+pub use ids::{ModelId, OfferingIdx, ProviderId};
+pub use policy::{Backoff, OnCeiling, Policy, Strategy};
+pub use provider::{
+    ApiKind, BreakerConf, ProbeConf, Provider, ProviderEndpoint, Secret, Timeouts, UpstreamBase,
+};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A config problem, with the YAML key path it concerns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The whole runtime configuration, swapped in as one immutable unit.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub grace_period_s: u64,
+    pub max_concurrent_requests: usize,
+    pub client_body_timeout: Duration,
+    /// Whole-header deadline and size, enforced by `header_guard` below Pingora's parser.
+    pub client_header_timeout: Duration,
+    pub max_request_header_bytes: usize,
+    /// An idle keepalive client connection is closed after this long.
+    pub client_keepalive_timeout: Duration,
+    /// A client that reads nothing of its answer for this long is cut off.
+    pub client_send_timeout: Duration,
+    /// Tokens clients must present (`Authorization: Bearer` or `x-api-key`); empty = none needed.
+    pub client_tokens: Vec<Secret>,
+    pub admin_mutations: bool,
+    /// `None`: only SIGHUP reloads.
+    pub reload_poll: Option<Duration>,
+    pub providers: Vec<Arc<Provider>>,
+    pub catalog: Catalog,
+    pub policy: Policy,
+    pub routes: Vec<Route>,
+}
+
+/// A per-feature route: requests matching it use its policy.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// Exact request paths; empty matches any path.
+    pub paths: Vec<String>,
+    /// Headers that must all be present with these exact values.
+    pub headers: Vec<(http::HeaderName, String)>,
+    /// The effective policy per model (indexed by `ModelId`): route over model over top level.
+    pub policies: Vec<Policy>,
+    pub zero_retention: bool,
+}
+
+impl Route {
+    pub fn matches(&self, path: &str, headers: &http::HeaderMap) -> bool {
+        (self.paths.is_empty() || self.paths.iter().any(|p| p == path))
+            && self
+                .headers
+                .iter()
+                .all(|(k, v)| headers.get(k).is_some_and(|h| h.as_bytes() == v.as_bytes()))
+    }
+}
+
+impl Config {
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: self.client_header_timeout,
+            max_header_bytes: self.max_request_header_bytes,
+            idle_timeout: self.client_keepalive_timeout,
+            send_timeout: self.client_send_timeout,
+        }
+    }
+
+    pub fn provider_by_name(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// The first route matching the request, if any.
+    pub fn route_for(&self, path: &str, headers: &http::HeaderMap) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path, headers))
+    }
+
+    /// The policy a request uses: its route's for this model, else the model's.
+    pub fn policy_for<'a>(&'a self, route: Option<&'a Route>, model: ModelId) -> &'a Policy {
+        match route {
+            Some(r) => &r.policies[model],
+            None => &self.catalog.model(model).policy,
+        }
+    }
+}
+
+/// A client connection's limits, read from the config current when it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request header must be complete this long after its first byte (after accept, for a
+    /// connection's first request).
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// A keepalive connection waiting for its next request is closed after this long.
+    pub idle_timeout: Duration,
+    /// A write the client does not make room for (it stopped reading) fails after this long.
+    pub send_timeout: Duration,
+}

@@ -1,0 +1,72 @@
+//! The vocabulary of attempt outcomes: why an attempt did not produce the answer.
+//!
+//! Metrics, the access log, the retry decision and the breakers all read the same
+//! `FailoverReason`, so "why did we fail over" has one vocabulary everywhere (Envoy-style names).
+//! Deciding which reason an attempt gets is `decide::outcome` (statuses, I/O errors) and
+//! `wire::error_body` (what a provider's error body says).
+
+use std::fmt;
+
+/// Why an attempt did not produce the answer, when that is the provider's fault and another
+/// provider may do better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailoverReason {
+    ConnectFailure,
+    ConnectTimeout,
+    FirstByteTimeout,
+    Reset,
+    Status408,
+    Status409,
+    Status429,
+    Status5xx,
+    /// The whole request's deadline ran out during this attempt.
+    Deadline,
+    /// 401, or a 403 that is not about a model: the key twinroute injected was refused. The
+    /// client's own credentials never reach a provider, so this is never the client's fault.
+    AuthFailed,
+    /// The provider says this model is gone here (not found, not deployed, decommissioned, no
+    /// access) while the request itself is fine: the offering, not the provider, is taken out.
+    ModelUnavailable,
+    /// The prompt does not fit this model's context window; only a larger model can help.
+    ContextLength,
+    /// The provider account cannot pay: OpenRouter's 402 for exhausted credits, OpenAI's 429
+    /// `insufficient_quota`. Not the client's fault and no short blip: fail over, and keep the
+    /// provider out for long.
+    ProviderAccount,
+}
+
+impl FailoverReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverReason::ConnectFailure => "connect_failure",
+            FailoverReason::ConnectTimeout => "connect_timeout",
+            FailoverReason::FirstByteTimeout => "first_byte_timeout",
+            FailoverReason::Reset => "reset",
+            FailoverReason::Status408 => "status_408",
+            FailoverReason::Status409 => "status_409",
+            FailoverReason::Status429 => "status_429",
+            FailoverReason::Status5xx => "status_5xx",
+            FailoverReason::Deadline => "deadline",
+            FailoverReason::AuthFailed => "auth_failed",
+            FailoverReason::ModelUnavailable => "model_unavailable",
+            FailoverReason::ContextLength => "context_length_exceeded",
+            FailoverReason::ProviderAccount => "provider_account",
+        }
+    }
+
+    /// The provider stayed silent (as opposed to refusing or erroring): these add up to a 504.
+    pub fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            FailoverReason::ConnectTimeout
+                | FailoverReason::FirstByteTimeout
+                | FailoverReason::Deadline
+        )
+    }
+}
+
+impl fmt::Display for FailoverReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,89 @@
+//! Routing policy: strategy, equivalents, cost ceiling, attempts, deadlines and backoff, after
+//! merging route over model over top-level settings.
+
+use std::time::Duration;
+
+/// Candidate ordering strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// File order of the offerings.
+    Ordered,
+    /// Cheapest blended price first.
+    PreferCost,
+    /// Lowest observed latency first (probe EWMA blended with passive TTFB).
+    PreferLatency,
+    /// First choice drawn in proportion to offering `weight` (A/B, canaries); failover after
+    /// it in file order.
+    Weighted,
+}
+
+/// What the cost ceiling does to offerings above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCeiling {
+    /// Never tried.
+    Fail,
+    /// Tried last, after everything within the ceiling failed.
+    Degrade,
+}
+
+impl Strategy {
+    pub fn parse(s: &str) -> Option<Strategy> {
+        match s {
+            "ordered" => Some(Strategy::Ordered),
+            "prefer_cost" => Some(Strategy::PreferCost),
+            "prefer_latency" => Some(Strategy::PreferLatency),
+            "weighted" => Some(Strategy::Weighted),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Ordered => "ordered",
+            Strategy::PreferCost => "prefer_cost",
+            Strategy::PreferLatency => "prefer_latency",
+            Strategy::Weighted => "weighted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+/// Routing policy after merging a model's override over the top-level defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub strategy: Strategy,
+    pub allow_equivalents: bool,
+    pub min_grade: f64,
+    pub max_cost_multiplier: Option<f64>,
+    pub max_attempts: u32,
+    /// `None`: derived per request as first-byte timeout × attempts.
+    pub request_timeout: Option<Duration>,
+    pub backoff: Backoff,
+    pub on_ceiling: OnCeiling,
+    /// How long an offering that answered "model unavailable" stays out of rotation.
+    pub offering_cooldown: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            strategy: Strategy::Ordered,
+            allow_equivalents: false,
+            min_grade: 0.8,
+            max_cost_multiplier: None,
+            max_attempts: 3,
+            request_timeout: None,
+            backoff: Backoff {
+                base: Duration::from_millis(25),
+                max: Duration::from_millis(1000),
+            },
+            on_ceiling: OnCeiling::Fail,
+            offering_cooldown: Duration::from_secs(600),
+        }
+    }
+}

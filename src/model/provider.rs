@@ -1,0 +1,197 @@
+//! Providers as the request path sees them: wire format, endpoints, keys, timeouts, probe and
+//! breaker settings, all resolved at load time.
+
+use crate::model::ids::ProviderId;
+use std::fmt;
+use std::time::Duration;
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    OpenAi,
+    Anthropic,
+    Azure,
+}
+
+impl ApiKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::OpenAi => "openai",
+            ApiKind::Anthropic => "anthropic",
+            ApiKind::Azure => "azure",
+        }
+    }
+}
+
+/// A provider API key. Its `Debug`/`Display` never show the value, so it cannot leak
+/// through a log line or an error message by accident.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Config comparison only (a reload deciding whether a provider changed), never a check of a
+/// presented credential: those use constant-time comparison in `serve::proxy`.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where a provider lives, parsed once from `base_url`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamBase {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash; empty when the URL has no path.
+    pub path: String,
+}
+
+impl UpstreamBase {
+    pub fn parse(url: &str) -> Result<UpstreamBase, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a valid URL ({e})"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("scheme must be http or https".into()),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| "URL has no host".to_string())?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if uri.query().is_some() {
+            return Err("base_url must not carry a query string".into());
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path = uri.path().trim_end_matches('/').to_string();
+        Ok(UpstreamBase {
+            tls,
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// `Host` header value: the port is shown only when it is not the scheme's default.
+    pub fn host_header(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConf {
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Compare the listing the probe returns with the provider's offerings.
+    pub list_models: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConf {
+    pub failures: u32,
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+}
+
+/// One endpoint of a provider: where requests go and with which key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderEndpoint {
+    /// As written in the config (no secrets in it), for `/status` and logs.
+    pub url: String,
+    pub base: UpstreamBase,
+    pub region: Option<String>,
+    pub weight: usize,
+    pub key: Option<Secret>,
+    pub key_env: Option<String>,
+}
+
+/// One upstream provider, fully resolved.
+#[derive(Debug)]
+pub struct Provider {
+    /// Its place in `Config::providers`; a compact id on the hot path.
+    pub id: ProviderId,
+    pub name: String,
+    pub api: ApiKind,
+    pub base: UpstreamBase,
+    pub key: Option<Secret>,
+    pub key_env: Option<String>,
+    pub region: Option<String>,
+    pub timeouts: Timeouts,
+    pub probe: ProbeConf,
+    pub breaker: BreakerConf,
+    pub anthropic_version: String,
+    pub azure_api_version: String,
+    pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub tls_verify: bool,
+    /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
+    pub endpoints: Vec<ProviderEndpoint>,
+    /// Upstream requests in flight at most (`None`: unbounded).
+    pub max_connections: Option<usize>,
+    /// Bodies of requests to this provider outlive nothing: see `forward` and `proxy`.
+    pub zero_retention: bool,
+}
+
+impl Provider {
+    /// Whether `other` (from another config) is the same upstream in every setting: only its
+    /// place in the provider list may differ. A reload keeps the health of such providers.
+    pub fn same_upstream(&self, other: &Provider) -> bool {
+        self.name == other.name
+            && self.api == other.api
+            && self.base == other.base
+            && self.key == other.key
+            && self.key_env == other.key_env
+            && self.region == other.region
+            && self.timeouts == other.timeouts
+            && self.probe == other.probe
+            && self.breaker == other.breaker
+            && self.anthropic_version == other.anthropic_version
+            && self.azure_api_version == other.azure_api_version
+            && self.extra_headers == other.extra_headers
+            && self.tls_verify == other.tls_verify
+            && self.endpoints == other.endpoints
+            && self.max_connections == other.max_connections
+            && self.zero_retention == other.zero_retention
+    }
+
+    /// Whether any endpoint is in `region`.
+    pub fn in_region(&self, region: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|e| e.region.as_deref() == Some(region))
+    }
+}

@@ -1,0 +1,197 @@
+//! The admin listener (loopback by default): `/healthz`, `/readyz`, `/status`, `/metrics`, and
+//! `POST /admin/providers/{name}/drain|undrain` to take a provider out of rotation by hand.
+
+use crate::decide::route::{self, RequestConstraints, RouteInput};
+use crate::model::endpoint::Endpoint;
+use crate::observe::metrics::{self, METRICS};
+use crate::serve::state::{Runtime, Shared};
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn json_response(status: u16, v: Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", v.to_string().into_bytes())
+}
+
+/// Refresh the health gauges from the live state; called on every scrape so they are never stale.
+pub fn update_health_gauges(rt: &Runtime) {
+    let now = Instant::now();
+    for p in &rt.config.providers {
+        let s = rt.health.snapshot(p.id, now);
+        METRICS
+            .provider_healthy
+            .with_label_values(&[&p.name])
+            .set(s.healthy as i64);
+        METRICS
+            .breaker_state
+            .with_label_values(&[&p.name])
+            .set(s.breaker_gauge);
+        if let Some(ms) = s.probe_latency_ms {
+            METRICS
+                .probe_latency
+                .with_label_values(&[&p.name])
+                .set(ms / 1000.0);
+        }
+    }
+}
+
+pub fn status_json(rt: &Runtime) -> Value {
+    let now = Instant::now();
+    let providers: Vec<Value> = rt
+        .config
+        .providers
+        .iter()
+        .map(|p| {
+            let s = rt.health.snapshot(p.id, now);
+            json!({
+                "name": s.name,
+                "api": p.api.as_str(),
+                "region": p.region,
+                "healthy": s.healthy,
+                "probe_up": s.probe_up,
+                "breaker": s.breaker,
+                "cooldown_remaining_ms": s.cooldown_remaining_ms,
+                "latency_ms": s.latency_ms,
+                "probe_latency_ms": s.probe_latency_ms,
+                "last_error": s.last_error,
+                "drained": s.drained,
+                "endpoints": s.endpoints.iter().map(|e| json!({
+                    "url": e.url,
+                    "region": e.region,
+                    "probe_up": e.probe_up,
+                    "breaker": e.breaker,
+                    "cooldown_remaining_ms": e.cooldown_remaining_ms,
+                    "last_error": e.last_error,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let health = rt.health.routing_snapshot(now);
+    let models: Vec<Value> = rt
+        .config
+        .catalog
+        .iter()
+        .map(|(id, m)| {
+            let endpoint = [Endpoint::ChatCompletions, Endpoint::Messages]
+                .into_iter()
+                .find(|e| {
+                    m.offerings
+                        .iter()
+                        .any(|o| e.served_by(rt.config.providers[o.provider].api))
+                })
+                .unwrap_or(Endpoint::ChatCompletions);
+            let order: Vec<Value> = route::candidates(&RouteInput {
+                model: id,
+                catalog: &rt.config.catalog,
+                providers: &rt.config.providers,
+                endpoint,
+                policy: &m.policy,
+                constraints: &RequestConstraints::default(),
+                health: &health,
+            })
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| {
+                        json!({
+                            "provider": rt.config.providers[c.provider].name,
+                            "model": rt.config.catalog.model(c.model).offerings[c.offering].model_id,
+                            "equivalent_grade": c.grade,
+                            "panic": c.fail_open.map(|r| r.as_str()),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+            json!({"name": m.name, "strategy": m.policy.strategy.as_str(), "candidates": order})
+        })
+        .collect();
+    let offerings_out: Vec<Value> = rt
+        .health
+        .offering_snapshot(now)
+        .into_iter()
+        .map(|o| {
+            json!({
+                "provider": o.provider,
+                "model": o.model_id,
+                "reason": o.reason.as_str(),
+                "remaining_ms": o.remaining_ms,
+            })
+        })
+        .collect();
+    json!({"providers": providers, "models": models, "offerings_out": offerings_out})
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let rt = self.shared.runtime.load_full();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/healthz") => respond(200, "text/plain", b"ok\n".to_vec()),
+            ("GET", "/readyz") => {
+                if self.shared.ready.load(Ordering::Relaxed) {
+                    respond(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    respond(503, "text/plain", b"starting\n".to_vec())
+                }
+            }
+            ("GET", "/status") => json_response(200, status_json(&rt)),
+            ("GET", "/metrics") => {
+                update_health_gauges(&rt);
+                respond(200, "text/plain; version=0.0.4", metrics::render())
+            }
+            ("POST", p) if p.starts_with("/admin/providers/") => {
+                if !rt.config.admin_mutations {
+                    return json_response(
+                        403,
+                        json!({"error": "admin mutations are off; set admin_mutations: true to drain providers by hand"}),
+                    );
+                }
+                let rest = &p["/admin/providers/".len()..];
+                let (name, action) = rest.rsplit_once('/').unwrap_or((rest, ""));
+                let Some(provider) = rt.config.provider_by_name(name) else {
+                    return json_response(
+                        404,
+                        json!({"error": format!("unknown provider {name:?}")}),
+                    );
+                };
+                let drained = match action {
+                    "drain" => true,
+                    "undrain" => false,
+                    _ => return json_response(404, json!({"error": "use /drain or /undrain"})),
+                };
+                rt.health.set_drained(provider.id, drained);
+                log::warn!(
+                    "provider {} {} by admin request",
+                    provider.name,
+                    if drained { "drained" } else { "undrained" }
+                );
+                json_response(
+                    200,
+                    json!({"provider": provider.name, "drained": drained, "healthy": rt.health.provider_skip(provider.id, Instant::now()).is_none()}),
+                )
+            }
+            _ => json_response(404, json!({"error": "not found"})),
+        }
+    }
+}

@@ -1,0 +1,782 @@
+//! The attempt loop: send the request to candidates in order until one answers, within one
+//! deadline, then stream that answer to the client.
+//!
+//! Each attempt is: pick a candidate health admits → splice its model ID into the body → connect
+//! (Pingora connector, pooled) → write header and body → wait for the response header under the
+//! first-byte budget → classify. A retryable outcome moves on (with backoff); anything else is the
+//! answer. Once a byte of the answer went to the client there is no going back, so the decision
+//! is made on the response header, before anything is written downstream.
+//!
+//! Hooks for what comes later sit at the seams: `Plan` is the routing decision, `exchange` is one
+//! attempt, `classify_status`/`classify_error` the outcome, `relay` the streaming.
+
+use crate::decide::attempt::{AttemptFacts, Attempts, Outcome, Step};
+use crate::decide::outcome::{
+    classify_error, classify_status, parse_retry_after, AttemptPhase, FailoverReason, StatusClass,
+};
+use crate::decide::route::Candidate;
+use crate::health::breaker::Admission;
+use crate::health::InflightSlot;
+use crate::model::catalog::Price;
+use crate::model::endpoint::{Endpoint, Family};
+use crate::model::{ModelId, Policy, Provider, ProviderEndpoint, ProviderId};
+use crate::observe::access_log::{AttemptLog, RequestLog};
+use crate::observe::metrics::METRICS;
+use crate::serve::state::{Runtime, Shared};
+use crate::wire::body::{RequestBody, SplicedBody};
+use crate::wire::error_body::{account_problem, body_decides, classify_error_body};
+use crate::wire::request as provider;
+use crate::wire::sse::stream_error_event;
+use crate::wire::usage::UsageScanner;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Request bodies up to this size are sent as one contiguous write.
+const COALESCE_BELOW: usize = 64 * 1024;
+
+/// Largest error body read to classify it; provider error JSON is a few hundred bytes.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Pingora's timer wheel for the per-request timeouts: they almost never fire, and tokio's timer
+/// registration showed in profiles (10 ms granularity is fine for budgets of hundreds of ms).
+use pingora::prelude::fast_timeout::fast_timeout;
+
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The routing decision for one request.
+pub struct Plan {
+    pub endpoint: Endpoint,
+    pub model: ModelId,
+    pub candidates: Vec<Candidate>,
+    pub policy: Policy,
+    pub pinned: bool,
+    /// `x-twinroute-region`: endpoints outside it are not used either.
+    pub region: Option<String>,
+    /// The request's route asked for zero retention (a provider may ask too).
+    pub zero_retention: bool,
+}
+
+/// What one attempt produced.
+enum Exchange {
+    /// A response header the client will get (success or a final error).
+    Answer {
+        upstream: Box<HttpSession>,
+        peer: Box<HttpPeer>,
+        ttfb: Duration,
+        /// The start of the body (all of it when the upstream says it is done), read before
+        /// deciding because an error body can mean "try elsewhere".
+        prefix: Option<Bytes>,
+        /// What that error body says: `None` for an answer to pass on as it is.
+        verdict: Option<FailoverReason>,
+    },
+    Failed {
+        reason: FailoverReason,
+        status: Option<u16>,
+        retry_after_s: Option<u64>,
+    },
+}
+
+/// Run the attempts and write the response (the answer or an error) to the client.
+/// Returns `Err` only when the client connection broke.
+///
+/// The loop only executes: `decide::attempt::Attempts` says how long to wait, how long an
+/// attempt may take, what its outcome means and which health signals it gives.
+pub async fn run(
+    shared: &Shared,
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    plan: &Plan,
+    body: &RequestBody,
+) -> Result<()> {
+    let cfg = &rt.config;
+    let model = cfg.catalog.model(plan.model);
+    let first = &cfg.providers[plan.candidates[0].provider];
+    let mut attempts = Attempts::new(
+        &plan.policy,
+        plan.pinned,
+        first.timeouts.first_byte,
+        Instant::now(),
+    );
+    let mut cursor = 0usize;
+    let mut previous: Option<ProviderId> = None;
+
+    while let Some(wait) = attempts.next_wait(Instant::now(), rand::random::<f64>()) {
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let now = Instant::now();
+        if !attempts.begin(now) {
+            break;
+        }
+        let Some(Pick {
+            candidate: cand,
+            endpoint: ep,
+            probation,
+            slot: _slot,
+        }) = pick(rt, plan, &mut cursor, now, &mut attempts)
+        else {
+            break;
+        };
+        let provider = &cfg.providers[cand.provider];
+        let (budget, bounded_by_deadline) = attempts.budget(now, provider.timeouts.first_byte);
+        let served_model = cfg.catalog.model(cand.model);
+        let offering = cfg.catalog.offering(cand.model, cand.offering);
+        if cand.fail_open.is_some() {
+            ctx.panic_mode = true;
+        }
+        // Wiped whenever the route or any provider tried asks for it, answered or not.
+        if plan.zero_retention || provider.zero_retention {
+            ctx.zero_retention = true;
+        }
+        if let (Some(prev), Some(f)) = (previous, attempts.failures().last()) {
+            METRICS
+                .failovers
+                .with_label_values(&[
+                    &model.name,
+                    &cfg.providers[prev].name,
+                    &provider.name,
+                    f.reason.as_str(),
+                ])
+                .inc();
+        }
+        previous = Some(cand.provider);
+
+        // Parameters this offering must not see: cut from the body, everything else as sent.
+        let dropped = body.present(&offering.drop_params);
+        let spliced = body.rewrite(&offering.model_id, &dropped);
+        let upstream_ep = &provider.endpoints[ep];
+        let header = provider::build_request(
+            provider,
+            upstream_ep,
+            plan.endpoint,
+            &offering.model_id,
+            session.req_header(),
+            spliced.len(),
+        )?;
+        let attempt_start = Instant::now();
+        let result = exchange(
+            shared,
+            provider,
+            upstream_ep,
+            header,
+            &spliced,
+            budget,
+            bounded_by_deadline,
+        )
+        .await;
+        let ms = attempt_start.elapsed().as_millis() as u64;
+        let (outcome, answer) = match result {
+            Exchange::Answer {
+                upstream,
+                peer,
+                ttfb,
+                prefix,
+                verdict,
+            } => {
+                let status = upstream
+                    .response_header()
+                    .map(|h| h.status.as_u16())
+                    .unwrap_or(0);
+                let outcome = Outcome::Answered {
+                    status,
+                    ttfb,
+                    body_verdict: verdict,
+                };
+                (outcome, Some((upstream, peer, prefix)))
+            }
+            Exchange::Failed {
+                reason,
+                status,
+                retry_after_s,
+            } => {
+                let outcome = Outcome::Failed {
+                    reason,
+                    status,
+                    retry_after_s,
+                };
+                (outcome, None)
+            }
+        };
+        let here = cfg.catalog.context_tokens(cand.model, cand.offering);
+        let facts = AttemptFacts {
+            provider: cand.provider,
+            provider_name: &provider.name,
+            endpoint: ep,
+            probation,
+            context_tokens: here,
+            larger_window_exists: plan.candidates.iter().any(|c| {
+                cfg.catalog
+                    .context_tokens(c.model, c.offering)
+                    .is_some_and(|t| t > here.unwrap_or(0))
+            }),
+            offering_cooldown: plan.policy.offering_cooldown,
+        };
+        let verdict = attempts.record(&facts, outcome);
+        let now = Instant::now();
+        for signal in verdict.signals.iter() {
+            rt.health
+                .apply(cand.provider, ep, &offering.model_id, signal, now);
+        }
+        let status = match outcome {
+            Outcome::Answered { status, .. } => Some(status),
+            Outcome::Failed { status, .. } => status,
+        };
+        let reason = match verdict.step {
+            Step::Deliver => None,
+            Step::Next(r) | Step::Stop(r) => Some(r),
+        };
+        METRICS
+            .attempts
+            .with_label_values(&[provider.name.as_str(), reason.map_or("ok", |r| r.as_str())])
+            .inc();
+        ctx.attempts.push(AttemptLog {
+            provider: provider.name.clone(),
+            model: offering.model_id.clone(),
+            reason: reason.map(|r| r.as_str()),
+            status,
+            ms,
+        });
+        match (verdict.step, answer) {
+            (Step::Deliver, Some((upstream, peer, prefix))) => {
+                let Outcome::Answered { ttfb, .. } = outcome else {
+                    unreachable!("an answer comes with an Answered outcome");
+                };
+                METRICS
+                    .upstream_ttfb
+                    .with_label_values(&[&model.name, &provider.name])
+                    .observe(ttfb.as_secs_f64());
+                ctx.provider = Some(provider.name.clone());
+                ctx.served_model = Some(offering.model_id.clone());
+                ctx.status = status.unwrap_or(0);
+                ctx.ttfb_ms = Some(ctx.start.elapsed().as_millis() as u64);
+                ctx.dropped_params = dropped.iter().map(|d| d.to_string()).collect();
+                let equivalent = cand
+                    .grade
+                    .map(|g| format!("{};grade={g}", served_model.name));
+                if equivalent.is_some() {
+                    ctx.degraded = equivalent.clone();
+                    METRICS
+                        .degraded
+                        .with_label_values(&[&model.name, &served_model.name])
+                        .inc();
+                    log::warn!(
+                        "request {}: {} served by equivalent {} on {}",
+                        ctx.request_id,
+                        model.name,
+                        served_model.name,
+                        provider.name
+                    );
+                }
+                let attempts = attempts.started().to_string();
+                return relay(
+                    shared,
+                    session,
+                    ctx,
+                    Upstream {
+                        session: upstream,
+                        peer,
+                        prefix,
+                    },
+                    provider,
+                    Served {
+                        model_name: &served_model.name,
+                        model_id: &offering.model_id,
+                        price: offering.price,
+                        equivalent,
+                        dropped: &dropped,
+                        attempts: &attempts,
+                        family: plan.endpoint.family(),
+                    },
+                )
+                .await;
+            }
+            (_, Some((mut upstream, peer, _))) => {
+                // An error answer read whole is pooled again, unless retention forbids it.
+                if upstream.response_done() && !ctx.zero_retention {
+                    shared
+                        .connector
+                        .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
+                        .await;
+                }
+            }
+            (_, None) => {
+                log::debug!(
+                    "attempt {} to {} failed: {}",
+                    attempts.started(),
+                    provider.name,
+                    reason.map_or("unknown", |r| r.as_str())
+                );
+            }
+        }
+    }
+
+    let e = attempts.final_error();
+    ctx.status = e.kind.status();
+    ctx.error = Some(e.message.clone());
+    session.set_keepalive(None);
+    let tried = attempts.failures().len().to_string();
+    e.send(
+        session,
+        plan.endpoint.family(),
+        &[
+            ("x-twinroute-attempts", tried),
+            ("x-twinroute-request-id", ctx.request_id.clone()),
+        ],
+    )
+    .await
+}
+
+/// The candidate one attempt goes to.
+struct Pick<'r> {
+    candidate: Candidate,
+    /// Index of the endpoint within the provider's pool.
+    endpoint: usize,
+    /// This request is the one probation request of that endpoint's breaker.
+    probation: bool,
+    /// The provider's `max_connections` slot, held for the attempt (none when failing open).
+    slot: Option<InflightSlot<'r>>,
+}
+
+/// Next candidate health admits, cycling through the list. When health turns every candidate
+/// away, the first one in order is used anyway (fail open).
+fn pick<'r>(
+    rt: &'r Runtime,
+    plan: &Plan,
+    cursor: &mut usize,
+    now: Instant,
+    attempts: &mut Attempts,
+) -> Option<Pick<'r>> {
+    let n = plan.candidates.len();
+    if n == 0 {
+        return None;
+    }
+    let catalog = &rt.config.catalog;
+    let min_context = attempts.min_context();
+    let fits = |c: &Candidate| {
+        min_context == 0
+            || catalog
+                .context_tokens(c.model, c.offering)
+                .is_some_and(|t| t >= min_context)
+    };
+    if !plan.candidates.iter().any(fits) {
+        return None;
+    }
+    let region = plan.region.as_deref();
+    for _ in 0..n {
+        let c = &plan.candidates[*cursor % n];
+        *cursor += 1;
+        if !fits(c) {
+            continue;
+        }
+        if c.fail_open.is_some() {
+            // Routing already knows everything is down; order is its call.
+            return Some(Pick {
+                candidate: c.clone(),
+                endpoint: rt.health.fallback_endpoint(c.provider, region, now),
+                probation: false,
+                slot: None,
+            });
+        }
+        // Health may have changed since routing (a Retry-After or a breaker trip mid-request,
+        // an offering another request just found gone).
+        let model_id = &catalog.offering(c.model, c.offering).model_id;
+        if rt.health.provider_skip(c.provider, now).is_some()
+            || rt.health.offering_skip(c.provider, model_id, now).is_some()
+        {
+            continue;
+        }
+        // A provider at its max_connections is passed over like an unhealthy one.
+        let max = rt.config.providers[c.provider].max_connections;
+        let Some(slot) = rt.health.try_acquire(c.provider, max) else {
+            attempts.note_saturated();
+            continue;
+        };
+        if let Some((ep, admission)) = rt.health.select_endpoint(c.provider, region, now) {
+            return Some(Pick {
+                candidate: c.clone(),
+                endpoint: ep,
+                probation: admission == Admission::Probation,
+                slot: Some(slot),
+            });
+        }
+    }
+    let mut c = loop {
+        let c = &plan.candidates[*cursor % n];
+        *cursor += 1;
+        if fits(c) {
+            break c.clone();
+        }
+    };
+    c.fail_open = rt.health.provider_skip(c.provider, now).map(|(r, _)| r);
+    if attempts.saturated() && c.fail_open.is_none() {
+        // Everyone healthy is busy: an overload answer, not a pile-up on a saturated provider.
+        return None;
+    }
+    let endpoint = rt.health.fallback_endpoint(c.provider, region, now);
+    Some(Pick {
+        candidate: c,
+        endpoint,
+        probation: false,
+        slot: None,
+    })
+}
+
+/// One attempt against one provider, up to its response header.
+async fn exchange(
+    shared: &Shared,
+    provider: &Provider,
+    upstream: &ProviderEndpoint,
+    header: RequestHeader,
+    body: &SplicedBody,
+    budget: Duration,
+    bounded_by_deadline: bool,
+) -> Exchange {
+    let failed = |reason| Exchange::Failed {
+        reason,
+        status: None,
+        retry_after_s: None,
+    };
+    let started = Instant::now();
+    let addr = match fast_timeout(
+        budget,
+        shared
+            .resolver
+            .resolve(&upstream.base.host, upstream.base.port),
+    )
+    .await
+    {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => {
+            log::warn!("provider {}: {e}", provider.name);
+            return failed(FailoverReason::ConnectFailure);
+        }
+        Err(_) => return failed(FailoverReason::ConnectTimeout),
+    };
+    let mut peer = Box::new(HttpPeer::new(
+        addr,
+        upstream.base.tls,
+        upstream.base.host.clone(),
+    ));
+    let connect = provider.timeouts.connect.min(budget);
+    peer.options.connection_timeout = Some(connect);
+    peer.options.total_connection_timeout = Some(budget);
+    peer.options.verify_cert = provider.tls_verify;
+    peer.options.verify_hostname = provider.tls_verify;
+    peer.options.idle_timeout = Some(POOL_IDLE);
+
+    let mut phase = AttemptPhase::Connect;
+    let work = async {
+        let (mut up, _reused) = shared.connector.get_http_session(&*peer).await?;
+        phase = AttemptPhase::Exchange;
+        // The whole exchange is bounded by `budget` below; per-read timeouts apply to the body.
+        up.set_read_timeout(None);
+        up.write_request_header(Box::new(header)).await?;
+        // Pingora's streams write unbuffered: each piece is a send(2). Small bodies go out as one
+        // piece (a copy of a few KiB costs less than the syscalls); large ones as the shared
+        // slices, never copied.
+        if body.len() <= COALESCE_BELOW && body.parts.len() > 1 {
+            up.write_request_body(Bytes::from(body.to_vec()), false)
+                .await?;
+        } else {
+            for part in &body.parts {
+                if !part.is_empty() {
+                    up.write_request_body(part.clone(), false).await?;
+                }
+            }
+        }
+        up.finish_request_body().await?;
+        up.read_response_header().await?;
+        Ok::<_, Box<Error>>(up)
+    };
+    let result = fast_timeout(budget, work).await;
+    let ttfb = started.elapsed();
+    let mut up = match result {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            let reason = classify_error(phase, e.etype());
+            log::debug!("provider {}: {} ({e})", provider.name, reason);
+            return failed(reason);
+        }
+        Err(_) => {
+            return failed(if bounded_by_deadline {
+                FailoverReason::Deadline
+            } else if phase == AttemptPhase::Connect {
+                FailoverReason::ConnectTimeout
+            } else {
+                FailoverReason::FirstByteTimeout
+            })
+        }
+    };
+    let Some(resp) = up.response_header() else {
+        return failed(FailoverReason::Reset);
+    };
+    let status = resp.status.as_u16();
+    match classify_status(status) {
+        StatusClass::Final if body_decides(status) => {
+            // Read the (small) error body within what is left of the budget: it decides
+            // between "pass this error on" and "this offering is gone, try the next".
+            let left = budget.saturating_sub(started.elapsed());
+            let (prefix, complete) =
+                match read_error_body(&mut up, left, bounded_by_deadline, &provider.name).await {
+                    Ok(read) => read,
+                    Err(reason) => return failed(reason),
+                };
+            // A body over the cap is no error message a provider sends about a model.
+            let verdict = if complete {
+                classify_error_body(status, &prefix)
+            } else {
+                None
+            };
+            up.set_read_timeout(Some(provider.timeouts.idle));
+            Exchange::Answer {
+                upstream: Box::new(up),
+                peer,
+                ttfb,
+                prefix: Some(prefix),
+                verdict,
+            }
+        }
+        StatusClass::Final => {
+            up.set_read_timeout(Some(provider.timeouts.idle));
+            Exchange::Answer {
+                upstream: Box::new(up),
+                peer,
+                ttfb,
+                prefix: None,
+                verdict: None,
+            }
+        }
+        StatusClass::Retry(mut reason) => {
+            let retry_after_s = resp
+                .headers
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v.as_bytes()));
+            if status == 429 {
+                // A 429 is a short rate limit or an account out of quota; only the body tells.
+                // Its body comes with the header; a body that does not is not waited for long.
+                let left = budget
+                    .saturating_sub(started.elapsed())
+                    .min(Duration::from_millis(250));
+                if let Ok((body, true)) =
+                    read_error_body(&mut up, left, bounded_by_deadline, &provider.name).await
+                {
+                    if account_problem(status, &body) {
+                        reason = FailoverReason::ProviderAccount;
+                    }
+                }
+            }
+            // The connection is dropped rather than pooled.
+            Exchange::Failed {
+                reason,
+                status: Some(status),
+                retry_after_s,
+            }
+        }
+    }
+}
+
+/// Read an error body (bounded in size and by `left`): `(body, complete)`, or the failure a
+/// broken or silent body is.
+async fn read_error_body(
+    up: &mut HttpSession,
+    left: Duration,
+    bounded_by_deadline: bool,
+    provider: &str,
+) -> std::result::Result<(Bytes, bool), FailoverReason> {
+    let mut buf = BytesMut::new();
+    let read = async {
+        while buf.len() < MAX_ERROR_BODY {
+            match up.read_response_body().await? {
+                Some(chunk) => buf.extend_from_slice(&chunk),
+                None => return Ok(true),
+            }
+        }
+        Ok::<_, Box<Error>>(false)
+    };
+    match fast_timeout(left, read).await {
+        Ok(Ok(complete)) => Ok((buf.freeze(), complete)),
+        Ok(Err(e)) => {
+            log::debug!("provider {provider}: error body broke ({e})");
+            Err(FailoverReason::Reset)
+        }
+        Err(_) => Err(if bounded_by_deadline {
+            FailoverReason::Deadline
+        } else {
+            FailoverReason::FirstByteTimeout
+        }),
+    }
+}
+
+/// Response headers that describe the upstream hop, not the answer.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "trailer",
+    "te",
+];
+
+/// What answered: for headers, usage accounting and cost.
+struct Served<'a> {
+    model_name: &'a str,
+    model_id: &'a str,
+    price: Option<Price>,
+    /// `canonical;grade=g` when a closest equivalent answered.
+    equivalent: Option<String>,
+    dropped: &'a [&'a str],
+    /// `x-twinroute-attempts`.
+    attempts: &'a str,
+    /// The client's wire family, for the error event of a broken stream.
+    family: Family,
+}
+
+/// The upstream side of the chosen answer.
+struct Upstream {
+    session: Box<HttpSession>,
+    peer: Box<HttpPeer>,
+    /// Body bytes already read while classifying.
+    prefix: Option<Bytes>,
+}
+
+/// Stream the chosen answer to the client, chunk by chunk as it arrives.
+async fn relay(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    up: Upstream,
+    provider: &Provider,
+    served: Served<'_>,
+) -> Result<()> {
+    let (attempts, family) = (served.attempts, served.family);
+    let Upstream {
+        session: mut upstream,
+        peer,
+        prefix,
+    } = up;
+    let served_model = served.model_id;
+    let Some(up_header) = upstream.response_header() else {
+        return Error::e_explain(ErrorType::InternalError, "answer without a response header");
+    };
+    let mut resp: ResponseHeader = up_header.clone();
+    for h in HOP_BY_HOP {
+        resp.remove_header(*h);
+    }
+    let has_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+    let chunked = resp.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if !has_length && !chunked && !session.is_http2() {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    let is_sse = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    resp.insert_header("x-twinroute-provider", provider.name.as_str())?;
+    resp.insert_header("x-twinroute-model", served_model)?;
+    resp.insert_header("x-twinroute-attempts", attempts)?;
+    resp.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
+    if let Some(eq) = &served.equivalent {
+        resp.insert_header("x-twinroute-equivalent", eq.as_str())?;
+    }
+    if !served.dropped.is_empty() {
+        resp.insert_header("x-twinroute-dropped-params", served.dropped.join(","))?;
+    }
+    if ctx.zero_retention {
+        // Said in the response header: the client's connection closes after this answer.
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+
+    let success = upstream
+        .response_header()
+        .is_some_and(|h| h.status.is_success());
+    let mut usage = UsageScanner::default();
+    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
+        session.write_response_body(Some(p), false).await?;
+    }
+    loop {
+        match upstream.read_response_body().await {
+            Ok(Some(chunk)) => {
+                if success {
+                    usage.feed(&chunk);
+                }
+                // A write error means the client left: return it, dropping the upstream
+                // connection so the provider stops generating for nobody.
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                log::warn!(
+                    "provider {} broke the response mid-body ({}); request {}",
+                    provider.name,
+                    e.etype().as_str(),
+                    ctx.request_id
+                );
+                ctx.error = Some(format!(
+                    "upstream broke mid-response: {}",
+                    e.etype().as_str()
+                ));
+                session.set_keepalive(None);
+                if is_sse {
+                    // Never a silent truncation that looks like a finished answer: end the
+                    // stream with an error event the SDKs surface as an exception.
+                    let event = stream_error_event(family, &provider.name);
+                    session.write_response_body(Some(event), true).await?;
+                    return Ok(());
+                }
+                // Close without the terminating chunk: the client sees an incomplete body.
+                return Err(e);
+            }
+        }
+    }
+    session.write_response_body(None, true).await?;
+    record_usage(ctx, &usage, &served, &provider.name);
+    if ctx.zero_retention {
+        // Zero retention: neither connection outlives the request with its bytes in a buffer.
+        // The upstream one is dropped rather than pooled; the client's closes (set above).
+        return Ok(());
+    }
+    if upstream.response_done() {
+        shared
+            .connector
+            .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
+            .await;
+    }
+    Ok(())
+}
+
+fn record_usage(ctx: &mut RequestLog, usage: &UsageScanner, served: &Served<'_>, provider: &str) {
+    ctx.input_tokens = usage.input_tokens;
+    ctx.output_tokens = usage.output_tokens;
+    let (input, output) = (
+        usage.input_tokens.unwrap_or(0),
+        usage.output_tokens.unwrap_or(0),
+    );
+    if input > 0 {
+        METRICS
+            .tokens
+            .with_label_values(&[served.model_name, provider, "input"])
+            .inc_by(input);
+    }
+    if output > 0 {
+        METRICS
+            .tokens
+            .with_label_values(&[served.model_name, provider, "output"])
+            .inc_by(output);
+    }
+    if let (Some(price), true) = (served.price, input + output > 0) {
+        let cost = price.cost_usd(input, output);
+        ctx.cost_usd = Some(cost);
+        METRICS
+            .cost_usd
+            .with_label_values(&[served.model_name, provider])
+            .inc_by(cost);
+    }
+}

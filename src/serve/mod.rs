@@ -1,0 +1,13 @@
+//! The Pingora glue, and the only layer that serves sockets: the proxy phases (`proxy`), the
+//! attempt executor and relay (`forward`), the header guard below Pingora's parser, the admin
+//! listener, server assembly, reload and drain, the probe service, and the shared state they
+//! hold (`state`).
+
+pub mod admin;
+pub mod forward;
+pub mod header_guard;
+pub mod probe;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod state;

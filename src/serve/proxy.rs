@@ -1,0 +1,500 @@
+//! The Pingora `ProxyHttp` implementation: parses and validates the client request, resolves
+//! the model, asks `route` for candidates and hands them to `forward`'s attempt loop.
+//!
+//! Everything happens in `request_filter`, which answers the request itself and returns
+//! `Ok(true)`: Pingora 0.9 can replay a request body to a second upstream only from a 64 KiB
+//! buffer, and LLM prompts are larger, so twinroute owns the attempt loop (see
+//! docs in PINGORA-NOTES and `forward`). Pingora still provides the listener, HTTP parsing,
+//! upstream connection pools, TLS, and graceful shutdown.
+
+use crate::decide::route::{self, RequestConstraints, RouteInput};
+use crate::model::endpoint::{Endpoint, Family};
+use crate::model::Strategy;
+use crate::observe::access_log::RequestLog;
+use crate::observe::metrics::METRICS;
+use crate::serve::forward;
+use crate::serve::state::Shared;
+use crate::wire::body::RequestBody;
+use crate::wire::errors::{ErrorKind, GatewayError};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub const HDR_PROVIDER: &str = "x-twinroute-provider";
+pub const HDR_STRATEGY: &str = "x-twinroute-strategy";
+pub const HDR_REGION: &str = "x-twinroute-region";
+pub const HDR_ALLOW_EQUIVALENTS: &str = "x-twinroute-allow-equivalents";
+pub const HDR_REQUIRE_PARAMS: &str = "x-twinroute-require-parameters";
+pub const HDR_ROUTE: &str = "x-twinroute-route";
+
+/// How long a client may pause while sending its body.
+const CLIENT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    request_seq: AtomicU64,
+    id_prefix: u32,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>) -> Proxy {
+        Proxy {
+            shared,
+            request_seq: AtomicU64::new(0),
+            id_prefix: rand::random(),
+        }
+    }
+}
+
+/// Outcome of `handle`: an error twinroute answers itself, or done (response already written).
+enum Handled {
+    Reject(GatewayError),
+    Done,
+}
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+) -> Result<std::result::Result<Bytes, GatewayError>> {
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body exceeds max_body_bytes ({limit} bytes)"),
+        )
+    };
+    if let Some(len) = header_str(session, "content-length").and_then(|v| v.parse::<u64>().ok()) {
+        if len > limit as u64 {
+            return Ok(Err(too_large()));
+        }
+    }
+    if session
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        session
+            .as_downstream_mut()
+            .write_continue_response()
+            .await?;
+    }
+    session.set_read_timeout(Some(CLIENT_BODY_READ_TIMEOUT));
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if buf.len() + chunk.len() > limit {
+            return Ok(Err(too_large()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+/// Counts a request as active for as long as it is served.
+struct ActiveGuard<'a> {
+    shared: &'a Shared,
+    /// Active requests including this one, when it entered.
+    count: usize,
+}
+
+impl<'a> ActiveGuard<'a> {
+    fn enter(shared: &'a Shared) -> ActiveGuard<'a> {
+        let count = shared.active.fetch_add(1, Ordering::AcqRel) + 1;
+        ActiveGuard { shared, count }
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Constant-time membership: the comparison does not reveal how much of a token matched.
+fn token_ok(presented: &[u8], tokens: &[crate::model::Secret]) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut ok = subtle::Choice::from(0u8);
+    for t in tokens {
+        ok |= presented.ct_eq(t.expose().as_bytes());
+    }
+    ok.into()
+}
+
+impl Proxy {
+    /// Checks made before anything is read: concurrency limit and client tokens.
+    fn admit(&self, session: &Session, active: usize) -> Option<GatewayError> {
+        let rt = self.shared.runtime.load();
+        let cfg = &rt.config;
+        if active > cfg.max_concurrent_requests {
+            let mut e = GatewayError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "twinroute is serving its maximum of {} concurrent requests; retry shortly",
+                    cfg.max_concurrent_requests
+                ),
+            );
+            e.retry_after_s = Some(1);
+            return Some(e);
+        }
+        if !cfg.client_tokens.is_empty() {
+            let h = &session.req_header().headers;
+            let presented = h
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()));
+            if !presented.is_some_and(|p| token_ok(p, &cfg.client_tokens)) {
+                return Some(GatewayError::new(
+                    ErrorKind::Unauthorized,
+                    "missing or invalid twinroute client token (Authorization: Bearer or x-api-key)",
+                ));
+            }
+        }
+        None
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<Handled> {
+        let rt = self.shared.runtime.load_full();
+        let cfg = &rt.config;
+        let path = session.req_header().uri.path().to_string();
+        let Some(endpoint) = Endpoint::from_path(&path) else {
+            return Ok(Handled::Reject(GatewayError::new(
+                ErrorKind::NotFound,
+                format!("unknown path {path:?}; twinroute serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and /v1/messages"),
+            )));
+        };
+        ctx.endpoint = endpoint.as_str();
+        if session.req_header().method != http::Method::POST {
+            return Ok(Handled::Reject(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!(
+                    "{} is not allowed on {path}; use POST",
+                    session.req_header().method
+                ),
+            )));
+        }
+        if let Some(enc) = header_str(session, "content-encoding") {
+            if !enc.eq_ignore_ascii_case("identity") {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::UnsupportedMediaType,
+                    format!("Content-Encoding {enc:?} is not supported; send the JSON body uncompressed"),
+                )));
+            }
+        }
+        // The whole body within one deadline: a client trickling bytes is cut off, not waited on.
+        let raw = match pingora::prelude::fast_timeout::fast_timeout(
+            cfg.client_body_timeout,
+            read_body(session, cfg.max_body_bytes),
+        )
+        .await
+        {
+            Ok(read) => match read? {
+                Ok(b) => b,
+                Err(e) => return Ok(Handled::Reject(e)),
+            },
+            Err(_) => {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::RequestTimeout,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        cfg.client_body_timeout.as_millis()
+                    ),
+                )))
+            }
+        };
+        let mut body = match RequestBody::parse(raw) {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    e.message(),
+                )))
+            }
+        };
+        ctx.requested_model = Some(body.model.clone());
+        ctx.stream = body.stream;
+
+        let mut constraints = RequestConstraints::default();
+        let mut require_params: Option<bool> = None;
+        if let Some(name) = header_str(session, HDR_PROVIDER) {
+            let name = name.to_string();
+            match cfg.provider_by_name(&name) {
+                Some(p) => constraints.pin = Some(p.id),
+                None => {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        // The value is not echoed: clients have pasted keys into headers before.
+                        format!(
+                            "{HDR_PROVIDER} names no configured provider; configured: {}",
+                            cfg.providers
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )));
+                }
+            }
+        }
+        if let Some(s) = header_str(session, HDR_STRATEGY) {
+            match Strategy::parse(s) {
+                Some(s) => constraints.strategy = Some(s),
+                None => {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{HDR_STRATEGY}: unknown strategy {:?} (ordered, prefer_cost, prefer_latency or weighted)", truncate(s)),
+                    )))
+                }
+            }
+        }
+        if let Some(r) = header_str(session, HDR_REGION) {
+            constraints.region = Some(r.to_string());
+        }
+        for (name, slot) in [
+            (HDR_ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
+            (HDR_REQUIRE_PARAMS, &mut require_params),
+        ] {
+            if let Some(v) = header_str(session, name) {
+                *slot = Some(match parse_bool(v) {
+                    Some(b) => b,
+                    None => {
+                        return Ok(Handled::Reject(GatewayError::new(
+                            ErrorKind::InvalidRequest,
+                            format!("{name} must be true or false"),
+                        )))
+                    }
+                });
+            }
+        }
+        if require_params == Some(true) {
+            constraints.required_params = Some(body.param_names());
+        }
+        constraints.needed_tokens = Some(body.estimated_tokens());
+        constraints.draw = rand::random::<f64>();
+        let route = cfg.route_for(&path, &session.req_header().headers);
+        if route.is_none() {
+            if let Some(asked) = header_str(session, HDR_ROUTE) {
+                let header = http::HeaderName::from_static(HDR_ROUTE);
+                let known: Vec<&str> = cfg
+                    .routes
+                    .iter()
+                    .filter(|r| r.headers.iter().any(|(k, _)| *k == header))
+                    .map(|r| r.name.as_str())
+                    .collect();
+                if !known.is_empty() {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "{HDR_ROUTE}: {:?} matches no route for {path}; routes keyed on it: {}",
+                            truncate(asked),
+                            known.join(", ")
+                        ),
+                    )));
+                }
+            }
+        }
+        ctx.route = route.map(|r| r.name.clone());
+
+        let Some(model_id) = cfg.catalog.resolve(&body.model) else {
+            return Ok(Handled::Reject(GatewayError::new(
+                ErrorKind::ModelNotFound,
+                format!(
+                    "model {:?} is not in twinroute's model map",
+                    truncate(&body.model)
+                ),
+            )));
+        };
+        let model = cfg.catalog.model(model_id);
+        ctx.model = Some(model.name.clone());
+        let policy = cfg.policy_for(route, model_id);
+        let health = rt.health.routing_snapshot(Instant::now());
+        let candidates = match route::candidates(&RouteInput {
+            model: model_id,
+            catalog: &cfg.catalog,
+            providers: &cfg.providers,
+            endpoint,
+            policy,
+            constraints: &constraints,
+            health: &health,
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    e.message(&model.name, endpoint),
+                )))
+            }
+        };
+        // Record which twins health kept out, with the same reason names as failovers.
+        for o in &model.offerings {
+            if !candidates.iter().any(|c| c.provider == o.provider) {
+                if let Some((reason, _)) = health.skip(o.provider, &o.model_id) {
+                    ctx.skipped.push(format!(
+                        "{}:{}",
+                        cfg.providers[o.provider].name,
+                        reason.as_str()
+                    ));
+                }
+            }
+        }
+        let plan = forward::Plan {
+            endpoint,
+            model: model_id,
+            candidates,
+            policy: policy.clone(),
+            pinned: constraints.pin.is_some(),
+            region: constraints.region.clone(),
+            zero_retention: route.is_some_and(|r| r.zero_retention),
+        };
+        let result = forward::run(&self.shared, &rt, session, ctx, &plan, &body).await;
+        if ctx.zero_retention {
+            body.wipe();
+        }
+        result?;
+        Ok(Handled::Done)
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn family_of(session: &Session) -> Family {
+    Endpoint::from_path(session.req_header().uri.path())
+        .map(Endpoint::family)
+        .unwrap_or(Family::OpenAi)
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestLog;
+
+    fn new_ctx(&self) -> RequestLog {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        RequestLog::new(format!("{:08x}{:08x}", self.id_prefix, n))
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestLog) -> Result<bool> {
+        let in_flight = METRICS.in_flight.with_label_values(&["all"]);
+        in_flight.inc();
+        let active = ActiveGuard::enter(&self.shared);
+        let result = match self.admit(session, active.count) {
+            Some(reject) => Ok(Handled::Reject(reject)),
+            None => self.handle(session, ctx).await,
+        };
+        drop(active);
+        in_flight.dec();
+        match result? {
+            Handled::Done => Ok(true),
+            Handled::Reject(e) => {
+                ctx.status = e.kind.status();
+                ctx.error = Some(e.message.clone());
+                // The body may be unread (413, early rejections): the connection cannot be reused.
+                session.set_keepalive(None);
+                let id = ctx.request_id.clone();
+                e.send(
+                    session,
+                    family_of(session),
+                    &[("x-twinroute-request-id", id)],
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestLog,
+    ) -> Result<Box<HttpPeer>> {
+        // Never reached: request_filter answers every request.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "twinroute forwards from request_filter",
+        )
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestLog,
+    ) -> pingora::proxy::FailToProxy {
+        // Only downstream I/O errors and Pingora-level failures get here. Once a response has
+        // started nothing more can be said; otherwise answer in the client's API format.
+        let client_gone = matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        ) && e.esource() == &ErrorSource::Downstream;
+        let code = if session.response_written().is_some() || client_gone {
+            0
+        } else {
+            let g = match e.etype() {
+                ErrorType::ReadTimedout => GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    "timed out reading the request body",
+                ),
+                ErrorType::InvalidHTTPHeader => {
+                    GatewayError::new(ErrorKind::InvalidRequest, "malformed request")
+                }
+                _ => GatewayError::new(ErrorKind::InvalidRequest, "could not read the request"),
+            };
+            let _ = g.send(session, family_of(session), &[]).await;
+            g.kind.status()
+        };
+        if ctx.status == 0 {
+            ctx.status = code;
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestLog, e: &Error) -> bool {
+        // A client hanging up is not an error of ours; the access log records it.
+        e.esource() == &ErrorSource::Downstream
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestLog) {
+        ctx.latency_ms = ctx.start.elapsed().as_millis() as u64;
+        let fmt = self.shared.runtime.load().config.log_format;
+        log::info!(target: "twinroute::access", "{}", ctx.render(fmt));
+        let model = ctx.model.as_deref().unwrap_or("");
+        let provider = ctx.provider.as_deref().unwrap_or("");
+        METRICS
+            .requests
+            .with_label_values(&[model, provider, &ctx.status.to_string()])
+            .inc();
+        if !model.is_empty() {
+            METRICS
+                .request_duration
+                .with_label_values(&[model, provider])
+                .observe(ctx.start.elapsed().as_secs_f64());
+        }
+    }
+}

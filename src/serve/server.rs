@@ -1,0 +1,128 @@
+//! Assembling the Pingora server: the data-plane proxy service, the admin service, and the
+//! background services (readiness, probes).
+
+use crate::model::Config;
+use crate::serve::admin::Admin;
+use crate::serve::header_guard::GuardedApp;
+use crate::serve::proxy::Proxy;
+use crate::serve::state::Shared;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Marks the process ready once the data-plane listener accepts connections.
+struct Readiness {
+    shared: Arc<Shared>,
+    listen: String,
+}
+
+#[async_trait]
+impl BackgroundService for Readiness {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            if tokio::net::TcpStream::connect(&self.listen).await.is_ok() {
+                self.shared.ready.store(true, Ordering::Relaxed);
+                log::info!("twinroute ready: data plane on {}", self.listen);
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        let _ = shutdown.changed().await;
+        self.shared.ready.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Build a server for `config` (read from `config_path`, watched for reloads when given). The
+/// returned `Shared` is what the admin API and tests observe.
+pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared>) {
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(5),
+        // Per-process paths: several instances (tests, sidecars sharing /tmp) must not collide.
+        pid_file: std::env::temp_dir()
+            .join(format!("twinroute-{}.pid", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("twinroute-upgrade-{}.sock", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        ..ServerConf::default()
+    };
+    let listen = config.listen.clone();
+    // Idle HTTP/1 keepalive connections are closed by the header guard; h2 ones by Pingora,
+    // which takes the value at start (a reload changes the HTTP/1 one only).
+    let h2_idle = config.client_keepalive_timeout;
+    let admin_listen = config.admin_listen.clone();
+    let threads = config.threads;
+    let shared = Shared::new(config);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let mut http = pingora::proxy::http_proxy(&server.configuration, Proxy::new(shared.clone()));
+    // HTTP/2 clients with prior knowledge (h2c) as well as HTTP/1.1 on the same port. An h2
+    // connection with no stream open is closed like an idle HTTP/1 keepalive one.
+    let mut opts = pingora::apps::HttpServerOptions::default();
+    opts.h2c = true;
+    opts.h2_idle_timeout = Some(h2_idle);
+    http.server_options = Some(opts);
+    let mut proxy = Service::new(
+        "twinroute data plane".to_string(),
+        GuardedApp::new(http, shared.clone()),
+    );
+    proxy.add_tcp(&listen);
+    proxy.threads = Some(threads);
+
+    let mut admin = Service::new(
+        "twinroute admin".to_string(),
+        GuardedApp::new(
+            Admin {
+                shared: shared.clone(),
+            },
+            shared.clone(),
+        ),
+    );
+    admin.add_tcp(&admin_listen);
+    admin.threads = Some(1);
+
+    let readiness = background_service(
+        "readiness",
+        Readiness {
+            shared: shared.clone(),
+            listen: listen.clone(),
+        },
+    );
+    let probes = background_service(
+        "probes",
+        crate::serve::probe::ProbeService::new(shared.clone()),
+    );
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(readiness);
+    server.add_service(probes);
+    server.add_service(background_service(
+        "drain",
+        crate::serve::reload::Drainer {
+            shared: shared.clone(),
+        },
+    ));
+    if let Some(path) = config_path {
+        server.add_service(background_service(
+            "reload",
+            crate::serve::reload::Reloader {
+                shared: shared.clone(),
+                path,
+            },
+        ));
+    }
+    (server, shared)
+}

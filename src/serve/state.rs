@@ -1,0 +1,53 @@
+//! State shared by every request and background service: the current config with its health
+//! table (swapped together as one unit), the upstream connector and its pools, readiness.
+
+use crate::health::Health;
+use crate::model::Config;
+use crate::net::resolve::Resolver;
+use arc_swap::ArcSwap;
+use pingora::connectors::http::Connector;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+/// A config and the health table built for its providers (indexes match).
+pub struct Runtime {
+    pub config: Config,
+    pub health: Health,
+}
+
+impl Runtime {
+    pub fn new(config: Config) -> Runtime {
+        let health = Health::new(&config.providers);
+        Runtime { config, health }
+    }
+
+    /// A reloaded config, keeping the health of every provider it did not change.
+    pub fn reloaded(config: Config, previous: &Runtime) -> Runtime {
+        let health = Health::carried_over(
+            &config.providers,
+            Some((&previous.health, &previous.config.providers)),
+        );
+        Runtime { config, health }
+    }
+}
+
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub connector: Connector,
+    pub resolver: Resolver,
+    pub ready: AtomicBool,
+    /// Client requests being served now (the `max_concurrent_requests` gate and the drain).
+    pub active: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Shared> {
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            connector: Connector::new(None),
+            resolver: Resolver::default(),
+            ready: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! Azure OpenAI (classic deployments API): the model ID is the deployment name in the path,
+//! `api-version` is a query parameter, and the key goes in `api-key`.
+
+use crate::model::endpoint::Endpoint;
+use crate::model::{Provider, Secret};
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+pub fn path(provider: &Provider, endpoint: Endpoint, deployment: &str) -> String {
+    // Deployment names are validated to [A-Za-z0-9._-] at config load: no escaping needed.
+    format!(
+        "{}/openai/deployments/{deployment}{}?api-version={}",
+        provider.base.path,
+        endpoint.subpath(),
+        provider.azure_api_version
+    )
+}
+
+pub fn authorize(key: Option<&Secret>, req: &mut RequestHeader) -> Result<()> {
+    if let Some(key) = key {
+        req.insert_header("api-key", key.expose())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Everything twinroute knows about the wire formats it speaks, one module per API family
+//! (`openai`, `anthropic`, `azure`): auth headers, upstream paths, probe paths, error shapes.
+//! Beside them: the request body scanner/splicer (`body`), building an upstream request for a
+//! provider (`request`), provider error bodies (`error_body`), twinroute's own error JSON
+//! (`errors`), the SSE error event (`sse`), and token usage in answers (`usage`).
+
+pub mod anthropic;
+pub mod azure;
+pub mod body;
+pub mod error_body;
+pub mod errors;
+pub mod listing;
+pub mod openai;
+pub mod request;
+pub mod sse;
+pub mod usage;

@@ -1,0 +1,220 @@
+//! Turning a candidate into an upstream request: URL path, headers, credentials.
+//!
+//! The client's own credentials and twinroute's control headers never leave this process; the
+//! provider's key is injected in the form its wire format expects (one file per format).
+
+use super::{anthropic, azure, openai};
+use crate::model::endpoint::Endpoint;
+use crate::model::{ApiKind, Provider, ProviderEndpoint};
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+/// Request headers that are never forwarded: hop-by-hop (RFC 9110 §7.6.1), framing we redo,
+/// the client's credentials, and our own control headers.
+fn is_dropped(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "expect"
+            | "accept-encoding"
+            | "authorization"
+            | "x-api-key"
+            | "api-key"
+            | "cookie"
+            | "openai-organization"
+            | "openai-project"
+    ) || name.starts_with("x-twinroute-")
+}
+
+/// The upstream path (and query) for an endpoint on a provider.
+///
+/// `base_url` follows the OpenAI SDK convention: when it has a path it is the API root
+/// (`https://api.groq.com/openai/v1`) and the endpoint's subpath is appended; a bare host
+/// (`https://api.together.xyz`) gets the standard `/v1` root.
+pub fn upstream_path(provider: &Provider, endpoint: Endpoint, model_id: &str) -> String {
+    match provider.api {
+        ApiKind::Azure => azure::path(provider, endpoint, model_id),
+        ApiKind::OpenAi | ApiKind::Anthropic => {
+            let root = if provider.base.path.is_empty() {
+                "/v1"
+            } else {
+                provider.base.path.as_str()
+            };
+            format!("{root}{}", endpoint.subpath())
+        }
+    }
+}
+
+/// Build the request header sent to one endpoint of `provider` for a body of `body_len` bytes.
+pub fn build_request(
+    provider: &Provider,
+    upstream: &ProviderEndpoint,
+    endpoint: Endpoint,
+    model_id: &str,
+    client: &RequestHeader,
+    body_len: usize,
+) -> Result<RequestHeader> {
+    let path = upstream_path(provider, endpoint, model_id);
+    let mut req = RequestHeader::build("POST", path.as_bytes(), Some(client.headers.len() + 6))?;
+    for (name, value) in client.headers.iter() {
+        if !is_dropped(name.as_str()) {
+            req.append_header(name.clone(), value.clone())?;
+        }
+    }
+    req.insert_header(http::header::HOST, upstream.base.host_header())?;
+    req.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+    if !req.headers.contains_key(http::header::CONTENT_TYPE) {
+        req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    }
+    // Identity so usage accounting can read the response; LLM answers are small next to the
+    // time they take to generate.
+    req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+    for (name, value) in &provider.extra_headers {
+        req.insert_header(name.clone(), value.clone())?;
+    }
+    authorize(provider, upstream, &mut req)?;
+    Ok(req)
+}
+
+fn authorize(
+    provider: &Provider,
+    upstream: &ProviderEndpoint,
+    req: &mut RequestHeader,
+) -> Result<()> {
+    let key = upstream.key.as_ref();
+    match provider.api {
+        ApiKind::OpenAi => openai::authorize(key, req),
+        ApiKind::Anthropic => anthropic::authorize(provider, key, req),
+        ApiKind::Azure => azure::authorize(key, req),
+    }
+}
+
+/// Headers for a probe (`GET probe.path`) of one endpoint, with its credentials.
+pub fn build_probe(provider: &Provider, upstream: &ProviderEndpoint) -> Result<RequestHeader> {
+    let mut req = RequestHeader::build("GET", provider.probe.path.as_bytes(), Some(4))?;
+    req.insert_header(http::header::HOST, upstream.base.host_header())?;
+    req.insert_header(http::header::ACCEPT, "application/json")?;
+    authorize(provider, upstream, &mut req)?;
+    Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::collections::BTreeMap;
+
+    fn cfg() -> crate::model::Config {
+        let env: BTreeMap<String, String> = [("K".to_string(), "sk-secret".to_string())]
+            .into_iter()
+            .collect();
+        parse(
+            r#"
+providers:
+  - {name: tog, api: openai, base_url: "https://api.together.xyz", api_key_env: K}
+  - {name: groq, api: openai, base_url: "https://api.groq.com/openai/v1", api_key_env: K}
+  - {name: ant, api: anthropic, base_url: "https://api.anthropic.com", api_key_env: K}
+  - {name: az, api: azure, base_url: "https://res.openai.azure.com", api_key_env: K, api_version: "2024-10-21"}
+models:
+  - name: m
+    offerings: [{provider: tog, model: x}]
+"#,
+            &env,
+        )
+        .unwrap()
+    }
+
+    fn client() -> RequestHeader {
+        let mut c = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        c.insert_header("authorization", "Bearer client-key")
+            .unwrap();
+        c.insert_header("x-api-key", "client-key").unwrap();
+        c.insert_header("x-twinroute-provider", "tog").unwrap();
+        c.insert_header("connection", "keep-alive").unwrap();
+        c.insert_header("content-length", "999").unwrap();
+        c.insert_header("user-agent", "OpenAI/Python 1.0").unwrap();
+        c.insert_header("anthropic-beta", "tools-2024").unwrap();
+        c
+    }
+
+    #[test]
+    fn paths_per_provider_kind() {
+        let c = cfg();
+        assert_eq!(
+            upstream_path(&c.providers[0], Endpoint::ChatCompletions, "x"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_path(&c.providers[1], Endpoint::Embeddings, "x"),
+            "/openai/v1/embeddings"
+        );
+        assert_eq!(
+            upstream_path(&c.providers[2], Endpoint::Messages, "x"),
+            "/v1/messages"
+        );
+        assert_eq!(
+            upstream_path(&c.providers[3], Endpoint::ChatCompletions, "gpt4o-prod"),
+            "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
+    fn openai_key_injection_and_header_hygiene() {
+        let c = cfg();
+        let r = build_request(
+            &c.providers[0],
+            &c.providers[0].endpoints[0],
+            Endpoint::ChatCompletions,
+            "x",
+            &client(),
+            42,
+        )
+        .unwrap();
+        assert_eq!(r.headers["authorization"], "Bearer sk-secret");
+        assert!(r.headers.get("x-api-key").is_none());
+        assert!(r.headers.get("x-twinroute-provider").is_none());
+        assert!(r.headers.get("connection").is_none());
+        assert_eq!(r.headers["content-length"], "42");
+        assert_eq!(r.headers["host"], "api.together.xyz");
+        assert_eq!(r.headers["user-agent"], "OpenAI/Python 1.0");
+        assert_eq!(r.headers.get_all("authorization").iter().count(), 1);
+    }
+
+    #[test]
+    fn anthropic_and_azure_auth() {
+        let c = cfg();
+        let r = build_request(
+            &c.providers[2],
+            &c.providers[2].endpoints[0],
+            Endpoint::Messages,
+            "x",
+            &client(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(r.headers["x-api-key"], "sk-secret");
+        assert_eq!(r.headers["anthropic-version"], "2023-06-01");
+        assert_eq!(r.headers["anthropic-beta"], "tools-2024");
+        assert!(r.headers.get("authorization").is_none());
+        let r = build_request(
+            &c.providers[3],
+            &c.providers[3].endpoints[0],
+            Endpoint::ChatCompletions,
+            "dep",
+            &client(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(r.headers["api-key"], "sk-secret");
+        assert!(r.headers.get("authorization").is_none());
+    }
+}
