@@ -653,3 +653,37 @@ async fn usage_feeds_token_and_cost_metrics_and_the_log() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_overloaded_529_fails_over_to_the_twin() {
+    let c = MockProvider::start("c").await.unwrap();
+    let d = MockProvider::start("d").await.unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: c, api: anthropic, base_url: \"{}\", probe: {{enabled: false}}}}\n  - {{name: d, api: anthropic, base_url: \"{}\", probe: {{enabled: false}}}}\nmodels:\n  - name: claude-haiku-4-5\n    offerings: [{{provider: c, model: claude-haiku-4-5-20251001}}, {{provider: d, model: claude-haiku-4-5}}]\npolicy: {{backoff: {{base_ms: 1, max_ms: 5}}}}\n",
+        c.base_url(),
+        d.base_url()
+    );
+    let t = Twinroute::start(&yaml, &[]).await;
+    // Anthropic's overload answer, as its API sends it.
+    c.set_behavior(Behavior::Status {
+        status: 529,
+        body: r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            .into(),
+        retry_after: None,
+    });
+    let body = json!({"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["type"], "message");
+    assert_eq!(r.header("x-twinroute-provider"), Some("d"));
+    assert_eq!(r.header("x-twinroute-attempts"), Some("2"));
+    assert_eq!((c.request_count(), d.request_count()), (1, 1));
+    assert_eq!(d.requests()[0].json()["model"], "claude-haiku-4-5");
+    t.wait_for_log("c:status_5xx").await;
+}

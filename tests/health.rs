@@ -316,3 +316,100 @@ async fn cost_ceiling_keeps_dear_providers_out_of_failover() {
     assert_eq!(b2.request_count(), 1);
     let _ = (a, t);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_health_of_providers_it_did_not_change() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let yaml = |b_region: &str, a_first_byte: u64| {
+        format!(
+            "reload_poll_ms: 0\nproviders:\n  - {{name: a, api: openai, base_url: \"{}\", timeouts: {{first_byte_ms: {a_first_byte}}}{NO_PROBE}, breaker: {{failures: 1, cooldown_ms: 60000}}}}\n  - {{name: b, api: openai, base_url: \"{}\", region: {b_region}{NO_PROBE}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n      - {{provider: b, model: b-m}}\n",
+            a.base_url(),
+            b.base_url()
+        )
+    };
+    let t = Twinroute::start(&yaml("us", 1000), &[]).await;
+    a.set_behavior(Behavior::status(500));
+    assert_eq!(served_by(&t).await, "b");
+    assert_eq!(provider_status(&t.status().await, "a")["breaker"], "open");
+    a.set_behavior(Behavior::Ok);
+    a.clear();
+
+    // A reload that changes b, not a: a's breaker stays open and a gets no traffic.
+    t.rewrite_config(&yaml("eu", 1000));
+    t.signal("HUP");
+    t.wait_for_log("config reloaded (SIGHUP)").await;
+    assert_eq!(provider_status(&t.status().await, "a")["breaker"], "open");
+    for _ in 0..3 {
+        let r = t.chat(&chat_body("m"), &[]).await;
+        assert_eq!(r.header("x-twinroute-provider"), Some("b"));
+        assert_eq!(r.header("x-twinroute-attempts"), Some("1"));
+    }
+    assert_eq!(a.request_count(), 0, "a took traffic with its breaker open");
+
+    // A reload that changes a itself starts a's health afresh.
+    t.rewrite_config(&yaml("eu", 900));
+    t.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while provider_status(&t.status().await, "a")["breaker"] != "closed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a's breaker never reset"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served_by(&t).await, "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_out_of_credit_fails_over_and_stays_out() {
+    let (a, b, t) = setup(NO_PROBE, NO_PROBE, "").await;
+    // OpenRouter's answer for exhausted credits.
+    a.set_behavior(Behavior::Status {
+        status: 402,
+        body: r#"{"error":{"message":"Insufficient credits","code":402}}"#.into(),
+        retry_after: None,
+    });
+    assert_eq!(served_by(&t).await, "b");
+    t.wait_for_log("a:provider_account").await;
+    a.set_behavior(Behavior::Ok);
+    for _ in 0..3 {
+        let r = t.chat(&chat_body("m"), &[]).await;
+        assert_eq!(r.header("x-twinroute-provider"), Some("b"));
+        assert_eq!(r.header("x-twinroute-attempts"), Some("1"));
+    }
+    assert_eq!(
+        a.request_count(),
+        1,
+        "a was tried again while its account is empty"
+    );
+    let s = provider_status(&t.status().await, "a");
+    assert_eq!(s["healthy"], false);
+    assert!(s["cooldown_remaining_ms"].as_u64().unwrap() > 60_000, "{s}");
+    let _ = b;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insufficient_quota_429_is_an_account_problem_not_a_rate_limit() {
+    let (a, b, t) = setup(NO_PROBE, NO_PROBE, "").await;
+    a.set_behavior(Behavior::Status {
+        status: 429,
+        body: r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#.into(),
+        retry_after: None,
+    });
+    assert_eq!(served_by(&t).await, "b");
+    t.wait_for_log("a:provider_account").await;
+    a.set_behavior(Behavior::Ok);
+    assert_eq!(served_by(&t).await, "b");
+    assert_eq!(a.request_count(), 1);
+    // An ordinary rate limit on b (no Retry-After) is a blip: b is tried again next time.
+    b.set_behavior(Behavior::Status {
+        status: 429,
+        body: r#"{"error":{"message":"Rate limit reached for requests","type":"requests","code":"rate_limit_exceeded"}}"#.into(),
+        retry_after: None,
+    });
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    b.set_behavior(Behavior::Ok);
+    assert_eq!(served_by(&t).await, "b");
+}

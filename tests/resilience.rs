@@ -910,3 +910,88 @@ async fn zero_retention_keeps_no_connection_or_buffer_beyond_the_request() {
     // The first may reuse b's idle pooled connection; none goes back, so the next two are new.
     assert_eq!(b.connections_accepted(), pooled + 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_retention_request_whose_attempts_all_fail_is_still_wiped() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let t = Twinroute::start(
+        &format!(
+            "{}policy: {{max_attempts: 2, backoff: {{base_ms: 1, max_ms: 2}}}}\n",
+            two(&a, &b, ", zero_retention: true")
+        ),
+        &[],
+    )
+    .await;
+    a.set_behavior(Behavior::status(503));
+    b.set_behavior(Behavior::status(503));
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!((a.request_count(), b.request_count()), (1, 1));
+    assert_eq!(r.header("connection"), Some("close"));
+    // The wipe follows the same flag as this field of the request's access line.
+    let id = r.header("x-twinroute-request-id").unwrap().to_string();
+    let line = t.wait_for_log(&format!("request id={id}")).await;
+    let line = line
+        .lines()
+        .find(|l| l.contains(&format!("request id={id}")))
+        .unwrap();
+    assert!(line.contains("zero_retention=true"), "{line}");
+    // A request that never reaches the zero-retention provider is not marked.
+    let r = t
+        .chat(&chat_body("m"), &[("x-twinroute-provider", "b")])
+        .await;
+    assert_eq!(r.status, 502);
+    let id = r.header("x-twinroute-request-id").unwrap().to_string();
+    let logs = t.wait_for_log(&format!("request id={id}")).await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains(&format!("request id={id}")))
+        .unwrap();
+    assert!(!line.contains("zero_retention"), "{line}");
+}
+
+/// A client that writes its whole oversized body before it reads (Python's urllib does) must
+/// read the 413, not a reset: twinroute answers from Content-Length and then closes lingeringly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_its_413_even_when_the_client_writes_it_all_first() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let t = Twinroute::start(&format!("max_body_bytes: 65536\n{}", two(&a, &b, "")), &[]).await;
+    let addr = t.url("").trim_start_matches("http://").to_string();
+    let body = vec![b'x'; 12 << 20];
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // Write everything first, as urllib does: a write that fails (broken pipe, reset) is
+        // what urllib raises instead of returning the answer.
+        match tokio::time::timeout(Duration::from_secs(5), s.write_all(&body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                got.push(format!("write failed: {e}"));
+                continue;
+            }
+            Err(_) => {
+                got.push("write timed out".into());
+                continue;
+            }
+        }
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        got.push(
+            String::from_utf8_lossy(&buf)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    let ok = got.iter().filter(|l| l.starts_with("HTTP/1.1 413")).count();
+    assert_eq!(ok, got.len(), "answers: {got:?}");
+    assert_eq!(a.request_count() + b.request_count(), 0);
+}

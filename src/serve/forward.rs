@@ -106,6 +106,7 @@ pub async fn run(
     );
     let mut cursor = 0usize;
     let mut previous: Option<ProviderId> = None;
+    ctx.zero_retention |= plan.zero_retention;
 
     while let Some(wait) = attempts.next_wait(Instant::now(), rand::random::<f64>()) {
         if !wait.is_zero() {

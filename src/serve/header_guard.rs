@@ -22,7 +22,9 @@
 //! - A write the client makes no room for within `client_send_timeout_ms` (it stopped reading)
 //!   fails, so the answer and its upstream request are dropped instead of held forever (Pingora
 //!   sets no downstream write timeout).
-//! - After a 408/431 the connection closes lingeringly, so the answer is not lost to a RST.
+//! - After a 408/431, or any 4xx answer (a 413 sent from Content-Length while the client is
+//!   still writing its body), the connection closes lingeringly, so the answer is not lost to a
+//!   RST.
 //!
 //! The guard knows only where a header ends (`HeaderScan`, pure and unit-tested against
 //! httparse by the fuzz targets); it learns that a response went out from the first write of a
@@ -212,7 +214,8 @@ enum Phase {
 
 /// How long a refused connection is kept open to swallow what the client still sends.
 const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
+/// Enough to drain a body of the default `max_body_bytes` and more; the time bound is the real one.
+const LINGER_BYTES: usize = 16 << 20;
 /// Refused connections lingering at once; past it they close at once (under attack, descriptors
 /// matter more than a polite answer).
 const MAX_LINGERING: usize = 1024;
@@ -388,6 +391,12 @@ impl GuardedStream {
         self.informational_open = false;
         self.phase = Phase::Responded;
         self.idle_armed = false;
+        // A 4xx may answer a request whose body was never read (a 413 from Content-Length, a
+        // 401 before the body): if the connection then closes, close it lingeringly so the
+        // client, which may still be writing that body, reads the answer instead of a reset.
+        if written.len() >= 10 && written.starts_with(b"HTTP/1.") && written[9] == b'4' {
+            self.linger = true;
+        }
     }
 }
 
