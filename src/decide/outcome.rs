@@ -1,7 +1,8 @@
-//! Outcome classification: what one upstream attempt's result means, decided in one place.
+//! Outcome classification: what an upstream status or I/O error means for one attempt.
 //!
-//! Metrics, the access log, the retry decision and (later) breakers all read the same
-//! `FailoverReason`, so "why did we fail over" has one vocabulary everywhere (Envoy-style names).
+//! The result is a `FailoverReason` (model/outcome.rs), the one vocabulary metrics, the access
+//! log, breakers and the retry decision share; what an error *body* says is
+//! `wire::error_body`, and what each reason leads to is `decide::attempt`.
 
 pub use crate::model::outcome::FailoverReason;
 use pingora::ErrorType;

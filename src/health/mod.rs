@@ -1,11 +1,13 @@
 //! Live provider health: breaker, Retry-After cooldown, probe verdict, latency, drain flag, and
 //! per-offering availability (one model gone on a provider that still serves the others).
 //!
-//! Written by the attempt loop (passive signals) and the probe service (active signals); read by
-//! routing through `HealthView`. A provider is a pool of endpoints (`pool`): probe verdicts,
-//! breakers and Retry-After cooldowns are per endpoint, and the provider is out of rotation only
-//! when every endpoint is. Each piece of state sits behind its own short-held lock; no lock is
-//! held across an await.
+//! Written through `Health::apply`, the one consumer of the `HealthSignal`s that
+//! `decide::attempt` derives from each attempt (passive), and by the probe service (active);
+//! read by routing as a `HealthSnapshot` value taken once per request (`routing_snapshot`). A
+//! provider is a pool of endpoints (`pool`): probe verdicts, breakers and Retry-After cooldowns
+//! are per endpoint, and the provider is out of rotation only when every endpoint is. Each piece
+//! of state sits behind its own short-held lock; no lock is held across an await. State is kept
+//! by identity across reloads (`carried_over`), not by position in the config.
 
 pub mod breaker;
 pub mod ewma;
@@ -557,12 +559,19 @@ impl Health {
         }
     }
 
-    /// What health holds against each provider and offering right now, for one routing
-    /// decision: each provider's state is read once, not once per candidate or comparison.
-    pub fn routing_snapshot(&self, now: Instant) -> HealthSnapshot {
+    /// What health holds against the `relevant` providers (those a request could use) and
+    /// their offerings right now, for one routing decision: each provider's state is read once,
+    /// not once per candidate or sort comparison.
+    pub fn routing_snapshot(
+        &self,
+        now: Instant,
+        relevant: impl IntoIterator<Item = ProviderId>,
+    ) -> HealthSnapshot {
         let mut snap = HealthSnapshot::all_up();
-        for (i, p) in self.providers.iter().enumerate() {
-            let id = ProviderId(i);
+        for id in relevant {
+            let Some(p) = self.providers.get(id.0) else {
+                continue;
+            };
             let verdict = ProviderVerdict {
                 skip: self.provider_skip(id, now),
                 latency_ms: score(&p.lock()),

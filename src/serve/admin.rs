@@ -85,7 +85,9 @@ pub fn status_json(rt: &Runtime) -> Value {
             })
         })
         .collect();
-    let health = rt.health.routing_snapshot(now);
+    let health = rt
+        .health
+        .routing_snapshot(now, rt.config.providers.iter().map(|p| p.id));
     let models: Vec<Value> = rt
         .config
         .catalog

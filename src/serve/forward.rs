@@ -7,8 +7,10 @@
 //! answer. Once a byte of the answer went to the client there is no going back, so the decision
 //! is made on the response header, before anything is written downstream.
 //!
-//! Hooks for what comes later sit at the seams: `Plan` is the routing decision, `exchange` is one
-//! attempt, `classify_status`/`classify_error` the outcome, `relay` the streaming.
+//! The decisions are not made here: `decide::attempt::Attempts` says how long to back off, how
+//! long an attempt may take, what its outcome means and which health signals it gives; this file
+//! executes them. Hooks for what comes later sit at the seams: `Plan` is the routing decision,
+//! `exchange` is one attempt, `relay` the streaming.
 
 use crate::decide::attempt::{AttemptFacts, Attempts, Outcome, Step};
 use crate::decide::outcome::{

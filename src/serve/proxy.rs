@@ -319,7 +319,18 @@ impl Proxy {
         let model = cfg.catalog.model(model_id);
         ctx.model = Some(model.name.clone());
         let policy = cfg.policy_for(route, model_id);
-        let health = rt.health.routing_snapshot(Instant::now());
+        // Only the providers this request could use: the model's and its equivalents'.
+        let relevant = model
+            .offerings
+            .iter()
+            .chain(
+                model
+                    .equivalents
+                    .iter()
+                    .flat_map(|e| cfg.catalog.model(e.id).offerings.iter()),
+            )
+            .map(|o| o.provider);
+        let health = rt.health.routing_snapshot(Instant::now(), relevant);
         let candidates = match route::candidates(&RouteInput {
             model: model_id,
             catalog: &cfg.catalog,
