@@ -62,7 +62,8 @@ fn check_fails_with_the_key_path_and_reason() {
         ("providers:\n  - {name: a, api: gemini, base_url: \"http://127.0.0.1:1\"}\n", "providers[0].api", "gemini"),
         ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\", api_key_env: TWINROUTE_SURELY_UNSET}\n", "providers[0].api_key_env", "TWINROUTE_SURELY_UNSET"),
         ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\"}\nmodels:\n  - {name: m, offerings: [{provider: b, model: x}]}\n", "models[0].offerings[0].provider", "\"b\""),
-        ("providers: [\n", "line 2", "did not find"),
+        // A syntax error names its line and what is wrong (serde-saphyr's wording).
+        ("providers: [\n", "line 1", "unclosed bracket"),
     ];
     for (i, (yaml, path, reason)) in cases.iter().enumerate() {
         let f = dir.join(format!("bad{i}.yaml"));

@@ -50,11 +50,55 @@ pub fn load_file(path: &str) -> Result<Config, ConfigError> {
     parse(&text, &ProcessEnv)
 }
 
+/// Largest config file read: a catalog of every model is tens of KiB; more is a mistake.
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+
+/// The file's serde mirror, deserialized through `serde_path_to_error` so a shape error names
+/// the key path it is at (`providers[0]: unknown field `colour``), as the loader's own errors do.
+struct Tracked(FileConfig);
+
+impl<'de> serde::Deserialize<'de> for Tracked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_path_to_error::deserialize(d)
+            .map(Tracked)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    inner
+                } else {
+                    <D::Error as serde::de::Error>::custom(format!("{path}: {inner}"))
+                }
+            })
+    }
+}
+
 pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
-    let file: FileConfig = serde_yaml::from_str(text).map_err(|e| {
-        // serde_yaml puts the key path at the start of its message ("providers[0]: ...").
-        err("", e.to_string())
-    })?;
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(err(
+            "",
+            format!(
+                "config is {} bytes; at most {MAX_CONFIG_BYTES} are read",
+                text.len()
+            ),
+        ));
+    }
+    // serde-saphyr: panic-free, with input budgets so a hostile or broken file (an alias bomb,
+    // deep nesting, a document storm) is refused quickly instead of eating memory.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1,
+            max_depth: 32,
+            max_nodes: 200_000,
+            max_events: 1_000_000,
+            max_aliases: 10_000,
+            max_anchors: 10_000,
+            max_total_scalar_bytes: MAX_CONFIG_BYTES,
+        },
+        with_snippet: false,
+    };
+    let Tracked(file) = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| err("", e.to_string().trim_start_matches("error: ").to_string()))?;
     build(file, env)
 }
 
@@ -730,6 +774,28 @@ models:
         assert!(c.providers[1].base.tls);
         assert_eq!(c.providers[1].base.port, 443);
         assert_eq!(c.listen, "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn hostile_yaml_is_refused_by_the_parser_budgets() {
+        // A "billion laughs" alias bomb: nine levels of ten aliases each.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        assert!(parse(&bomb, &env()).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse(&deep, &env()).is_err());
+        let two_documents = format!("{OK}---\n{OK}");
+        assert!(parse(&two_documents, &env()).is_err());
+        let huge = "#".repeat(5 << 20);
+        let e = parse(&huge, &env()).unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
     }
 
     #[test]
