@@ -289,7 +289,12 @@ pub async fn live(cfg: &Config) -> (String, bool) {
             Ok((rtt, _)) => format!("ok in {} ms", rtt.as_millis()),
             Err(e) => e.to_string(),
         };
-        let _ = writeln!(out, "  {:<14} GET {}  {summary}", p.name, p.probe.path);
+        let _ = writeln!(
+            out,
+            "  {:<14} GET {}  {summary}",
+            p.name,
+            crate::wire::request::probe_path(p)
+        );
     }
     let mut all_ok = true;
     let _ = writeln!(out, "\noffering states:");

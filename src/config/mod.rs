@@ -359,24 +359,8 @@ fn build_provider(
     let pr = p.probe.as_ref();
     let probe = ProbeConf {
         enabled: pr.and_then(|p| p.enabled).unwrap_or(true),
-        path: match pr.and_then(|p| p.path.clone()) {
-            Some(path) => path,
-            // The model listing under the provider's API root: cheap, authenticated, no tokens.
-            None => match api {
-                ApiKind::Azure => format!(
-                    "{}/openai/models?api-version={}",
-                    base.path,
-                    p.api_version
-                        .as_deref()
-                        .unwrap_or(DEFAULT_AZURE_API_VERSION)
-                ),
-                // Anthropic pages its listing (20 by default); ask for all of it.
-                ApiKind::Anthropic if base.path.is_empty() => "/v1/models?limit=1000".to_string(),
-                ApiKind::Anthropic => format!("{}/models?limit=1000", base.path),
-                _ if base.path.is_empty() => "/v1/models".to_string(),
-                _ => format!("{}/models", base.path),
-            },
-        },
+        // None: the family's model listing (`wire::request::probe_path`).
+        path: pr.and_then(|p| p.path.clone()),
         interval: nonzero_ms(
             &format!("{path}.probe.interval_ms"),
             pr.and_then(|p| p.interval_ms),
@@ -392,7 +376,7 @@ fn build_provider(
             .and_then(|p| p.list_models)
             .unwrap_or(api != ApiKind::Azure),
     };
-    if !probe.path.starts_with('/') {
+    if probe.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
         return Err(err(format!("{path}.probe.path"), "must start with '/'"));
     }
     let br = p.breaker.as_ref();
@@ -768,9 +752,10 @@ models:
         assert_eq!(c.providers.len(), 2);
         assert_eq!(c.providers[0].key.as_ref().unwrap().expose(), "sk-test");
         assert_eq!(c.providers[1].base.path, "/v1");
-        assert_eq!(c.providers[0].probe.path, "/v1/models");
+        use crate::wire::request::probe_path;
+        assert_eq!(probe_path(&c.providers[0]), "/v1/models");
         // Anthropic pages its listing: the probe asks for all of it.
-        assert_eq!(c.providers[1].probe.path, "/v1/models?limit=1000");
+        assert_eq!(probe_path(&c.providers[1]), "/v1/models?limit=1000");
         assert!(c.providers[1].base.tls);
         assert_eq!(c.providers[1].base.port, 443);
         assert_eq!(c.listen, "127.0.0.1:4000");

@@ -114,7 +114,8 @@ pub struct Timeouts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConf {
     pub enabled: bool,
-    pub path: String,
+    /// `None`: the model listing of the provider's wire family (`wire::request::probe_path`).
+    pub path: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     /// Compare the listing the probe returns with the provider's offerings.

@@ -5,6 +5,15 @@ use crate::model::{Provider, Secret};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
+/// The model listing; Anthropic pages it (20 by default), so the probe asks for all of it.
+pub fn listing_path(base_path: &str) -> String {
+    if base_path.is_empty() {
+        "/v1/models?limit=1000".to_string()
+    } else {
+        format!("{base_path}/models?limit=1000")
+    }
+}
+
 pub fn authorize(provider: &Provider, key: Option<&Secret>, req: &mut RequestHeader) -> Result<()> {
     if let Some(key) = key {
         req.insert_header("x-api-key", key.expose())?;

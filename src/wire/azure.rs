@@ -6,6 +6,11 @@ use crate::model::{Provider, Secret};
 use pingora::http::RequestHeader;
 use pingora::Result;
 
+/// The resource's model listing (base models, not deployments: listings are not compared).
+pub fn listing_path(base_path: &str, api_version: &str) -> String {
+    format!("{base_path}/openai/models?api-version={api_version}")
+}
+
 pub fn path(provider: &Provider, endpoint: Endpoint, deployment: &str) -> String {
     // Deployment names are validated to [A-Za-z0-9._-] at config load: no escaping needed.
     format!(

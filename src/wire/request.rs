@@ -98,9 +98,23 @@ fn authorize(
     }
 }
 
-/// Headers for a probe (`GET probe.path`) of one endpoint, with its credentials.
+/// What a probe asks for: `probe.path` when configured, else the family's model listing under
+/// the provider's API root (cheap, authenticated, no tokens spent).
+pub fn probe_path(provider: &Provider) -> String {
+    if let Some(p) = &provider.probe.path {
+        return p.clone();
+    }
+    let base = &provider.base.path;
+    match provider.api {
+        ApiKind::OpenAi => openai::listing_path(base),
+        ApiKind::Anthropic => anthropic::listing_path(base),
+        ApiKind::Azure => azure::listing_path(base, &provider.azure_api_version),
+    }
+}
+
+/// Headers for a probe (`GET probe_path`) of one endpoint, with its credentials.
 pub fn build_probe(provider: &Provider, upstream: &ProviderEndpoint) -> Result<RequestHeader> {
-    let mut req = RequestHeader::build("GET", provider.probe.path.as_bytes(), Some(4))?;
+    let mut req = RequestHeader::build("GET", probe_path(provider).as_bytes(), Some(4))?;
     req.insert_header(http::header::HOST, upstream.base.host_header())?;
     req.insert_header(http::header::ACCEPT, "application/json")?;
     authorize(provider, upstream, &mut req)?;
