@@ -13,4 +13,5 @@ pub mod listing;
 pub mod openai;
 pub mod request;
 pub mod sse;
+pub mod translate;
 pub mod usage;

@@ -1,0 +1,171 @@
+//! Translation between the OpenAI chat-completions and the Anthropic Messages wire formats, so
+//! a candidate whose provider speaks the other format can still serve a request, and an
+//! unmodified OpenAI or Anthropic SDK cannot tell.
+//!
+//! Pure functions over JSON values and SSE events: `request` (the client's body into the
+//! provider's), `response` (a whole answer or an error back), `stream` (event by event, as it
+//! arrives). Same-format traffic never comes here: it keeps the splice path.
+//!
+//! Nothing is dropped silently: `untranslatable` names every parameter or content block the
+//! other format cannot carry (an unknown top-level key included), and routing skips offerings
+//! that would need it carried. An operator who is fine losing one (say `seed`) lists it in the
+//! offering's `drop_params`, which is applied before translation.
+
+pub mod request;
+pub mod response;
+pub mod stream;
+
+use crate::model::endpoint::{Endpoint, Family};
+use crate::model::ApiKind;
+
+/// Which way a request is translated: the client's family, then the provider's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// An OpenAI chat-completions client served by an Anthropic Messages provider.
+    OpenAiToAnthropic,
+    /// An Anthropic Messages client served by an OpenAI chat-completions provider.
+    AnthropicToOpenAi,
+}
+
+impl Direction {
+    /// The translation a client of `endpoint` needs toward a provider of `api`: `None` when
+    /// the provider speaks the client's format, or when no translation exists (embeddings,
+    /// the Responses API and legacy completions are served in their own format only).
+    pub fn between(endpoint: Endpoint, api: ApiKind) -> Option<Direction> {
+        match (endpoint, api) {
+            (Endpoint::ChatCompletions, ApiKind::Anthropic) => Some(Direction::OpenAiToAnthropic),
+            (Endpoint::Messages, ApiKind::OpenAi | ApiKind::Azure) => {
+                Some(Direction::AnthropicToOpenAi)
+            }
+            _ => None,
+        }
+    }
+
+    /// `client->provider`, as in `x-twinroute-translated`, the access line and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::OpenAiToAnthropic => "openai->anthropic",
+            Direction::AnthropicToOpenAi => "anthropic->openai",
+        }
+    }
+
+    /// The endpoint the provider is called on.
+    pub fn provider_endpoint(self) -> Endpoint {
+        match self {
+            Direction::OpenAiToAnthropic => Endpoint::Messages,
+            Direction::AnthropicToOpenAi => Endpoint::ChatCompletions,
+        }
+    }
+
+    pub fn client_family(self) -> Family {
+        match self {
+            Direction::OpenAiToAnthropic => Family::OpenAi,
+            Direction::AnthropicToOpenAi => Family::Anthropic,
+        }
+    }
+}
+
+/// Whether a client of `endpoint` can be served by a provider of `api` at all (natively or by
+/// translation).
+pub fn reachable(endpoint: Endpoint, api: ApiKind) -> bool {
+    endpoint.served_by(api) || Direction::between(endpoint, api).is_some()
+}
+
+/// Why a body could not be translated (after `untranslatable` said it could: a body that is
+/// not the shape its own API documents).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranslateError(pub String);
+
+impl std::fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The features of a request body that a provider of the other format cannot honour: top-level
+/// parameter names as sent (so `drop_params` can name them), and content features by a
+/// descriptive name (`document content block`). Empty: translatable as it is.
+pub fn untranslatable(dir: Direction, body: &serde_json::Value) -> Vec<String> {
+    match dir {
+        Direction::OpenAiToAnthropic => request::openai_untranslatable(body),
+        Direction::AnthropicToOpenAi => request::anthropic_untranslatable(body),
+    }
+}
+
+/// Seconds since the epoch, for OpenAI's `created`.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// OpenAI `finish_reason` for an Anthropic `stop_reason`.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn
+        _ => "stop",
+    }
+}
+
+/// Anthropic `stop_reason` for an OpenAI `finish_reason`.
+pub fn stop_reason(finish_reason: &str) -> &'static str {
+    match finish_reason {
+        "length" => "max_tokens",
+        "tool_calls" | "function_call" => "tool_use",
+        "content_filter" => "refusal",
+        _ => "end_turn",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions() {
+        assert_eq!(
+            Direction::between(Endpoint::ChatCompletions, ApiKind::Anthropic),
+            Some(Direction::OpenAiToAnthropic)
+        );
+        assert_eq!(
+            Direction::between(Endpoint::Messages, ApiKind::OpenAi),
+            Some(Direction::AnthropicToOpenAi)
+        );
+        assert_eq!(
+            Direction::between(Endpoint::Messages, ApiKind::Azure),
+            Some(Direction::AnthropicToOpenAi)
+        );
+        assert_eq!(
+            Direction::between(Endpoint::ChatCompletions, ApiKind::OpenAi),
+            None
+        );
+        assert_eq!(
+            Direction::between(Endpoint::Embeddings, ApiKind::Anthropic),
+            None
+        );
+        assert_eq!(
+            Direction::between(Endpoint::Responses, ApiKind::Anthropic),
+            None
+        );
+        assert!(reachable(Endpoint::Messages, ApiKind::OpenAi));
+        assert!(!reachable(Endpoint::Embeddings, ApiKind::Anthropic));
+    }
+
+    #[test]
+    fn stop_reasons_both_ways() {
+        for (a, o) in [
+            ("end_turn", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+        ] {
+            assert_eq!(finish_reason(a), o);
+            assert_eq!(stop_reason(o), a);
+        }
+        assert_eq!(finish_reason("stop_sequence"), "stop");
+    }
+}
