@@ -482,9 +482,12 @@ async fn anthropic_wire_format_with_x_api_key() {
     assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(req.header("authorization"), None);
     assert_eq!(req.json()["model"], "claude-haiku-4-5-20251001");
-    // An Anthropic model is not reachable through the OpenAI route.
+    // An OpenAI client of the Anthropic model is served through translation (tests/translation.rs
+    // has the field-by-field checks).
     let r = t.chat(&chat_body("claude-haiku-4-5"), &[]).await;
-    assert_eq!(r.status, 400);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-translated"), Some("openai->anthropic"));
+    assert_eq!(r.json()["object"], "chat.completion");
     // Anthropic streaming passes through too.
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);

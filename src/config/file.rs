@@ -93,6 +93,9 @@ pub struct FileProvider {
     pub headers: Option<BTreeMap<String, String>>,
     /// TLS certificate verification; on unless explicitly turned off.
     pub tls_verify: Option<bool>,
+    /// `max_tokens` sent to an Anthropic-format provider when a translated chat-completions
+    /// request named none (the Messages API requires it).
+    pub default_max_tokens: Option<u64>,
 }
 
 /// One endpoint of a provider's pool: a region, a deployment, or another key.

@@ -438,6 +438,16 @@ fn build_provider(
             .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
         extra_headers,
         tls_verify: p.tls_verify.unwrap_or(true),
+        default_max_tokens: match p.default_max_tokens {
+            Some(0) => {
+                return Err(err(
+                    format!("{path}.default_max_tokens"),
+                    "must be greater than 0",
+                ))
+            }
+            Some(n) => n,
+            None => 4096,
+        },
     })
 }
 

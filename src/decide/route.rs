@@ -144,6 +144,9 @@ pub struct RequestConstraints {
     /// The top-level parameters the request sends, when it asked (with
     /// `x-twinroute-require-parameters`) that none of them be dropped or ignored.
     pub required_params: Option<Vec<String>>,
+    /// What of the request the other wire format cannot carry (`wire::translate::untranslatable`);
+    /// offerings reached only through translation are skipped unless their `drop_params` cut it.
+    pub untranslatable: Vec<String>,
     /// A uniform draw in [0, 1) for `strategy: weighted`; the caller owns the randomness so this
     /// function stays pure.
     pub draw: f64,
@@ -166,8 +169,11 @@ pub struct Candidate {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NoRoute {
-    /// No offering of the model speaks the endpoint's wire format.
+    /// No offering of the model speaks the endpoint's wire format, natively or translated.
     WrongApi,
+    /// Only offerings of the other wire format are left, and the request uses what that format
+    /// cannot carry (these parameters or content features).
+    Untranslatable(Vec<String>),
     PinnedProviderHasNoOffering(String),
     NoOfferingInRegion(String),
     /// Every offering would drop or ignore one of these parameters.
@@ -182,6 +188,13 @@ pub enum NoRoute {
 impl NoRoute {
     pub fn message(&self, model: &str, endpoint: Endpoint) -> String {
         match self {
+            NoRoute::Untranslatable(features) => format!(
+                "model {model:?} on the {} API can only be served through a provider of the other \
+                 wire format here, which cannot carry: {} (list them in the offering's \
+                 drop_params to send the request without them)",
+                endpoint.as_str(),
+                features.join(", ")
+            ),
             NoRoute::WrongApi => format!(
                 "model {model:?} has no provider that serves the {} API",
                 endpoint.as_str()
@@ -284,9 +297,26 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
     let provider_of = |o: &Choice| catalog.offering(o.model, o.offering).provider;
 
     // Filters, in an order that makes the error name the first thing that ruled everything out.
-    pool.retain(|o| endpoint.served_by(providers[provider_of(o)].api));
+    let api_of = |o: &Choice| providers[provider_of(o)].api;
+    pool.retain(|o| endpoint.served_by(api_of(o)) || endpoint.translated_to(api_of(o)));
     if pool.is_empty() {
         return Err(NoRoute::WrongApi);
+    }
+    // An offering reached through translation must be able to carry the whole request; what
+    // its `drop_params` name is cut before translating.
+    if !constraints.untranslatable.is_empty() {
+        pool.retain(|o| {
+            endpoint.served_by(api_of(o))
+                || constraints.untranslatable.iter().all(|f| {
+                    catalog
+                        .offering(o.model, o.offering)
+                        .drop_params
+                        .contains(f)
+                })
+        });
+        if pool.is_empty() {
+            return Err(NoRoute::Untranslatable(constraints.untranslatable.clone()));
+        }
     }
     if let Some(pin) = constraints.pin {
         pool.retain(|o| provider_of(o) == pin);
@@ -631,14 +661,46 @@ models:
 
     #[test]
     fn wire_format_filters_providers() {
-        // Azure has no Responses route; Anthropic never serves OpenAI routes.
+        // Azure has no Responses route; embeddings and Responses are never translated.
         assert_eq!(
             order(&Default::default(), &NoHealth, Endpoint::Responses, 0),
             Ok(vec![0, 1])
         );
         assert_eq!(
-            order(&Default::default(), &NoHealth, Endpoint::Messages, 0),
+            order(&Default::default(), &NoHealth, Endpoint::Embeddings, 1),
             Err(NoRoute::WrongApi)
+        );
+        // Chat completions and Messages reach the other format through translation.
+        assert_eq!(
+            order(&Default::default(), &NoHealth, Endpoint::Messages, 0),
+            Ok(vec![0, 1, 2])
+        );
+        assert_eq!(
+            order(&Default::default(), &NoHealth, Endpoint::ChatCompletions, 1),
+            Ok(vec![3])
+        );
+        // Unless the request uses what the other format cannot carry.
+        let c = RequestConstraints {
+            untranslatable: vec!["logprobs".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            order(&c, &NoHealth, Endpoint::ChatCompletions, 1),
+            Err(NoRoute::Untranslatable(vec!["logprobs".into()]))
+        );
+        // Same-format offerings are untouched by it.
+        assert_eq!(
+            order(&c, &NoHealth, Endpoint::ChatCompletions, 0),
+            Ok(vec![0, 1, 2])
+        );
+        // drop_params that cut the feature let the translated offering serve.
+        let text = CONF.replace(
+            "{provider: d, model: claude-x}",
+            "{provider: d, model: claude-x, drop_params: [logprobs]}",
+        );
+        assert_eq!(
+            order_in(&text, &c, &NoHealth, Endpoint::ChatCompletions, 1),
+            Ok(vec![3])
         );
         assert_eq!(
             order(&Default::default(), &NoHealth, Endpoint::Messages, 1),

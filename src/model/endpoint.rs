@@ -59,6 +59,16 @@ impl Endpoint {
         }
     }
 
+    /// Whether a client of this endpoint can be served by a provider of this kind only through
+    /// translation (`wire::translate`): chat completions ↔ Messages.
+    pub fn translated_to(self, api: ApiKind) -> bool {
+        matches!(
+            (self, api),
+            (Endpoint::ChatCompletions, ApiKind::Anthropic)
+                | (Endpoint::Messages, ApiKind::OpenAi | ApiKind::Azure)
+        )
+    }
+
     /// Whether a provider of this kind speaks this endpoint's wire format.
     pub fn served_by(self, api: ApiKind) -> bool {
         match (self, api) {

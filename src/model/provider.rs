@@ -159,6 +159,8 @@ pub struct Provider {
     pub azure_api_version: String,
     pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub tls_verify: bool,
+    /// `max_tokens` for a translated request that sent none (Messages requires one).
+    pub default_max_tokens: u64,
     /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
     pub endpoints: Vec<ProviderEndpoint>,
     /// Upstream requests in flight at most (`None`: unbounded).
@@ -184,6 +186,7 @@ impl Provider {
             && self.azure_api_version == other.azure_api_version
             && self.extra_headers == other.extra_headers
             && self.tls_verify == other.tls_verify
+            && self.default_max_tokens == other.default_max_tokens
             && self.endpoints == other.endpoints
             && self.max_connections == other.max_connections
             && self.zero_retention == other.zero_retention

@@ -45,6 +45,8 @@ pub struct RequestLog {
     pub dropped_params: Vec<String>,
     /// Handled under `zero_retention` (no pooling, connection closed, body wiped).
     pub zero_retention: bool,
+    /// `client->provider` when the answer was translated between wire formats.
+    pub translated: Option<&'static str>,
     pub error: Option<String>,
 }
 
@@ -72,6 +74,7 @@ impl RequestLog {
             degraded: None,
             dropped_params: Vec::new(),
             zero_retention: false,
+            translated: None,
             error: None,
         }
     }
@@ -123,6 +126,9 @@ impl RequestLog {
                 }
                 if self.zero_retention {
                     s.push_str(" zero_retention=true");
+                }
+                if let Some(t) = self.translated {
+                    let _ = write!(s, " translated={t}");
                 }
                 if let (Some(i), Some(o)) = (self.input_tokens, self.output_tokens) {
                     let _ = write!(s, " tokens_in={i} tokens_out={o}");

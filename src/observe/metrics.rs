@@ -24,6 +24,7 @@ pub struct Metrics {
     pub cost_usd: CounterVec,
     pub in_flight: IntGaugeVec,
     pub client_cut: IntCounterVec,
+    pub translations: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -122,6 +123,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["reason"],
     )?;
+    let translations = IntCounterVec::new(
+        Opts::new(
+            "twinroute_translations_total",
+            "Answers translated between wire formats, by direction (client->provider)",
+        ),
+        &["direction"],
+    )?;
+    registry.register(Box::new(translations.clone()))?;
     registry.register(Box::new(requests.clone()))?;
     registry.register(Box::new(attempts.clone()))?;
     registry.register(Box::new(degraded.clone()))?;
@@ -150,6 +159,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cost_usd,
         in_flight,
         client_cut,
+        translations,
     })
 }
 

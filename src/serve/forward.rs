@@ -21,6 +21,7 @@ use crate::health::breaker::Admission;
 use crate::health::InflightSlot;
 use crate::model::catalog::Price;
 use crate::model::endpoint::{Endpoint, Family};
+use crate::model::error::{ErrorKind, GatewayError};
 use crate::model::{ModelId, Policy, Provider, ProviderEndpoint, ProviderId};
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
@@ -29,6 +30,7 @@ use crate::wire::body::{RequestBody, SplicedBody};
 use crate::wire::error_body::{account_problem, body_decides, classify_error_body};
 use crate::wire::request as provider;
 use crate::wire::sse::stream_error_event;
+use crate::wire::translate::{self, Direction};
 use crate::wire::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
@@ -62,6 +64,11 @@ pub struct Plan {
     pub region: Option<String>,
     /// The request's route asked for zero retention (a provider may ask too).
     pub zero_retention: bool,
+    /// The client's body parsed, when a candidate speaks the other wire format (translation
+    /// builds that candidate's body from it); `None` keeps every attempt on the splice path.
+    pub json: Option<serde_json::Value>,
+    /// The client asked for a usage chunk at the end of its stream (OpenAI clients).
+    pub include_usage: bool,
 }
 
 /// What one attempt produced.
@@ -153,12 +160,51 @@ pub async fn run(
 
         // Parameters this offering must not see: cut from the body, everything else as sent.
         let dropped = body.present(&offering.drop_params);
-        let spliced = body.rewrite(&offering.model_id, &dropped);
+        let translation = Direction::between(plan.endpoint, provider.api);
+        let (spliced, upstream_endpoint) = match (translation, &plan.json) {
+            (Some(dir), Some(json)) => {
+                match translate::request_body(
+                    dir,
+                    json,
+                    &offering.model_id,
+                    &dropped,
+                    provider.default_max_tokens,
+                ) {
+                    Ok(bytes) => (
+                        SplicedBody {
+                            parts: vec![Bytes::from(bytes)],
+                        },
+                        dir.provider_endpoint(),
+                    ),
+                    Err(e) => {
+                        // The body is not the shape its own API documents (say, tool call
+                        // arguments that are not JSON): the client's error, for every twin.
+                        let e = GatewayError::new(
+                            ErrorKind::InvalidRequest,
+                            format!(
+                                "the request cannot be translated for {}: {e}",
+                                provider.name
+                            ),
+                        );
+                        ctx.status = e.kind.status();
+                        ctx.error = Some(e.message.clone());
+                        return e
+                            .send(
+                                session,
+                                plan.endpoint.family(),
+                                &[("x-twinroute-request-id", ctx.request_id.clone())],
+                            )
+                            .await;
+                    }
+                }
+            }
+            _ => (body.rewrite(&offering.model_id, &dropped), plan.endpoint),
+        };
         let upstream_ep = &provider.endpoints[ep];
         let header = provider::build_request(
             provider,
             upstream_ep,
-            plan.endpoint,
+            upstream_endpoint,
             &offering.model_id,
             session.req_header(),
             spliced.len(),
@@ -296,6 +342,8 @@ pub async fn run(
                         dropped: &dropped,
                         attempts: &attempts,
                         family: plan.endpoint.family(),
+                        translation,
+                        include_usage: plan.include_usage,
                     },
                 )
                 .await;
@@ -639,6 +687,10 @@ struct Served<'a> {
     attempts: &'a str,
     /// The client's wire family, for the error event of a broken stream.
     family: Family,
+    /// The answer is translated into the client's format on its way.
+    translation: Option<Direction>,
+    /// OpenAI client of a translated stream: end it with a usage chunk.
+    include_usage: bool,
 }
 
 /// The upstream side of the chosen answer.
@@ -695,12 +747,36 @@ async fn relay(
         // Said in the response header: the client's connection closes after this answer.
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(resp), false).await?;
-
     let success = upstream
         .response_header()
         .is_some_and(|h| h.status.is_success());
+    let mut translator = None;
+    if let Some(dir) = served.translation {
+        resp.insert_header("x-twinroute-translated", dir.label())?;
+        ctx.translated = Some(dir.label());
+        METRICS.translations.with_label_values(&[dir.label()]).inc();
+        if !is_sse || !success {
+            let up = Upstream {
+                session: upstream,
+                peer,
+                prefix,
+            };
+            return relay_whole(shared, session, ctx, up, provider, &served, dir, resp).await;
+        }
+        // The stream's bytes change on the way: its length is no longer the provider's.
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        if !resp.headers.contains_key(http::header::TRANSFER_ENCODING) && !session.is_http2() {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+        translator = Some(translate::stream::StreamTranslator::new(
+            dir,
+            served.include_usage,
+        ));
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+
     let mut usage = UsageScanner::default();
+    let mut out = Vec::new();
     if let Some(p) = prefix.filter(|p| !p.is_empty()) {
         session.write_response_body(Some(p), false).await?;
     }
@@ -712,9 +788,36 @@ async fn relay(
                 }
                 // A write error means the client left: return it, dropping the upstream
                 // connection so the provider stops generating for nobody.
-                session.write_response_body(Some(chunk), false).await?;
+                match translator.as_mut() {
+                    None => session.write_response_body(Some(chunk), false).await?,
+                    Some(t) => {
+                        out.clear();
+                        t.feed(&chunk, &mut out);
+                        if !out.is_empty() {
+                            session
+                                .write_response_body(Some(Bytes::copy_from_slice(&out)), false)
+                                .await?;
+                        }
+                    }
+                }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                if let Some(t) = translator.as_mut() {
+                    out.clear();
+                    if !t.finish(&mut out) {
+                        // Ended before saying how: an explicit error, never a stream that
+                        // looks finished.
+                        ctx.error = Some("upstream stream ended without its end event".into());
+                        out.extend_from_slice(&stream_error_event(family, &provider.name));
+                    }
+                    if !out.is_empty() {
+                        session
+                            .write_response_body(Some(Bytes::copy_from_slice(&out)), false)
+                            .await?;
+                    }
+                }
+                break;
+            }
             Err(e) => {
                 log::warn!(
                     "provider {} broke the response mid-body ({}); request {}",
@@ -747,6 +850,107 @@ async fn relay(
         return Ok(());
     }
     if upstream.response_done() {
+        shared
+            .connector
+            .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
+            .await;
+    }
+    Ok(())
+}
+
+/// Largest answer read whole to translate it (a non-streaming completion is a few KB to a few
+/// MB; past this the provider is not sending a chat answer).
+const MAX_TRANSLATED_BODY: usize = 32 << 20;
+
+/// A translated non-streaming answer (or a provider error passed to the client): read whole,
+/// translated into the client's format, then sent with its own length.
+#[allow(clippy::too_many_arguments)]
+async fn relay_whole(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    up: Upstream,
+    provider: &Provider,
+    served: &Served<'_>,
+    dir: Direction,
+    mut resp: ResponseHeader,
+) -> Result<()> {
+    let Upstream {
+        session: mut upstream,
+        peer,
+        prefix,
+    } = up;
+    let status = resp.status.as_u16();
+    let mut buf = BytesMut::new();
+    if let Some(p) = prefix {
+        buf.extend_from_slice(&p);
+    }
+    loop {
+        match upstream.read_response_body().await {
+            Ok(Some(chunk)) if buf.len() + chunk.len() <= MAX_TRANSLATED_BODY => {
+                buf.extend_from_slice(&chunk)
+            }
+            Ok(Some(_)) => {
+                let e = GatewayError::new(
+                    ErrorKind::UpstreamFailed,
+                    format!(
+                        "provider {} sent an answer over {MAX_TRANSLATED_BODY} bytes to translate",
+                        provider.name
+                    ),
+                );
+                ctx.status = e.kind.status();
+                ctx.error = Some(e.message.clone());
+                session.set_keepalive(None);
+                return e.send(session, served.family, &[]).await;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                ctx.error = Some(format!(
+                    "upstream broke mid-response: {}",
+                    e.etype().as_str()
+                ));
+                let g = GatewayError::new(
+                    ErrorKind::UpstreamFailed,
+                    format!("provider {} broke its answer mid-body", provider.name),
+                );
+                ctx.status = g.kind.status();
+                session.set_keepalive(None);
+                return g.send(session, served.family, &[]).await;
+            }
+        }
+    }
+    let body = if (200..300).contains(&status) {
+        match translate::response::response(dir, &buf) {
+            Ok(b) => b,
+            Err(e) => {
+                let g = GatewayError::new(
+                    ErrorKind::UpstreamFailed,
+                    format!(
+                        "provider {}'s answer could not be translated: {e}",
+                        provider.name
+                    ),
+                );
+                ctx.status = g.kind.status();
+                ctx.error = Some(g.message.clone());
+                return g.send(session, served.family, &[]).await;
+            }
+        }
+    } else {
+        translate::response::error(dir, status, &buf)
+    };
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    if (200..300).contains(&status) {
+        let mut usage = UsageScanner::default();
+        usage.feed(&buf);
+        record_usage(ctx, &usage, served, &provider.name);
+    }
+    if !ctx.zero_retention && upstream.response_done() {
         shared
             .connector
             .release_http_session(*upstream, &*peer, Some(POOL_IDLE))

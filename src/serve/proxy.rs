@@ -16,6 +16,8 @@ use crate::serve::forward;
 use crate::serve::state::Shared;
 use crate::wire::body::RequestBody;
 use crate::wire::errors::{ErrorKind, GatewayError};
+use crate::wire::listing;
+use crate::wire::translate::{self, Direction};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::prelude::*;
@@ -51,9 +53,11 @@ impl Proxy {
     }
 }
 
-/// Outcome of `handle`: an error twinroute answers itself, or done (response already written).
+/// Outcome of `handle`: an error twinroute answers itself, a JSON answer of its own (the model
+/// listing), or done (response already written).
 enum Handled {
     Reject(GatewayError),
+    Json(Vec<u8>),
     Done,
 }
 
@@ -134,6 +138,41 @@ fn token_ok(presented: &[u8], tokens: &[crate::model::Secret]) -> bool {
 }
 
 impl Proxy {
+    /// `GET /v1/models` (and `/v1/models/{id}`): the catalog's names, in Anthropic's shape when
+    /// the request carries `anthropic-version` (as the Anthropic SDK sends), else OpenAI's.
+    fn models(&self, session: &Session, cfg: &crate::model::Config, rest: &str) -> Handled {
+        let family = if session
+            .req_header()
+            .headers
+            .contains_key("anthropic-version")
+        {
+            Family::Anthropic
+        } else {
+            Family::OpenAi
+        };
+        let names: Vec<&str> = cfg
+            .catalog
+            .models()
+            .iter()
+            .flat_map(|m| {
+                std::iter::once(m.name.as_str()).chain(m.aliases.iter().map(|a| a.as_str()))
+            })
+            .collect();
+        match rest.strip_prefix('/') {
+            None if rest.is_empty() => Handled::Json(listing::catalog_listing(family, &names)),
+            Some(id) if names.contains(&id) => {
+                Handled::Json(listing::model_entry(family, id).to_string().into_bytes())
+            }
+            _ => Handled::Reject(GatewayError::new(
+                ErrorKind::ModelNotFound,
+                format!(
+                    "model {:?} is not in twinroute's model map",
+                    truncate(rest.trim_start_matches('/'))
+                ),
+            )),
+        }
+    }
+
     /// Checks made before anything is read: concurrency limit and client tokens.
     fn admit(&self, session: &Session, active: usize) -> Option<GatewayError> {
         let rt = self.shared.runtime.load();
@@ -169,6 +208,11 @@ impl Proxy {
         let rt = self.shared.runtime.load_full();
         let cfg = &rt.config;
         let path = session.req_header().uri.path().to_string();
+        if let Some(rest) = path.trim_end_matches('/').strip_prefix("/v1/models") {
+            if session.req_header().method == http::Method::GET {
+                return Ok(self.models(session, cfg, rest));
+            }
+        }
         let Some(endpoint) = Endpoint::from_path(&path) else {
             return Ok(Handled::Reject(GatewayError::new(
                 ErrorKind::NotFound,
@@ -330,6 +374,31 @@ impl Proxy {
                     .flat_map(|e| cfg.catalog.model(e.id).offerings.iter()),
             )
             .map(|o| o.provider);
+        // Translation: the body is parsed only when a provider this request could use speaks
+        // the other wire format; same-format traffic keeps the splice path untouched.
+        let mut json = None;
+        let mut include_usage = false;
+        if let Some(dir) = Direction::from_client(endpoint) {
+            let reachable_only_translated = relevant
+                .clone()
+                .any(|p| endpoint.translated_to(cfg.providers[p].api));
+            if reachable_only_translated {
+                match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
+                    Ok(v) => {
+                        constraints.untranslatable = translate::untranslatable(dir, &v);
+                        include_usage = v.pointer("/stream_options/include_usage")
+                            == Some(&serde_json::Value::Bool(true));
+                        json = Some(v);
+                    }
+                    Err(e) => {
+                        return Ok(Handled::Reject(GatewayError::new(
+                            ErrorKind::InvalidRequest,
+                            format!("request body is not valid JSON: {e}"),
+                        )))
+                    }
+                }
+            }
+        }
         let health = rt.health.routing_snapshot(Instant::now(), relevant);
         let candidates = match route::candidates(&RouteInput {
             model: model_id,
@@ -360,7 +429,7 @@ impl Proxy {
                 }
             }
         }
-        let plan = forward::Plan {
+        let mut plan = forward::Plan {
             endpoint,
             model: model_id,
             candidates,
@@ -368,10 +437,15 @@ impl Proxy {
             pinned: constraints.pin.is_some(),
             region: constraints.region.clone(),
             zero_retention: route.is_some_and(|r| r.zero_retention),
+            json,
+            include_usage,
         };
         let result = forward::run(&self.shared, &rt, session, ctx, &plan, &body).await;
         if ctx.zero_retention {
             body.wipe();
+            if let Some(v) = plan.json.as_mut() {
+                translate::wipe(v);
+            }
         }
         result?;
         Ok(Handled::Done)
@@ -420,6 +494,18 @@ impl ProxyHttp for Proxy {
         in_flight.dec();
         match result? {
             Handled::Done => Ok(true),
+            Handled::Json(body) => {
+                ctx.status = 200;
+                let mut h = pingora::http::ResponseHeader::build(200, Some(3))?;
+                h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+                h.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
+                session.write_response_header(Box::new(h), false).await?;
+                session
+                    .write_response_body(Some(Bytes::from(body)), true)
+                    .await?;
+                Ok(true)
+            }
             Handled::Reject(e) => {
                 ctx.status = e.kind.status();
                 ctx.error = Some(e.message.clone());

@@ -42,6 +42,10 @@ pub enum Behavior {
     Delay(Duration),
     /// Start an SSE stream, send this many chunks, then cut the connection.
     StreamThenDie { chunks: usize },
+    /// Answer 200 with exactly this JSON body (a scripted answer: tool calls, usage, ...).
+    Json(String),
+    /// Answer 200 with exactly these SSE events, 5 ms apart.
+    Sse(Vec<String>),
 }
 
 impl Behavior {
@@ -94,6 +98,8 @@ struct State {
     sse_interval: Duration,
     /// Off for load tests: recording every body would grow without bound.
     record: bool,
+    /// Refuse, as the real API does, a body its wire format does not accept (`validate`).
+    strict: bool,
 }
 
 /// A running mock provider. Dropping it does not stop it; call `stop`.
@@ -167,6 +173,7 @@ impl MockProvider {
                 sse_chunks: 5,
                 sse_interval: Duration::from_millis(10),
                 record: true,
+                strict: false,
             })),
             connections: Arc::new(AtomicUsize::new(0)),
             open_connections: Arc::new(AtomicUsize::new(0)),
@@ -231,6 +238,12 @@ impl MockProvider {
     /// Use `b` for the next request only (queued after earlier one-shots).
     pub fn push_once(&self, b: Behavior) {
         self.lock().queue.push_back(b);
+    }
+
+    /// Check every completion request the way the real API does and answer 400 in its error
+    /// shape when it would (see `validate`).
+    pub fn set_strict(&self, strict: bool) {
+        self.lock().strict = strict;
     }
 
     pub fn set_record(&self, record: bool) {
@@ -324,6 +337,20 @@ impl MockProvider {
         let parsed = recorded.json();
         let (behavior, name, probe, models, sse) = {
             let mut s = self.lock();
+            if s.strict && method != "GET" {
+                if let Err(message) = validate(&path, &parsed) {
+                    let body = if path.contains("/messages") {
+                        json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+                    } else {
+                        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})
+                    };
+                    return Response::builder()
+                        .status(400)
+                        .header("content-type", "application/json")
+                        .body(full(body.to_string()))
+                        .map_err(std::io::Error::other);
+                }
+            }
             if s.record {
                 s.requests.push(recorded);
             }
@@ -386,6 +413,29 @@ impl MockProvider {
                     r = r.header("retry-after", s.to_string());
                 }
                 r.body(full(body)).map_err(std::io::Error::other)
+            }
+            Behavior::Json(body) => Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("x-mock-provider", name)
+                .body(full(body))
+                .map_err(std::io::Error::other),
+            Behavior::Sse(events) => {
+                let (tx, rx) = mpsc::channel(16);
+                tokio::spawn(async move {
+                    for ev in events {
+                        if tx.send(Ok(Bytes::from(ev))).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                });
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "text/event-stream")
+                    .header("x-mock-provider", name)
+                    .body(BoxBody::new(ChannelBody(rx)))
+                    .map_err(std::io::Error::other)
             }
             Behavior::Hang => {
                 std::future::pending::<()>().await;
@@ -493,6 +543,174 @@ pub fn sse_events(model: &str, anthropic: bool, chunks: usize) -> Vec<String> {
         out.push("data: [DONE]\n\n".to_string());
     }
     out
+}
+
+/// What the real APIs check of a request body, enough that a body in the wrong format (or a
+/// broken translation) is refused here as it would be there:
+/// - Anthropic Messages: `max_tokens` required; only its documented top-level keys (it answers
+///   "Extra inputs are not permitted"); roles user/assistant only (a `system` message role is
+///   an error); every `tool_result` answers a `tool_use` id of the previous assistant turn;
+///   tools need `input_schema`.
+/// - OpenAI chat completions: only documented top-level keys ("Unrecognized request argument
+///   supplied"); roles system/developer/user/assistant/tool; a `tool` message answers a
+///   `tool_calls` id of the preceding assistant message; function arguments are JSON strings.
+pub fn validate(path: &str, body: &Value) -> Result<(), String> {
+    let obj = body.as_object().ok_or("body must be a JSON object")?;
+    let messages = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("messages: Field required")?;
+    if path.contains("/messages") {
+        const KEYS: &[&str] = &[
+            "model",
+            "messages",
+            "system",
+            "max_tokens",
+            "stream",
+            "temperature",
+            "top_p",
+            "top_k",
+            "stop_sequences",
+            "tools",
+            "tool_choice",
+            "metadata",
+            "thinking",
+            "service_tier",
+            "container",
+            "mcp_servers",
+        ];
+        if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(format!("{k}: Extra inputs are not permitted"));
+        }
+        if obj.get("max_tokens").and_then(Value::as_u64).is_none() {
+            return Err("max_tokens: Field required".into());
+        }
+        let mut last_tool_uses: Vec<String> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+            if !matches!(role, "user" | "assistant") {
+                return Err(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                ));
+            }
+            let blocks = m
+                .get("content")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if role == "user" {
+                for b in &blocks {
+                    if b["type"] == "tool_result" {
+                        let id = b["tool_use_id"].as_str().unwrap_or_default();
+                        if !last_tool_uses.iter().any(|u| u == id) {
+                            return Err(format!("messages.{i}: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."));
+                        }
+                    }
+                }
+            }
+            last_tool_uses = blocks
+                .iter()
+                .filter(|b| b["type"] == "tool_use")
+                .filter_map(|b| b["id"].as_str().map(str::to_string))
+                .collect();
+            if role == "assistant" {
+                for b in blocks.iter().filter(|b| b["type"] == "tool_use") {
+                    if !b["input"].is_object() {
+                        return Err(format!(
+                            "messages.{i}: tool_use.input: Input should be a valid dictionary"
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, t) in obj
+            .get("tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if t.get("type").is_none() && !t["input_schema"].is_object() {
+                return Err(format!("tools.{i}.custom.input_schema: Field required"));
+            }
+        }
+        return Ok(());
+    }
+    if path.contains("/chat/completions") {
+        const KEYS: &[&str] = &[
+            "model",
+            "messages",
+            "stream",
+            "stream_options",
+            "max_tokens",
+            "max_completion_tokens",
+            "temperature",
+            "top_p",
+            "stop",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "user",
+            "response_format",
+            "n",
+            "seed",
+            "logprobs",
+            "top_logprobs",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+            "metadata",
+            "store",
+            "service_tier",
+            "modalities",
+            "audio",
+            "reasoning_effort",
+            "prediction",
+        ];
+        if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(format!("Unrecognized request argument supplied: {k}"));
+        }
+        let mut open_calls: Vec<String> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            match m.get("role").and_then(Value::as_str).unwrap_or_default() {
+                "system" | "developer" | "user" => open_calls.clear(),
+                "assistant" => {
+                    open_calls.clear();
+                    for c in m
+                        .get("tool_calls")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if !c["function"]["arguments"].is_string() {
+                            return Err(format!(
+                                "messages[{i}].tool_calls: arguments must be a string"
+                            ));
+                        }
+                        open_calls.extend(c["id"].as_str().map(str::to_string));
+                    }
+                }
+                "tool" => {
+                    let id = m["tool_call_id"].as_str().unwrap_or_default();
+                    if !open_calls.iter().any(|c| c == id) {
+                        return Err("Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.".into());
+                    }
+                }
+                other => return Err(format!("messages[{i}].role: invalid value {other:?}")),
+            }
+        }
+        for t in obj
+            .get("tools")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if t["type"] != "function" || !t["function"]["name"].is_string() {
+                return Err("tools: each tool needs type function and function.name".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A loopback address nothing listens on: connections to it are refused.

@@ -188,6 +188,11 @@ impl RequestBody {
         })
     }
 
+    /// The body as received (less a BOM): what translation parses.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
     pub fn len(&self) -> usize {
         self.bytes.len()
     }

@@ -1,6 +1,38 @@
 //! Model listings (`GET /v1/models`) as providers return them: which model IDs a listing names.
 
+use crate::model::endpoint::Family;
+use serde_json::{json, Value};
 use std::collections::HashSet;
+
+/// twinroute's own `GET /v1/models`: the names a client may send (canonical names and aliases),
+/// in the family's list shape, so an SDK's `models.list()` works against the proxy.
+pub fn catalog_listing(family: Family, names: &[&str]) -> Vec<u8> {
+    let v = match family {
+        Family::OpenAi => json!({
+            "object": "list",
+            "data": names.iter().map(|n| model_entry(family, n)).collect::<Vec<_>>(),
+        }),
+        Family::Anthropic => json!({
+            "data": names.iter().map(|n| model_entry(family, n)).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": names.first(),
+            "last_id": names.last(),
+        }),
+    };
+    v.to_string().into_bytes()
+}
+
+/// One entry of that listing (also `GET /v1/models/{id}`).
+pub fn model_entry(family: Family, name: &str) -> Value {
+    match family {
+        Family::OpenAi => {
+            json!({"id": name, "object": "model", "created": 0, "owned_by": "twinroute"})
+        }
+        Family::Anthropic => {
+            json!({"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"})
+        }
+    }
+}
 
 /// The model IDs a listing names, from OpenAI's and Anthropic's `{"data":[{"id":..}]}` or a
 /// bare array of `{"id":..}` (some OpenAI-compatible hosts). `None` when the body is not a

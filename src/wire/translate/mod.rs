@@ -32,13 +32,13 @@ impl Direction {
     /// the provider speaks the client's format, or when no translation exists (embeddings,
     /// the Responses API and legacy completions are served in their own format only).
     pub fn between(endpoint: Endpoint, api: ApiKind) -> Option<Direction> {
-        match (endpoint, api) {
-            (Endpoint::ChatCompletions, ApiKind::Anthropic) => Some(Direction::OpenAiToAnthropic),
-            (Endpoint::Messages, ApiKind::OpenAi | ApiKind::Azure) => {
-                Some(Direction::AnthropicToOpenAi)
-            }
-            _ => None,
+        if !endpoint.translated_to(api) {
+            return None;
         }
+        Some(match endpoint {
+            Endpoint::Messages => Direction::AnthropicToOpenAi,
+            _ => Direction::OpenAiToAnthropic,
+        })
     }
 
     /// `client->provider`, as in `x-twinroute-translated`, the access line and metrics.
@@ -57,18 +57,21 @@ impl Direction {
         }
     }
 
+    /// The translation a client of `endpoint` would need toward a provider of the other format.
+    pub fn from_client(endpoint: Endpoint) -> Option<Direction> {
+        match endpoint {
+            Endpoint::ChatCompletions => Some(Direction::OpenAiToAnthropic),
+            Endpoint::Messages => Some(Direction::AnthropicToOpenAi),
+            _ => None,
+        }
+    }
+
     pub fn client_family(self) -> Family {
         match self {
             Direction::OpenAiToAnthropic => Family::OpenAi,
             Direction::AnthropicToOpenAi => Family::Anthropic,
         }
     }
-}
-
-/// Whether a client of `endpoint` can be served by a provider of `api` at all (natively or by
-/// translation).
-pub fn reachable(endpoint: Endpoint, api: ApiKind) -> bool {
-    endpoint.served_by(api) || Direction::between(endpoint, api).is_some()
 }
 
 /// Why a body could not be translated (after `untranslatable` said it could: a body that is
@@ -89,6 +92,50 @@ pub fn untranslatable(dir: Direction, body: &serde_json::Value) -> Vec<String> {
     match dir {
         Direction::OpenAiToAnthropic => request::openai_untranslatable(body),
         Direction::AnthropicToOpenAi => request::anthropic_untranslatable(body),
+    }
+}
+
+/// The provider's request body for one attempt: the client's parsed body less the offering's
+/// `drop_params`, translated, with `model` set to the offering's ID.
+pub fn request_body(
+    dir: Direction,
+    client: &serde_json::Value,
+    model_id: &str,
+    drop: &[&str],
+    default_max_tokens: u64,
+) -> Result<Vec<u8>, TranslateError> {
+    let trimmed;
+    let body = if drop.is_empty() {
+        client
+    } else {
+        let mut map = client.as_object().cloned().unwrap_or_default();
+        for k in drop {
+            map.remove(*k);
+        }
+        trimmed = serde_json::Value::Object(map);
+        &trimmed
+    };
+    let out = match dir {
+        Direction::OpenAiToAnthropic => {
+            request::openai_to_anthropic(body, model_id, default_max_tokens)?
+        }
+        Direction::AnthropicToOpenAi => request::anthropic_to_openai(body, model_id)?,
+    };
+    serde_json::to_vec(&out).map_err(|e| TranslateError(e.to_string()))
+}
+
+/// Overwrite every string of a parsed body with zeros before it is freed (zero retention:
+/// a translated request's parsed copy outlives nothing either).
+pub fn wipe(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            let mut bytes = std::mem::take(s).into_bytes();
+            bytes.fill(0);
+            std::hint::black_box(&bytes);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(wipe),
+        serde_json::Value::Object(o) => o.values_mut().for_each(wipe),
+        _ => {}
     }
 }
 
@@ -151,8 +198,19 @@ mod tests {
             Direction::between(Endpoint::Responses, ApiKind::Anthropic),
             None
         );
-        assert!(reachable(Endpoint::Messages, ApiKind::OpenAi));
-        assert!(!reachable(Endpoint::Embeddings, ApiKind::Anthropic));
+        // Translation is only ever needed where the format is not spoken natively.
+        use Endpoint::*;
+        for e in [
+            ChatCompletions,
+            Completions,
+            Embeddings,
+            Responses,
+            Messages,
+        ] {
+            for a in [ApiKind::OpenAi, ApiKind::Anthropic, ApiKind::Azure] {
+                assert!(!(e.served_by(a) && e.translated_to(a)), "{e:?} {a:?}");
+            }
+        }
     }
 
     #[test]

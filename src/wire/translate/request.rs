@@ -665,3 +665,129 @@ mod tests {
         assert!(openai_untranslatable(&fixture("openai_request_tools.json")).is_empty());
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 .,!?'\"\\\\é中]{1,24}"
+    }
+
+    fn args() -> impl Strategy<Value = String> {
+        proptest::collection::btree_map("[a-z]{1,6}", text(), 0..3)
+            .prop_map(|m| serde_json::to_string(&m).unwrap())
+    }
+
+    /// One exchange after the user's first turn: an assistant answer in text, or tool calls
+    /// followed by their results.
+    fn exchange() -> impl Strategy<Value = Vec<Value>> {
+        prop_oneof![
+            (text(), text()).prop_map(|(a, u)| vec![
+                json!({"role": "assistant", "content": a}),
+                json!({"role": "user", "content": u}),
+            ]),
+            proptest::collection::vec(("[a-z_]{1,8}", args(), text()), 1..3).prop_map(|calls| {
+                let mut msgs = vec![json!({"role": "assistant", "content": null, "tool_calls": calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, a, _))| json!({"id": format!("call_{i}"), "type": "function", "function": {"name": name, "arguments": a}}))
+                    .collect::<Vec<_>>()})];
+                for (i, (_, _, result)) in calls.iter().enumerate() {
+                    msgs.push(json!({"role": "tool", "tool_call_id": format!("call_{i}"), "content": result}));
+                }
+                msgs
+            }),
+        ]
+    }
+
+    /// Chat requests inside the translatable subset, in the canonical form the way back gives
+    /// (one leading system message, stop as a list, tool_choice given when parallel calls are
+    /// turned off).
+    fn request() -> impl Strategy<Value = Value> {
+        (
+            proptest::option::of(text()),
+            text(),
+            proptest::collection::vec(exchange(), 0..3),
+            proptest::option::of(1u64..8192),
+            proptest::option::of(0.0f64..=1.0),
+            proptest::option::of(0.0f64..=1.0),
+            proptest::option::of(proptest::collection::vec(text(), 1..3)),
+            proptest::option::of(text()),
+            proptest::collection::vec(("[a-z_]{1,8}", proptest::option::of(text())), 0..3),
+            (0usize..4, any::<bool>()),
+        )
+            .prop_map(
+                |(system, first, exchanges, max, temp, top_p, stop, user, tools, (choice, parallel_off))| {
+                    let mut messages = Vec::new();
+                    if let Some(s) = system {
+                        messages.push(json!({"role": "system", "content": s}));
+                    }
+                    messages.push(json!({"role": "user", "content": first}));
+                    for e in exchanges {
+                        messages.extend(e);
+                    }
+                    let mut b = json!({"model": "gpt-x", "messages": messages});
+                    let o = b.as_object_mut().unwrap();
+                    if let Some(m) = max {
+                        o.insert("max_tokens".into(), json!(m));
+                    }
+                    if let Some(t) = temp {
+                        o.insert("temperature".into(), json!(t));
+                    }
+                    if let Some(t) = top_p {
+                        o.insert("top_p".into(), json!(t));
+                    }
+                    if let Some(s) = stop {
+                        o.insert("stop".into(), json!(s));
+                    }
+                    if let Some(u) = user {
+                        o.insert("user".into(), json!(u));
+                    }
+                    if !tools.is_empty() {
+                        let defs: Vec<Value> = tools
+                            .iter()
+                            .map(|(name, desc)| {
+                                let mut f = json!({"name": name, "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}});
+                                if let Some(d) = desc {
+                                    f["description"] = json!(d);
+                                }
+                                json!({"type": "function", "function": f})
+                            })
+                            .collect();
+                        o.insert("tools".into(), Value::Array(defs));
+                        let c = match choice {
+                            0 => json!("auto"),
+                            1 => json!("none"),
+                            2 => json!("required"),
+                            _ => json!({"type": "function", "function": {"name": tools[0].0}}),
+                        };
+                        o.insert("tool_choice".into(), c);
+                        if parallel_off {
+                            o.insert("parallel_tool_calls".into(), json!(false));
+                        }
+                    }
+                    b
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn openai_to_anthropic_and_back_keeps_the_request(req in request()) {
+            prop_assert!(openai_untranslatable(&req).is_empty(), "{:?}", openai_untranslatable(&req));
+            let a = openai_to_anthropic(&req, "claude-x", 4096).unwrap();
+            prop_assert!(anthropic_untranslatable(&a).is_empty(), "{:?}", anthropic_untranslatable(&a));
+            let mut back = anthropic_to_openai(&a, "gpt-x").unwrap();
+            let mut want = req.clone();
+            // Anthropic requires max_tokens: the default stands in when the client sent none.
+            if want.get("max_tokens").is_none() {
+                want["max_tokens"] = json!(4096);
+            }
+            // Floats go through JSON unchanged; compare the rest exactly.
+            back.as_object_mut().unwrap().remove("stream_options");
+            prop_assert_eq!(back, want);
+        }
+    }
+}

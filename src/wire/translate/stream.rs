@@ -35,10 +35,7 @@ impl SseParser {
     /// Feed bytes; complete events are appended to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
         self.buf.extend_from_slice(bytes);
-        loop {
-            let Some((end, skip)) = event_end(&self.buf) else {
-                break;
-            };
+        while let Some((end, skip)) = event_end(&self.buf) {
             let raw: Vec<u8> = self.buf.drain(..end + skip).take(end).collect();
             if let Some(ev) = parse_event(&raw) {
                 out.push(ev);
