@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building twinroute needs on a fresh Debian machine: cmake (Pingora's zlib-ng
-# build script), CA certificates (TLS to real providers), openssl and curl (webhook test). Idempotent; quiet when all is there.
+# build script), CA certificates (TLS to real providers), openssl and curl (webhook test), and
+# the pinned OpenAI/Anthropic Python SDKs (translation tests). Idempotent; quiet when all is there.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -17,3 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
+# The real OpenAI and Anthropic Python SDKs, which tests/sdk.rs drives through translation.
+req="$(dirname "$0")/../tests/sdk/requirements.txt"
+if ! python3 -c 'import openai, anthropic' >/dev/null 2>&1; then
+  echo "setup: installing the OpenAI and Anthropic Python SDKs for the tests" >&2
+  python3 -m pip install -q --disable-pip-version-check -r "$req" >/dev/null
+fi
