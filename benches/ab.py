@@ -8,6 +8,12 @@ so drift on a shared machine hits both alike, and prints per-round req/s, p50 an
 request plus the new/old ratios of the medians. How a change's cost was measured: build the
 previous commit into another target dir, e.g.
     git worktree add /tmp/old HEAD~1 && (cd /tmp/old && cargo build --release --bin twinroute)
+
+AB_OLD_PATH / AB_NEW_PATH (default /v1/chat/completions) send each side's load to another client
+route; /v1/messages sends an Anthropic Messages body. With the same binary twice and
+AB_NEW_PATH=/v1/messages, "new" is the translated path (Anthropic client, OpenAI-format mock)
+against the spliced one, measured in the same run:
+    AB_NEW_PATH=/v1/messages python3 benches/ab.py target/release/twinroute target/release/twinroute
 """
 import subprocess, os, time, socket, re, tempfile, sys, json
 def free_port():
@@ -34,18 +40,27 @@ for name,b in bins.items():
     open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n')
     p=subprocess.Popen([b,"run","--config",conf],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env={**os.environ,"RUST_LOG":"warn"})
     procs.append(p); targets[name]=(p,port); wait_port(port)
-body=os.path.join(tmp,"body.json")
+paths={"old":os.environ.get("AB_OLD_PATH","/v1/chat/completions"),"new":os.environ.get("AB_NEW_PATH","/v1/chat/completions")}
 pad="x"*max(0,size-80)
-open(body,"w").write(json.dumps({"model":"m","messages":[{"role":"user","content":pad}]}))
-lua=os.path.join(tmp,"w.lua")
-open(lua,"w").write(f'wrk.method="POST"\nwrk.headers["Content-Type"]="application/json"\nlocal f=io.open("{body}","rb"); wrk.body=f:read("*all"); f:close()\n')
+luas={}
+for name,path in paths.items():
+    body=os.path.join(tmp,name+"-body.json")
+    doc={"model":"m","messages":[{"role":"user","content":pad}]}
+    if path.startswith("/v1/messages"):
+        doc["max_tokens"]=256
+    open(body,"w").write(json.dumps(doc))
+    lua=os.path.join(tmp,name+".lua")
+    open(lua,"w").write(f'wrk.method="POST"\nwrk.headers["Content-Type"]="application/json"\nwrk.headers["anthropic-version"]="2023-06-01"\nlocal f=io.open("{body}","rb"); wrk.body=f:read("*all"); f:close()\n')
+    luas[name]=lua
 res={k:[] for k in bins}
 try:
     for r in range(rounds):
         for name in (["old","new"] if r%2==0 else ["new","old"]):
             p,port=targets[name]
             c0=cpu(p.pid)
-            out=subprocess.run(["wrk","-t2","-c32","-d5s","--latency","-s",lua,f"http://127.0.0.1:{port}/v1/chat/completions"],capture_output=True,text=True).stdout
+            out=subprocess.run(["wrk","-t2","-c32","-d5s","--latency","-s",luas[name],f"http://127.0.0.1:{port}{paths[name]}"],capture_output=True,text=True).stdout
+            if "Non-2xx" in out:
+                raise SystemExit(f"{name}: non-2xx answers:\n{out}")
             c1=cpu(p.pid)
             rps=float(re.search(r"Requests/sec:\s+([\d.]+)",out).group(1))
             n=int(re.search(r"(\d+) requests in",out).group(1))

@@ -39,6 +39,17 @@ fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, pol
             Some(g) => format!("  ≈ {} grade {g}", m.name),
             None => String::new(),
         };
+        // Served through translation: the provider is called on its own format's path.
+        let translated = crate::wire::translate::Direction::between(endpoint, p.api);
+        let path = upstream_path(
+            p,
+            translated.map_or(endpoint, |d| d.provider_endpoint()),
+            &o.model_id,
+        );
+        let path = match translated {
+            Some(d) => format!("{path} (translated {})", d.label()),
+            None => path,
+        };
         let _ = writeln!(
             out,
             "    {}. {:<12} {:<50} {}  POST {}{}{}",
@@ -46,7 +57,7 @@ fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, pol
             p.name,
             o.model_id,
             price,
-            upstream_path(p, endpoint, &o.model_id),
+            path,
             if c.over_ceiling {
                 "  (over cost ceiling)"
             } else {
