@@ -486,7 +486,10 @@ async fn anthropic_wire_format_with_x_api_key() {
     // has the field-by-field checks).
     let r = t.chat(&chat_body("claude-haiku-4-5"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-twinroute-translated"), Some("openai->anthropic"));
+    assert_eq!(
+        r.header("x-twinroute-translated"),
+        Some("openai->anthropic")
+    );
     assert_eq!(r.json()["object"], "chat.completion");
     // Anthropic streaming passes through too.
     let mut sbody = body.clone();

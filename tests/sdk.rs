@@ -65,7 +65,9 @@ async fn the_real_sdks_accept_translated_answers() {
     );
     let t = Twinroute::start(&yaml, &[]).await;
     let base = t.url("");
-    tokio::task::spawn_blocking(move || run(&base)).await.unwrap();
+    tokio::task::spawn_blocking(move || run(&base))
+        .await
+        .unwrap();
     t.wait_for_log("translated=openai->anthropic").await;
     t.wait_for_log("translated=anthropic->openai").await;
     assert!(oa.request_count() >= 4 && an.request_count() >= 3);

@@ -139,6 +139,72 @@ pub fn wipe(v: &mut serde_json::Value) {
     }
 }
 
+/// Anthropic assistant content blocks as an OpenAI assistant message: the text blocks joined
+/// into `content` (null when there is only tool use), `tool_use` blocks as `tool_calls` with
+/// their input serialised to a JSON string. Shared by requests (history) and answers.
+fn openai_assistant(blocks: &[serde_json::Value]) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{json, Value};
+    let of_type = |t: &'static str| {
+        blocks
+            .iter()
+            .filter(move |b| b.get("type").and_then(Value::as_str) == Some(t))
+    };
+    let text: String = of_type("text")
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    let calls: Vec<Value> = of_type("tool_use")
+        .map(|b| {
+            let args = serde_json::to_string(b.get("input").unwrap_or(&json!({})))
+                .unwrap_or_else(|_| "{}".into());
+            json!({
+                "id": b.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {"name": b.get("name").cloned().unwrap_or(Value::Null), "arguments": args},
+            })
+        })
+        .collect();
+    let mut msg = serde_json::Map::new();
+    msg.insert("role".into(), json!("assistant"));
+    let content = if text.is_empty() && !calls.is_empty() {
+        Value::Null
+    } else {
+        json!(text)
+    };
+    msg.insert("content".into(), content);
+    if !calls.is_empty() {
+        msg.insert("tool_calls".into(), Value::Array(calls));
+    }
+    msg
+}
+
+/// OpenAI `tool_calls` as Anthropic `tool_use` blocks (arguments parsed into an object; an
+/// empty string is an empty object). Shared by requests (history) and answers.
+fn tool_use_blocks(
+    calls: Option<&serde_json::Value>,
+) -> Result<Vec<serde_json::Value>, TranslateError> {
+    use serde_json::{json, Value};
+    let mut out = Vec::new();
+    for call in calls.and_then(Value::as_array).into_iter().flatten() {
+        let args = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let input: Value = if args.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str(args)
+                .map_err(|e| TranslateError(format!("tool call arguments are not JSON: {e}")))?
+        };
+        out.push(json!({
+            "type": "tool_use",
+            "id": call.get("id").cloned().unwrap_or(Value::Null),
+            "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
+            "input": input,
+        }));
+    }
+    Ok(out)
+}
+
 /// Seconds since the epoch, for OpenAI's `created`.
 fn unix_now() -> u64 {
     std::time::SystemTime::now()

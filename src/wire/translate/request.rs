@@ -17,7 +17,7 @@
 //!
 //! Everything else is refused by `*_untranslatable` rather than dropped.
 
-use super::TranslateError;
+use super::{openai_assistant, tool_use_blocks, TranslateError};
 use serde_json::{json, Map, Value};
 
 /// Top-level chat-completions parameters a Messages provider can honour (`n` only as 1,
@@ -308,29 +308,7 @@ pub fn openai_to_anthropic(
                 if !text.is_empty() {
                     blocks.push(json!({"type": "text", "text": text}));
                 }
-                for call in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let input: Value = if args.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args)
-                            .map_err(|e| bad(format!("tool call arguments are not JSON: {e}")))?
-                    };
-                    blocks.push(json!({
-                        "type": "tool_use",
-                        "id": call.get("id").cloned().unwrap_or(Value::Null),
-                        "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-                        "input": input,
-                    }));
-                }
+                blocks.extend(tool_use_blocks(m.get("tool_calls"))?);
                 push_turn(&mut messages, "assistant", Value::Array(blocks));
             }
             "tool" => {
@@ -483,39 +461,7 @@ pub fn anthropic_to_openai(body: &Value, model_id: &str) -> Result<Value, Transl
                 }
             }
             ("assistant", Some(Value::Array(blocks))) => {
-                let text: String = blocks
-                    .iter()
-                    .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-                    .filter_map(|b| b.get("text").and_then(Value::as_str))
-                    .collect();
-                let calls: Vec<Value> = blocks
-                    .iter()
-                    .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
-                    .map(|b| {
-                        json!({
-                            "id": b.get("id").cloned().unwrap_or(Value::Null),
-                            "type": "function",
-                            "function": {
-                                "name": b.get("name").cloned().unwrap_or(Value::Null),
-                                "arguments": serde_json::to_string(b.get("input").unwrap_or(&json!({}))).unwrap_or_else(|_| "{}".into()),
-                            }
-                        })
-                    })
-                    .collect();
-                let mut msg = Map::new();
-                msg.insert("role".into(), json!("assistant"));
-                msg.insert(
-                    "content".into(),
-                    if text.is_empty() && !calls.is_empty() {
-                        Value::Null
-                    } else {
-                        json!(text)
-                    },
-                );
-                if !calls.is_empty() {
-                    msg.insert("tool_calls".into(), Value::Array(calls));
-                }
-                messages.push(Value::Object(msg));
+                messages.push(Value::Object(openai_assistant(blocks)));
             }
             (other, _) => return Err(bad(format!("message role {other:?} without content"))),
         }

@@ -8,8 +8,11 @@
 //! | `usage.prompt_tokens` (cached included), `completion_tokens`, `prompt_tokens_details.cached_tokens` | `usage.input_tokens` (uncached), `output_tokens`, `cache_read_input_tokens` (+ `cache_creation_input_tokens`) |
 //! | `id`, `model` | `id`, `model` (the served model, as the provider named it) |
 
-use super::{finish_reason, stop_reason, unix_now, Direction, TranslateError};
-use serde_json::{json, Map, Value};
+use super::{
+    finish_reason, openai_assistant, stop_reason, tool_use_blocks, unix_now, Direction,
+    TranslateError,
+};
+use serde_json::{json, Value};
 
 /// The provider's answer body in the client's format.
 pub fn response(dir: Direction, body: &[u8]) -> Result<Vec<u8>, TranslateError> {
@@ -36,29 +39,7 @@ pub fn chat_completion_to_message(v: &Value) -> Result<Value, TranslateError> {
     {
         content.push(json!({"type": "text", "text": text}));
     }
-    for call in msg
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let args = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let input: Value = if args.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(args)
-                .map_err(|e| TranslateError(format!("tool call arguments are not JSON: {e}")))?
-        };
-        content.push(json!({
-            "type": "tool_use",
-            "id": call.get("id").cloned().unwrap_or(Value::Null),
-            "name": call.pointer("/function/name").cloned().unwrap_or(Value::Null),
-            "input": input,
-        }));
-    }
+    content.extend(tool_use_blocks(msg.get("tool_calls"))?);
     let finish = choice
         .get("finish_reason")
         .and_then(Value::as_str)
@@ -120,38 +101,7 @@ pub fn message_to_chat_completion(v: &Value) -> Result<Value, TranslateError> {
         .get("content")
         .and_then(Value::as_array)
         .ok_or_else(|| TranslateError("message without content".into()))?;
-    let text: String = blocks
-        .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect();
-    let calls: Vec<Value> = blocks
-        .iter()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
-        .map(|b| {
-            json!({
-                "id": b.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": b.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": serde_json::to_string(b.get("input").unwrap_or(&json!({}))).unwrap_or_else(|_| "{}".into()),
-                }
-            })
-        })
-        .collect();
-    let mut message = Map::new();
-    message.insert("role".into(), json!("assistant"));
-    message.insert(
-        "content".into(),
-        if text.is_empty() && !calls.is_empty() {
-            Value::Null
-        } else {
-            json!(text)
-        },
-    );
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), Value::Array(calls));
-    }
+    let mut message = openai_assistant(blocks);
     message.insert("refusal".into(), Value::Null);
     let stop = v
         .get("stop_reason")
