@@ -31,6 +31,10 @@ enum Command {
         /// reachable twin.
         #[arg(long)]
         live: bool,
+        /// Fail (exit 1) when any provider has no credential (instead of leaving it out of
+        /// rotation with a warning).
+        #[arg(long)]
+        strict: bool,
     },
     /// Run the proxy on built-in mock providers (one failing) and show failover. No API key needed.
     Demo,
@@ -77,6 +81,18 @@ fn init_logging() {
         .init();
 }
 
+/// One line naming every provider left out of rotation for want of a credential.
+fn warn_without_credentials(cfg: &twinroute::model::Config) {
+    let out = cfg.without_credentials();
+    if !out.is_empty() {
+        log::warn!(
+            "{} provider(s) left out of rotation, no credential: {} (set the key, or mark a provider required: true to make this an error)",
+            out.len(),
+            out.join(", ")
+        );
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -89,6 +105,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            warn_without_credentials(&cfg);
             log::info!(
                 "twinroute {} starting: {} providers, {} models, listening on {} (admin {})",
                 env!("CARGO_PKG_VERSION"),
@@ -111,9 +128,20 @@ fn main() -> ExitCode {
             let (server, _shared) = twinroute::serve::server::build(cfg, Some(config));
             server.run_forever()
         }
-        Command::Check { config, live } => match config::load_file(&config) {
+        Command::Check {
+            config,
+            live,
+            strict,
+        } => match config::load_file(&config) {
             Ok(c) => {
                 print!("{}", twinroute::cmd::check::report(&c));
+                if strict && !c.without_credentials().is_empty() {
+                    eprintln!(
+                        "twinroute check --strict: providers without a credential: {}",
+                        c.without_credentials().join(", ")
+                    );
+                    return ExitCode::from(1);
+                }
                 if !live {
                     return ExitCode::SUCCESS;
                 }

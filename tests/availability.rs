@@ -323,3 +323,55 @@ async fn check_live_prints_each_offering_state_and_fails_without_a_reachable_twi
     assert!(stdout.contains("no reachable twin for lonely"), "{stdout}");
     assert!(!stdout.contains("no reachable twin for m"), "{stdout}");
 }
+
+/// A provider whose key is not set is left out of rotation with one warning naming it: never
+/// tried, never probed, shown in /status; a model only it serves answers 502 saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_without_a_credential_is_left_out_with_one_warning() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: a, api: openai, base_url: \"{}\", api_key_env: TWINROUTE_TEST_UNSET_KEY, probe: {{interval_ms: 50}}}}\n  - {{name: b, api: openai, base_url: \"{}\", probe: {{enabled: false}}}}\nmodels:\n  - name: m\n    offerings: [{{provider: a, model: a-m}}, {{provider: b, model: b-m}}]\n  - name: only-a\n    offerings: [{{provider: a, model: a-only}}]\n",
+        a.base_url(),
+        b.base_url()
+    );
+    let t = Twinroute::start(&yaml, &[]).await;
+    for _ in 0..3 {
+        let r = t.chat(&chat_body("m"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-twinroute-provider"), Some("b"));
+        assert_eq!(r.header("x-twinroute-attempts"), Some("1"));
+    }
+    let r = t.chat(&chat_body("only-a"), &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().contains("TWINROUTE_TEST_UNSET_KEY is not set"),
+        "{}",
+        r.text()
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(a.request_count(), 0);
+    assert!(a.probes().is_empty(), "a provider without a key was probed");
+    let logs = t.logs();
+    assert_eq!(
+        logs.matches(
+            "left out of rotation, no credential: a (TWINROUTE_TEST_UNSET_KEY is not set)"
+        )
+        .count(),
+        1,
+        "{logs}"
+    );
+    let s = t.status().await;
+    let pa = s["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(pa["healthy"], false);
+    assert_eq!(
+        pa["credential_missing"],
+        "TWINROUTE_TEST_UNSET_KEY is not set"
+    );
+}

@@ -61,7 +61,7 @@ fn check_fails_with_the_key_path_and_reason() {
     let cases = [
         ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\", colour: red}\n", "providers[0]", "colour"),
         ("providers:\n  - {name: a, api: gemini, base_url: \"http://127.0.0.1:1\"}\n", "providers[0].api", "gemini"),
-        ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\", api_key_env: TWINROUTE_SURELY_UNSET}\n", "providers[0].api_key_env", "TWINROUTE_SURELY_UNSET"),
+        ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\", api_key_env: TWINROUTE_SURELY_UNSET, required: true}\n", "providers[0].api_key_env", "TWINROUTE_SURELY_UNSET"),
         ("providers:\n  - {name: a, api: openai, base_url: \"http://127.0.0.1:1\"}\nmodels:\n  - {name: m, offerings: [{provider: b, model: x}]}\n", "models[0].offerings[0].provider", "\"b\""),
         // A syntax error names its line and what is wrong (serde-saphyr's wording).
         ("providers: [\n", "line 1", "unclosed bracket"),
@@ -125,4 +125,48 @@ fn demo_runs_without_keys_and_shows_failover() {
     );
     assert!(stdout.contains("beta's own key (injected)"), "{stdout}");
     assert!(stdout.contains("demo finished"));
+}
+
+/// A new user's first run: providers whose keys are not set are listed all at once and left out
+/// of rotation; `check --strict` turns that into a failure.
+#[test]
+fn check_lists_every_provider_without_a_credential_and_strict_fails() {
+    let mut cmd = twinroute();
+    cmd.args([
+        "check",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/conf/twinroute.yaml"),
+    ]);
+    for k in SHIPPED_KEYS {
+        cmd.env_remove(k);
+    }
+    cmd.env("GROQ_API_KEY", "sk-check-secret-value");
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let missing = SHIPPED_KEYS.len() - 1;
+    assert!(
+        stdout.contains(&format!(
+            "{missing} provider(s) without a credential, left out of rotation"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("openai (OPENAI_API_KEY is not set)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("$GROQ_API_KEY (set)"));
+    let mut strict = twinroute();
+    strict.args([
+        "check",
+        "--strict",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/conf/twinroute.yaml"),
+    ]);
+    for k in SHIPPED_KEYS {
+        strict.env_remove(k);
+    }
+    let out = strict.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ANTHROPIC_API_KEY is not set"));
 }

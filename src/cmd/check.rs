@@ -140,10 +140,20 @@ pub fn report(cfg: &Config) -> String {
             p.base.port,
             p.base.path,
             p.region.as_deref().unwrap_or("-"),
-            match &p.key_env {
-                Some(v) => format!("${v} (set)"),
-                None => "none".into(),
+            match (&p.key_env, &p.credential_missing) {
+                (_, Some(why)) => format!("MISSING ({why}): left out of rotation"),
+                (Some(v), None) => format!("${v} (set)"),
+                (None, None) => "none".into(),
             },
+        );
+    }
+    let without = cfg.without_credentials();
+    if !without.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{} provider(s) without a credential, left out of rotation (check --strict fails on this): {}",
+            without.len(),
+            without.join(", ")
         );
     }
     let _ = writeln!(

@@ -93,6 +93,9 @@ pub struct FileProvider {
     pub headers: Option<BTreeMap<String, String>>,
     /// TLS certificate verification; on unless explicitly turned off.
     pub tls_verify: Option<bool>,
+    /// A missing credential is a config error (default: the provider is left out of rotation
+    /// with a warning, so a catalog can list providers not every deployment has keys for).
+    pub required: Option<bool>,
     /// `max_tokens` sent to an Anthropic-format provider when a translated chat-completions
     /// request named none (the Messages API requires it).
     pub default_max_tokens: Option<u64>,

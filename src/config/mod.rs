@@ -228,7 +228,9 @@ fn build_provider(
             ));
         }
     }
-    let read_key = |key_path: String, var: &str| -> Result<Secret, ConfigError> {
+    let required = p.required.unwrap_or(false);
+    let missing: std::cell::RefCell<Vec<String>> = std::cell::RefCell::new(Vec::new());
+    let read_key = |key_path: String, var: &str| -> Result<Option<Secret>, ConfigError> {
         match env.get(var) {
             Some(v) if !v.is_empty() => {
                 if http::HeaderValue::from_str(&v).is_err() {
@@ -237,17 +239,29 @@ fn build_provider(
                         format!("env var {var} holds characters not allowed in a header"),
                     ));
                 }
-                Ok(Secret::new(v))
+                Ok(Some(Secret::new(v)))
             }
-            _ => Err(err(
+            // No credential: a config error only for `required: true`; otherwise the provider
+            // is left out of rotation (`credential_missing`) with a warning.
+            _ if required => Err(err(
                 key_path,
                 format!("env var {var} is not set (or empty)"),
             )),
+            _ => {
+                missing.borrow_mut().push(format!("{var} is not set"));
+                Ok(None)
+            }
         }
     };
-    let read_file = |key_path: String, file: &str| -> Result<Secret, ConfigError> {
-        let v = std::fs::read_to_string(file)
-            .map_err(|e| err(key_path.clone(), format!("cannot read {file}: {e}")))?;
+    let read_file = |key_path: String, file: &str| -> Result<Option<Secret>, ConfigError> {
+        let v = match std::fs::read_to_string(file) {
+            Ok(v) => v,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                missing.borrow_mut().push(format!("{file} does not exist"));
+                return Ok(None);
+            }
+            Err(e) => return Err(err(key_path.clone(), format!("cannot read {file}: {e}"))),
+        };
         // Mounted secrets usually end with a newline.
         let v = v.trim();
         if v.is_empty() || http::HeaderValue::from_str(v).is_err() {
@@ -256,11 +270,11 @@ fn build_provider(
                 format!("{file} is empty or holds characters not allowed in a header"),
             ));
         }
-        Ok(Secret::new(v.to_string()))
+        Ok(Some(Secret::new(v.to_string())))
     };
     let key = match (&p.api_key_env, &p.api_key_file) {
-        (Some(var), None) => Some(read_key(format!("{path}.api_key_env"), var)?),
-        (None, Some(file)) => Some(read_file(format!("{path}.api_key_file"), file)?),
+        (Some(var), None) => read_key(format!("{path}.api_key_env"), var)?,
+        (None, Some(file)) => read_file(format!("{path}.api_key_file"), file)?,
         (None, None) => None,
         (Some(_), Some(_)) => {
             return Err(err(
@@ -303,13 +317,10 @@ fn build_provider(
                 }
                 let (key, key_env) = match (&e.api_key_env, &e.api_key_file) {
                     (Some(var), _) => (
-                        Some(read_key(format!("{epath}.api_key_env"), var)?),
+                        read_key(format!("{epath}.api_key_env"), var)?,
                         Some(var.clone()),
                     ),
-                    (None, Some(file)) => (
-                        Some(read_file(format!("{epath}.api_key_file"), file)?),
-                        None,
-                    ),
+                    (None, Some(file)) => (read_file(format!("{epath}.api_key_file"), file)?, None),
                     (None, None) => (key.clone(), p.api_key_env.clone()),
                 };
                 out.push(ProviderEndpoint {
@@ -438,6 +449,10 @@ fn build_provider(
             .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
         extra_headers,
         tls_verify: p.tls_verify.unwrap_or(true),
+        credential_missing: {
+            let m = missing.into_inner();
+            (!m.is_empty()).then(|| m.join(", "))
+        },
         default_max_tokens: match p.default_max_tokens {
             Some(0) => {
                 return Err(err(
@@ -829,9 +844,32 @@ models:
 
     #[test]
     fn missing_env_var_names_the_variable_not_a_value() {
-        let e = parse(OK, &BTreeMap::new()).unwrap_err();
+        // `required: true`: a missing credential is a config error naming the variable.
+        let required = OK.replace("api_key_env: K}", "api_key_env: K, required: true}");
+        let e = parse(&required, &BTreeMap::new()).unwrap_err();
         assert_eq!(e.path, "providers[0].api_key_env");
         assert!(e.reason.contains("K is not set"));
+        // Otherwise the provider loads, out of rotation, with the reason.
+        let c = parse(OK, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            c.providers[0].credential_missing.as_deref(),
+            Some("K is not set")
+        );
+        assert_eq!(c.without_credentials(), ["a (K is not set)"]);
+        let with = parse(OK, &env()).unwrap();
+        assert!(with.providers[0].credential_missing.is_none());
+        assert!(with.without_credentials().is_empty());
+        // A key file that does not exist is the same; one that cannot be read otherwise is not.
+        let file = OK.replace(
+            "api_key_env: K}",
+            "api_key_file: /nonexistent/twinroute-key}",
+        );
+        let c = parse(&file, &BTreeMap::new()).unwrap();
+        assert!(c.providers[0]
+            .credential_missing
+            .as_deref()
+            .unwrap()
+            .contains("does not exist"));
     }
 
     #[test]
@@ -911,12 +949,15 @@ models:
         )
         .unwrap_err();
         assert_eq!(e.path, "providers[0].endpoints[1].url");
-        let e = parse(
+        let c = parse(
             &conf("endpoints: [{url: \"http://y\", api_key_env: NOPE}]"),
             &env,
         )
-        .unwrap_err();
-        assert_eq!(e.path, "providers[0].endpoints[0].api_key_env");
+        .unwrap();
+        assert_eq!(
+            c.providers[0].credential_missing.as_deref(),
+            Some("NOPE is not set")
+        );
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct Candidate {
 pub enum NoRoute {
     /// No offering of the model speaks the endpoint's wire format, natively or translated.
     WrongApi,
+    /// Every provider that could serve it has no credential (`credential_missing`).
+    NoCredentials(Vec<String>),
     /// Only offerings of the other wire format are left, and the request uses what that format
     /// cannot carry (these parameters or content features).
     Untranslatable(Vec<String>),
@@ -188,6 +190,10 @@ pub enum NoRoute {
 impl NoRoute {
     pub fn message(&self, model: &str, endpoint: Endpoint) -> String {
         match self {
+            NoRoute::NoCredentials(reasons) => format!(
+                "no provider of model {model:?} has a credential configured: {}",
+                reasons.join("; ")
+            ),
             NoRoute::Untranslatable(features) => format!(
                 "model {model:?} on the {} API can only be served through a provider of the other \
                  wire format here, which cannot carry: {} (list them in the offering's \
@@ -301,6 +307,30 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
     pool.retain(|o| endpoint.served_by(api_of(o)) || endpoint.translated_to(api_of(o)));
     if pool.is_empty() {
         return Err(NoRoute::WrongApi);
+    }
+    // A provider without a credential is out of rotation entirely (not even fail-open: a
+    // request without its key is refused, every time).
+    if pool
+        .iter()
+        .any(|o| providers[provider_of(o)].credential_missing.is_some())
+    {
+        let mut reasons: Vec<String> = Vec::new();
+        pool.retain(|o| {
+            let p = &providers[provider_of(o)];
+            match &p.credential_missing {
+                None => true,
+                Some(why) => {
+                    let r = format!("{}: {why}", p.name);
+                    if !reasons.contains(&r) {
+                        reasons.push(r);
+                    }
+                    false
+                }
+            }
+        });
+        if pool.is_empty() {
+            return Err(NoRoute::NoCredentials(reasons));
+        }
     }
     // An offering reached through translation must be able to carry the whole request; what
     // its `drop_params` name is cut before translating.

@@ -109,6 +109,18 @@ impl Config {
         }
     }
 
+    /// Providers left out of rotation for want of a credential, with why (`name: reason`).
+    pub fn without_credentials(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter_map(|p| {
+                p.credential_missing
+                    .as_ref()
+                    .map(|why| format!("{} ({why})", p.name))
+            })
+            .collect()
+    }
+
     pub fn provider_by_name(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.name == name)
     }

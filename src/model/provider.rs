@@ -159,6 +159,9 @@ pub struct Provider {
     pub azure_api_version: String,
     pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub tls_verify: bool,
+    /// Why this provider has no usable credential (`OPENAI_API_KEY is not set`): it is left
+    /// out of rotation. Only for providers without `required: true`.
+    pub credential_missing: Option<String>,
     /// `max_tokens` for a translated request that sent none (Messages requires one).
     pub default_max_tokens: u64,
     /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
@@ -187,6 +190,7 @@ impl Provider {
             && self.extra_headers == other.extra_headers
             && self.tls_verify == other.tls_verify
             && self.default_max_tokens == other.default_max_tokens
+            && self.credential_missing == other.credential_missing
             && self.endpoints == other.endpoints
             && self.max_connections == other.max_connections
             && self.zero_retention == other.zero_retention

@@ -40,7 +40,7 @@ pub fn update_health_gauges(rt: &Runtime) {
         METRICS
             .provider_healthy
             .with_label_values(&[&p.name])
-            .set(s.healthy as i64);
+            .set((s.healthy && p.credential_missing.is_none()) as i64);
         METRICS
             .breaker_state
             .with_label_values(&[&p.name])
@@ -66,7 +66,9 @@ pub fn status_json(rt: &Runtime) -> Value {
                 "name": s.name,
                 "api": p.api.as_str(),
                 "region": p.region,
-                "healthy": s.healthy,
+                "healthy": s.healthy && p.credential_missing.is_none(),
+                // Left out of rotation: no credential (which env var or file is missing).
+                "credential_missing": p.credential_missing,
                 "probe_up": s.probe_up,
                 "breaker": s.breaker,
                 "cooldown_remaining_ms": s.cooldown_remaining_ms,

@@ -70,7 +70,13 @@ impl BackgroundService for ProbeService {
             let rt = self.shared.runtime.load_full();
             let now = Instant::now();
             let mut wake = now + Duration::from_secs(1);
-            for p in rt.config.providers.iter().filter(|p| p.probe.enabled) {
+            // A provider without a credential is out of rotation: probing it would only log 401s.
+            let probed = rt
+                .config
+                .providers
+                .iter()
+                .filter(|p| p.probe.enabled && p.credential_missing.is_none());
+            for p in probed {
                 let due = *next_due.entry(p.name.clone()).or_insert(now);
                 if due <= now {
                     next_due.insert(p.name.clone(), now + p.probe.interval);

@@ -411,10 +411,15 @@ impl Proxy {
         }) {
             Ok(c) => c,
             Err(e) => {
+                // Missing credentials are the deployment's problem, not the request's.
+                let kind = match e {
+                    route::NoRoute::NoCredentials(_) => ErrorKind::UpstreamFailed,
+                    _ => ErrorKind::InvalidRequest,
+                };
                 return Ok(Handled::Reject(GatewayError::new(
-                    ErrorKind::InvalidRequest,
+                    kind,
                     e.message(&model.name, endpoint),
-                )))
+                )));
             }
         };
         // Record which twins health kept out, with the same reason names as failovers.

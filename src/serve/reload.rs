@@ -71,6 +71,14 @@ impl Reloader {
             );
         }
         let rt = Runtime::reloaded(new, &old);
+        let without = rt.config.without_credentials();
+        if !without.is_empty() {
+            log::warn!(
+                "config reload: {} provider(s) left out of rotation, no credential: {}",
+                without.len(),
+                without.join(", ")
+            );
+        }
         let (providers, models) = (rt.config.providers.len(), rt.config.catalog.models().len());
         self.shared.runtime.store(Arc::new(rt));
         log::warn!(
