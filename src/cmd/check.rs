@@ -45,6 +45,7 @@ fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, pol
             p,
             translated.map_or(endpoint, |d| d.provider_endpoint()),
             &o.model_id,
+            false,
         );
         let path = match translated {
             Some(d) => format!("{path} (translated {})", d.label()),

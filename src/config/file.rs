@@ -96,6 +96,9 @@ pub struct FileProvider {
     /// A missing credential is a config error (default: the provider is left out of rotation
     /// with a warning, so a catalog can list providers not every deployment has keys for).
     pub required: Option<bool>,
+    /// `api: bedrock`: the region requests are signed for (else `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`).
+    pub aws_region: Option<String>,
     /// `max_tokens` sent to an Anthropic-format provider when a translated chat-completions
     /// request named none (the Messages API requires it).
     pub default_max_tokens: Option<u64>,

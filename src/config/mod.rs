@@ -9,8 +9,8 @@ pub mod file;
 use crate::model::catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use crate::model::ConfigError;
 use crate::model::{
-    ApiKind, BreakerConf, Config, LogFormat, OnCeiling, Policy, ProbeConf, Provider,
-    ProviderEndpoint, Route, Secret, Strategy, Timeouts, UpstreamBase,
+    ApiKind, AwsConf, AwsCredentials, BreakerConf, Config, LogFormat, OnCeiling, Policy, ProbeConf,
+    Provider, ProviderEndpoint, Route, Secret, Strategy, Timeouts, UpstreamBase,
 };
 use crate::model::{ModelId, ProviderId};
 use file::{FileConfig, FilePolicy, FileProvider};
@@ -213,13 +213,45 @@ fn build_provider(
         "openai" => ApiKind::OpenAi,
         "anthropic" => ApiKind::Anthropic,
         "azure" => ApiKind::Azure,
+        "bedrock" => ApiKind::Bedrock,
         other => {
             return Err(err(
                 format!("{path}.api"),
-                format!("unknown api {other:?} (expected openai, anthropic or azure)"),
+                format!("unknown api {other:?} (expected openai, anthropic, azure or bedrock)"),
             ))
         }
     };
+    if p.aws_region.is_some() && api != ApiKind::Bedrock {
+        return Err(err(format!("{path}.aws_region"), "only for api: bedrock"));
+    }
+    // Bedrock: the signing region, and the regional endpoint unless base_url replaces it
+    // (VPC endpoints, PrivateLink, tests); the signature does not change with it.
+    let mut p = p;
+    let mut aws_region = None;
+    if api == ApiKind::Bedrock {
+        let region = p
+            .aws_region
+            .clone()
+            .or_else(|| env.get("AWS_REGION"))
+            .or_else(|| env.get("AWS_DEFAULT_REGION"))
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                err(
+                    format!("{path}.aws_region"),
+                    "api: bedrock needs aws_region (or AWS_REGION / AWS_DEFAULT_REGION)",
+                )
+            })?;
+        if !region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(err(format!("{path}.aws_region"), "not an AWS region name"));
+        }
+        if p.base_url.is_none() && p.endpoints.is_none() {
+            p.base_url = Some(format!("https://bedrock-runtime.{region}.amazonaws.com"));
+        }
+        aws_region = Some(region);
+    }
     if let Some(v) = &p.api_version {
         if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(err(
@@ -281,6 +313,40 @@ fn build_provider(
                 format!("{path}.api_key_file"),
                 "set api_key_env or api_key_file, not both",
             ))
+        }
+    };
+    // Bedrock credentials, in the AWS SDKs' order: a Bedrock API key, then static keys.
+    let aws = match &aws_region {
+        None => None,
+        Some(region) => {
+            let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+            let credentials = if let Some(token) = get("AWS_BEARER_TOKEN_BEDROCK") {
+                Some(AwsCredentials::Bearer(Secret::new(token)))
+            } else if let (Some(id), Some(secret)) =
+                (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
+            {
+                Some(AwsCredentials::Static {
+                    access_key_id: Secret::new(id),
+                    secret_access_key: Secret::new(secret),
+                    session_token: get("AWS_SESSION_TOKEN").map(Secret::new),
+                })
+            } else {
+                None
+            };
+            match credentials {
+                Some(credentials) => Some(AwsConf {
+                    region: region.clone(),
+                    credentials,
+                }),
+                None if required => {
+                    return Err(err(
+                        format!("{path}.api"),
+                        "api: bedrock found no AWS credentials (AWS_BEARER_TOKEN_BEDROCK, or \
+                         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                    ))
+                }
+                None => None,
+            }
         }
     };
     let endpoints = match (&p.base_url, &p.endpoints) {
@@ -369,7 +435,10 @@ fn build_provider(
     };
     let pr = p.probe.as_ref();
     let probe = ProbeConf {
-        enabled: pr.and_then(|p| p.enabled).unwrap_or(true),
+        // Bedrock Runtime has nothing free to probe: passive health only, unless asked.
+        enabled: pr
+            .and_then(|p| p.enabled)
+            .unwrap_or(api != ApiKind::Bedrock),
         // None: the family's model listing (`wire::request::probe_path`).
         path: pr.and_then(|p| p.path.clone()),
         interval: nonzero_ms(
@@ -450,9 +519,18 @@ fn build_provider(
         extra_headers,
         tls_verify: p.tls_verify.unwrap_or(true),
         credential_missing: {
-            let m = missing.into_inner();
+            let mut m = missing.into_inner();
+            if aws.is_none() && api == ApiKind::Bedrock {
+                m.push(
+                    "no AWS credentials: set AWS_BEARER_TOKEN_BEDROCK, or AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY (web identity and container credentials are not \
+                     supported yet)"
+                        .to_string(),
+                );
+            }
             (!m.is_empty()).then(|| m.join(", "))
         },
+        aws,
         default_max_tokens: match p.default_max_tokens {
             Some(0) => {
                 return Err(err(

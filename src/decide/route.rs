@@ -304,7 +304,7 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
 
     // Filters, in an order that makes the error name the first thing that ruled everything out.
     let api_of = |o: &Choice| providers[provider_of(o)].api;
-    pool.retain(|o| endpoint.served_by(api_of(o)) || endpoint.translated_to(api_of(o)));
+    pool.retain(|o| endpoint.reachable_by(api_of(o)));
     if pool.is_empty() {
         return Err(NoRoute::WrongApi);
     }
@@ -336,7 +336,7 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
     // its `drop_params` name is cut before translating.
     if !constraints.untranslatable.is_empty() {
         pool.retain(|o| {
-            endpoint.served_by(api_of(o))
+            !endpoint.translated_to(api_of(o))
                 || constraints.untranslatable.iter().all(|f| {
                     catalog
                         .offering(o.model, o.offering)

@@ -64,14 +64,30 @@ impl Endpoint {
     pub fn translated_to(self, api: ApiKind) -> bool {
         matches!(
             (self, api),
-            (Endpoint::ChatCompletions, ApiKind::Anthropic)
-                | (Endpoint::Messages, ApiKind::OpenAi | ApiKind::Azure)
+            (
+                Endpoint::ChatCompletions,
+                ApiKind::Anthropic | ApiKind::Bedrock
+            ) | (Endpoint::Messages, ApiKind::OpenAi | ApiKind::Azure)
         )
     }
 
-    /// Whether a provider of this kind speaks this endpoint's wire format.
+    /// Whether the provider's body must be built from the parsed client body rather than
+    /// spliced: translation, or a provider that wraps the same format in its own envelope
+    /// (Bedrock's Messages body has no `model` and its own `anthropic_version`).
+    pub fn rebuilt_for(self, api: ApiKind) -> bool {
+        self.translated_to(api) || matches!((self, api), (Endpoint::Messages, ApiKind::Bedrock))
+    }
+
+    /// Whether a provider of this kind can serve this endpoint at all.
+    pub fn reachable_by(self, api: ApiKind) -> bool {
+        self.served_by(api) || self.rebuilt_for(api)
+    }
+
+    /// Whether a provider of this kind speaks this endpoint's wire format as it is (the body
+    /// is spliced, never parsed).
     pub fn served_by(self, api: ApiKind) -> bool {
         match (self, api) {
+            (_, ApiKind::Bedrock) => false,
             (Endpoint::Messages, ApiKind::Anthropic) => true,
             (Endpoint::Messages, _) | (_, ApiKind::Anthropic) => false,
             (_, ApiKind::OpenAi) => true,

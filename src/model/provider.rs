@@ -11,6 +11,8 @@ pub enum ApiKind {
     OpenAi,
     Anthropic,
     Azure,
+    /// AWS Bedrock Runtime (Anthropic models, SigV4).
+    Bedrock,
 }
 
 impl ApiKind {
@@ -19,8 +21,30 @@ impl ApiKind {
             ApiKind::OpenAi => "openai",
             ApiKind::Anthropic => "anthropic",
             ApiKind::Azure => "azure",
+            ApiKind::Bedrock => "bedrock",
         }
     }
+}
+
+/// Where an `api: bedrock` provider signs for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsConf {
+    /// The signing region (`aws_region`, else `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    pub region: String,
+    pub credentials: AwsCredentials,
+}
+
+/// AWS credentials, in the SDKs' order of precedence for what twinroute supports so far.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AwsCredentials {
+    /// A Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`), sent as a bearer token.
+    Bearer(Secret),
+    /// Static keys (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional `AWS_SESSION_TOKEN`).
+    Static {
+        access_key_id: Secret,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    },
 }
 
 /// A provider API key. Its `Debug`/`Display` never show the value, so it cannot leak
@@ -162,6 +186,8 @@ pub struct Provider {
     /// Why this provider has no usable credential (`OPENAI_API_KEY is not set`): it is left
     /// out of rotation. Only for providers without `required: true`.
     pub credential_missing: Option<String>,
+    /// `api: bedrock`: region and credentials.
+    pub aws: Option<AwsConf>,
     /// `max_tokens` for a translated request that sent none (Messages requires one).
     pub default_max_tokens: u64,
     /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
@@ -191,6 +217,7 @@ impl Provider {
             && self.tls_verify == other.tls_verify
             && self.default_max_tokens == other.default_max_tokens
             && self.credential_missing == other.credential_missing
+            && self.aws == other.aws
             && self.endpoints == other.endpoints
             && self.max_connections == other.max_connections
             && self.zero_retention == other.zero_retention

@@ -22,10 +22,11 @@ use crate::health::InflightSlot;
 use crate::model::catalog::Price;
 use crate::model::endpoint::{Endpoint, Family};
 use crate::model::error::{ErrorKind, GatewayError};
-use crate::model::{ModelId, Policy, Provider, ProviderEndpoint, ProviderId};
+use crate::model::{ApiKind, ModelId, Policy, Provider, ProviderEndpoint, ProviderId};
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
 use crate::serve::state::{Runtime, Shared};
+use crate::wire::bedrock;
 use crate::wire::body::{RequestBody, SplicedBody};
 use crate::wire::error_body::{account_problem, body_decides, classify_error_body};
 use crate::wire::request as provider;
@@ -37,7 +38,7 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Request bodies up to this size are sent as one contiguous write.
@@ -161,20 +162,21 @@ pub async fn run(
         // Parameters this offering must not see: cut from the body, everything else as sent.
         let dropped = body.present(&offering.drop_params);
         let translation = Direction::between(plan.endpoint, provider.api);
-        let (spliced, upstream_endpoint) = match (translation, &plan.json) {
-            (Some(dir), Some(json)) => {
-                match translate::request_body(
-                    dir,
+        let rebuilt = plan.endpoint.rebuilt_for(provider.api);
+        let (spliced, upstream_endpoint) = match (rebuilt, &plan.json) {
+            (true, Some(json)) => {
+                match translate::provider_body(
+                    plan.endpoint,
+                    provider,
                     json,
                     &offering.model_id,
                     &dropped,
-                    provider.default_max_tokens,
                 ) {
                     Ok(bytes) => (
                         SplicedBody {
                             parts: vec![Bytes::from(bytes)],
                         },
-                        dir.provider_endpoint(),
+                        translation.map_or(plan.endpoint, |d| d.provider_endpoint()),
                     ),
                     Err(e) => {
                         // The body is not the shape its own API documents (say, tool call
@@ -201,14 +203,22 @@ pub async fn run(
             _ => (body.rewrite(&offering.model_id, &dropped), plan.endpoint),
         };
         let upstream_ep = &provider.endpoints[ep];
-        let header = provider::build_request(
+        let mut header = provider::build_request(
             provider,
             upstream_ep,
             upstream_endpoint,
             &offering.model_id,
+            body.stream,
             session.req_header(),
             spliced.len(),
         )?;
+        if provider.api == ApiKind::Bedrock {
+            // SigV4 covers the exact bytes sent, so it is computed last.
+            let whole = spliced.to_vec();
+            if let Err(e) = bedrock::sign(&mut header, provider, &whole, SystemTime::now()) {
+                return Error::e_explain(ErrorType::InternalError, format!("bedrock signing: {e}"));
+            }
+        }
         let attempt_start = Instant::now();
         let result = exchange(
             shared,
@@ -729,10 +739,15 @@ async fn relay(
     if !has_length && !chunked && !session.is_http2() {
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
-    let is_sse = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let content_type = |prefix: &[u8]| {
+        resp.headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(prefix))
+    };
+    // Bedrock streams AWS event-stream frames: decoded into the Anthropic SSE they carry.
+    let is_eventstream =
+        provider.api == ApiKind::Bedrock && content_type(b"application/vnd.amazon.eventstream");
+    let is_sse = content_type(b"text/event-stream") || is_eventstream;
     resp.insert_header("x-twinroute-provider", provider.name.as_str())?;
     resp.insert_header("x-twinroute-model", served_model)?;
     resp.insert_header("x-twinroute-attempts", attempts)?;
@@ -755,28 +770,42 @@ async fn relay(
         resp.insert_header("x-twinroute-translated", dir.label())?;
         ctx.translated = Some(dir.label());
         METRICS.translations.with_label_values(&[dir.label()]).inc();
-        if !is_sse || !success {
-            let up = Upstream {
-                session: upstream,
-                peer,
-                prefix,
-            };
-            return relay_whole(shared, session, ctx, up, provider, &served, dir, resp).await;
-        }
-        // The stream's bytes change on the way: its length is no longer the provider's.
-        resp.remove_header(&http::header::CONTENT_LENGTH);
-        if !resp.headers.contains_key(http::header::TRANSFER_ENCODING) && !session.is_http2() {
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
+    }
+    // A translated whole answer, or an error whose shape is not the client's (another family,
+    // or Bedrock's own `{"message"}`): read whole and re-shaped.
+    if (served.translation.is_some() && (!is_sse || !success))
+        || (provider.api == ApiKind::Bedrock && !success)
+    {
+        let up = Upstream {
+            session: upstream,
+            peer,
+            prefix,
+        };
+        return relay_whole(shared, session, ctx, up, provider, &served, resp).await;
+    }
+    let mut frames = None;
+    if is_eventstream {
+        resp.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+        frames = Some(bedrock::EventStreamToSse::default());
+    }
+    if let Some(dir) = served.translation.filter(|_| is_sse) {
         translator = Some(translate::stream::StreamTranslator::new(
             dir,
             served.include_usage,
         ));
     }
+    if frames.is_some() || translator.is_some() {
+        // The stream's bytes change on the way: its length is no longer the provider's.
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        if !resp.headers.contains_key(http::header::TRANSFER_ENCODING) && !session.is_http2() {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+    }
     session.write_response_header(Box::new(resp), false).await?;
 
     let mut usage = UsageScanner::default();
     let mut out = Vec::new();
+    let mut sse = Vec::new();
     if let Some(p) = prefix.filter(|p| !p.is_empty()) {
         session.write_response_body(Some(p), false).await?;
     }
@@ -788,7 +817,28 @@ async fn relay(
                 }
                 // A write error means the client left: return it, dropping the upstream
                 // connection so the provider stops generating for nobody.
+                let chunk = match frames.as_mut() {
+                    None => chunk,
+                    Some(f) => {
+                        sse.clear();
+                        if let Err(e) = f.feed(&chunk, &mut sse) {
+                            log::warn!(
+                                "provider {}: {}; request {}",
+                                provider.name,
+                                e.0,
+                                ctx.request_id
+                            );
+                            ctx.error = Some(e.0);
+                            session.set_keepalive(None);
+                            let event = stream_error_event(family, &provider.name);
+                            session.write_response_body(Some(event), true).await?;
+                            return Ok(());
+                        }
+                        Bytes::copy_from_slice(&sse)
+                    }
+                };
                 match translator.as_mut() {
+                    None if chunk.is_empty() => {}
                     None => session.write_response_body(Some(chunk), false).await?,
                     Some(t) => {
                         out.clear();
@@ -802,6 +852,14 @@ async fn relay(
                 }
             }
             Ok(None) => {
+                if frames.as_ref().is_some_and(|f| f.pending() > 0) {
+                    // Ended mid-frame: what arrived whole was delivered; say the rest broke.
+                    ctx.error = Some("upstream event stream ended mid-frame".into());
+                    session.set_keepalive(None);
+                    let event = stream_error_event(family, &provider.name);
+                    session.write_response_body(Some(event), true).await?;
+                    return Ok(());
+                }
                 if let Some(t) = translator.as_mut() {
                     out.clear();
                     if !t.finish(&mut out) {
@@ -872,7 +930,6 @@ async fn relay_whole(
     up: Upstream,
     provider: &Provider,
     served: &Served<'_>,
-    dir: Direction,
     mut resp: ResponseHeader,
 ) -> Result<()> {
     let Upstream {
@@ -919,7 +976,9 @@ async fn relay_whole(
             }
         }
     }
-    let body = if (200..300).contains(&status) {
+    let body = if !(200..300).contains(&status) {
+        translate::response::error(served.family, status, &buf)
+    } else if let Some(dir) = served.translation {
         match translate::response::response(dir, &buf) {
             Ok(b) => b,
             Err(e) => {
@@ -936,7 +995,7 @@ async fn relay_whole(
             }
         }
     } else {
-        translate::response::error(dir, status, &buf)
+        buf.to_vec()
     };
     resp.remove_header(&http::header::TRANSFER_ENCODING);
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;

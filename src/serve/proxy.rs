@@ -381,7 +381,7 @@ impl Proxy {
         if let Some(dir) = Direction::from_client(endpoint) {
             let reachable_only_translated = relevant
                 .clone()
-                .any(|p| endpoint.translated_to(cfg.providers[p].api));
+                .any(|p| endpoint.rebuilt_for(cfg.providers[p].api));
             if reachable_only_translated {
                 match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
                     Ok(v) => {

@@ -6,6 +6,7 @@
 
 pub mod anthropic;
 pub mod azure;
+pub mod bedrock;
 pub mod body;
 pub mod error_body;
 pub mod errors;

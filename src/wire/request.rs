@@ -3,7 +3,7 @@
 //! The client's own credentials and twinroute's control headers never leave this process; the
 //! provider's key is injected in the form its wire format expects (one file per format).
 
-use super::{anthropic, azure, openai};
+use super::{anthropic, azure, bedrock, openai};
 use crate::model::endpoint::Endpoint;
 use crate::model::{ApiKind, Provider, ProviderEndpoint};
 use pingora::http::RequestHeader;
@@ -40,9 +40,15 @@ fn is_dropped(name: &str) -> bool {
 /// `base_url` follows the OpenAI SDK convention: when it has a path it is the API root
 /// (`https://api.groq.com/openai/v1`) and the endpoint's subpath is appended; a bare host
 /// (`https://api.together.xyz`) gets the standard `/v1` root.
-pub fn upstream_path(provider: &Provider, endpoint: Endpoint, model_id: &str) -> String {
+pub fn upstream_path(
+    provider: &Provider,
+    endpoint: Endpoint,
+    model_id: &str,
+    stream: bool,
+) -> String {
     match provider.api {
         ApiKind::Azure => azure::path(provider, endpoint, model_id),
+        ApiKind::Bedrock => bedrock::path(&provider.base.path, model_id, stream),
         ApiKind::OpenAi | ApiKind::Anthropic => {
             let root = if provider.base.path.is_empty() {
                 "/v1"
@@ -60,10 +66,11 @@ pub fn build_request(
     upstream: &ProviderEndpoint,
     endpoint: Endpoint,
     model_id: &str,
+    stream: bool,
     client: &RequestHeader,
     body_len: usize,
 ) -> Result<RequestHeader> {
-    let path = upstream_path(provider, endpoint, model_id);
+    let path = upstream_path(provider, endpoint, model_id, stream);
     let mut req = RequestHeader::build("POST", path.as_bytes(), Some(client.headers.len() + 6))?;
     for (name, value) in client.headers.iter() {
         if !is_dropped(name.as_str()) {
@@ -95,6 +102,8 @@ fn authorize(
         ApiKind::OpenAi => openai::authorize(key, req),
         ApiKind::Anthropic => anthropic::authorize(provider, key, req),
         ApiKind::Azure => azure::authorize(key, req),
+        // Signed over the final body by the caller (`bedrock::sign`).
+        ApiKind::Bedrock => Ok(()),
     }
 }
 
@@ -109,6 +118,9 @@ pub fn probe_path(provider: &Provider) -> String {
         ApiKind::OpenAi => openai::listing_path(base),
         ApiKind::Anthropic => anthropic::listing_path(base),
         ApiKind::Azure => azure::listing_path(base, &provider.azure_api_version),
+        // Bedrock Runtime has no free listing: its probe is off by default (passive health
+        // only); an operator who enables it names a path.
+        ApiKind::Bedrock => format!("{base}/"),
     }
 }
 
@@ -164,19 +176,24 @@ models:
     fn paths_per_provider_kind() {
         let c = cfg();
         assert_eq!(
-            upstream_path(&c.providers[0], Endpoint::ChatCompletions, "x"),
+            upstream_path(&c.providers[0], Endpoint::ChatCompletions, "x", false),
             "/v1/chat/completions"
         );
         assert_eq!(
-            upstream_path(&c.providers[1], Endpoint::Embeddings, "x"),
+            upstream_path(&c.providers[1], Endpoint::Embeddings, "x", false),
             "/openai/v1/embeddings"
         );
         assert_eq!(
-            upstream_path(&c.providers[2], Endpoint::Messages, "x"),
+            upstream_path(&c.providers[2], Endpoint::Messages, "x", false),
             "/v1/messages"
         );
         assert_eq!(
-            upstream_path(&c.providers[3], Endpoint::ChatCompletions, "gpt4o-prod"),
+            upstream_path(
+                &c.providers[3],
+                Endpoint::ChatCompletions,
+                "gpt4o-prod",
+                false
+            ),
             "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21"
         );
     }
@@ -189,6 +206,7 @@ models:
             &c.providers[0].endpoints[0],
             Endpoint::ChatCompletions,
             "x",
+            false,
             &client(),
             42,
         )
@@ -211,6 +229,7 @@ models:
             &c.providers[2].endpoints[0],
             Endpoint::Messages,
             "x",
+            false,
             &client(),
             1,
         )
@@ -224,6 +243,7 @@ models:
             &c.providers[3].endpoints[0],
             Endpoint::ChatCompletions,
             "dep",
+            false,
             &client(),
             1,
         )

@@ -95,14 +95,15 @@ pub fn untranslatable(dir: Direction, body: &serde_json::Value) -> Vec<String> {
     }
 }
 
-/// The provider's request body for one attempt: the client's parsed body less the offering's
-/// `drop_params`, translated, with `model` set to the offering's ID.
-pub fn request_body(
-    dir: Direction,
+/// The provider's request body for one attempt, built from the client's parsed body: less the
+/// offering's `drop_params`, translated when the families differ, with `model` set to the
+/// offering's ID, and in the provider's envelope (Bedrock's).
+pub fn provider_body(
+    endpoint: Endpoint,
+    provider: &crate::model::Provider,
     client: &serde_json::Value,
     model_id: &str,
     drop: &[&str],
-    default_max_tokens: u64,
 ) -> Result<Vec<u8>, TranslateError> {
     let trimmed;
     let body = if drop.is_empty() {
@@ -115,12 +116,20 @@ pub fn request_body(
         trimmed = serde_json::Value::Object(map);
         &trimmed
     };
-    let out = match dir {
-        Direction::OpenAiToAnthropic => {
-            request::openai_to_anthropic(body, model_id, default_max_tokens)?
+    let out = match Direction::between(endpoint, provider.api) {
+        Some(Direction::OpenAiToAnthropic) => {
+            request::openai_to_anthropic(body, model_id, provider.default_max_tokens)?
         }
-        Direction::AnthropicToOpenAi => request::anthropic_to_openai(body, model_id)?,
+        Some(Direction::AnthropicToOpenAi) => request::anthropic_to_openai(body, model_id)?,
+        None => {
+            let mut same = body.clone();
+            same["model"] = serde_json::json!(model_id);
+            same
+        }
     };
+    if provider.api == ApiKind::Bedrock {
+        return Ok(super::bedrock::envelope(&out));
+    }
     serde_json::to_vec(&out).map_err(|e| TranslateError(e.to_string()))
 }
 

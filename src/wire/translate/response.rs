@@ -137,9 +137,9 @@ fn error_message(body: &[u8]) -> String {
 
 /// A provider's error answer re-shaped into the client's error JSON, the status kept (the SDKs
 /// raise their typed exception from the status and this shape).
-pub fn error(dir: Direction, status: u16, body: &[u8]) -> Vec<u8> {
+pub fn error(client: crate::model::endpoint::Family, status: u16, body: &[u8]) -> Vec<u8> {
     let message = error_message(body);
-    let v = match dir.client_family() {
+    let v = match client {
         crate::model::endpoint::Family::Anthropic => {
             let kind = match status {
                 400 | 422 => "invalid_request_error",
@@ -221,20 +221,30 @@ mod tests {
     #[test]
     fn errors_take_the_clients_shape_and_keep_the_message() {
         let anthropic_err = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
-        let v: Value =
-            serde_json::from_slice(&error(Direction::OpenAiToAnthropic, 400, anthropic_err))
-                .unwrap();
+        let v: Value = serde_json::from_slice(&error(
+            Direction::OpenAiToAnthropic.client_family(),
+            400,
+            anthropic_err,
+        ))
+        .unwrap();
         assert_eq!(v["error"]["message"], "max_tokens: Field required");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         let openai_err = br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
-        let v: Value =
-            serde_json::from_slice(&error(Direction::AnthropicToOpenAi, 429, openai_err)).unwrap();
+        let v: Value = serde_json::from_slice(&error(
+            Direction::AnthropicToOpenAi.client_family(),
+            429,
+            openai_err,
+        ))
+        .unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(v["error"]["message"], "Rate limit reached");
-        let v: Value =
-            serde_json::from_slice(&error(Direction::AnthropicToOpenAi, 502, b"Bad Gateway"))
-                .unwrap();
+        let v: Value = serde_json::from_slice(&error(
+            Direction::AnthropicToOpenAi.client_family(),
+            502,
+            b"Bad Gateway",
+        ))
+        .unwrap();
         assert_eq!(v["error"]["message"], "Bad Gateway");
     }
 }
