@@ -590,10 +590,20 @@ async fn exchange(
                     Err(reason) => return failed(reason),
                 };
             // A body over the cap is no error message a provider sends about a model.
-            let verdict = if complete {
-                classify_error_body(status, &prefix)
-            } else {
-                None
+            // Bedrock names its error in x-amzn-ErrorType; that decides before the body does.
+            let aws_error = (provider.api == ApiKind::Bedrock)
+                .then(|| up.response_header())
+                .flatten()
+                .and_then(|h| h.headers.get("x-amzn-errortype"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let verdict = match aws_error
+                .as_deref()
+                .and_then(|t| bedrock::classify(t, &prefix))
+            {
+                Some(verdict) => verdict,
+                None if complete => classify_error_body(status, &prefix),
+                None => None,
             };
             up.set_read_timeout(Some(provider.timeouts.idle));
             Exchange::Answer {

@@ -46,6 +46,20 @@ pub enum Behavior {
     Json(String),
     /// Answer 200 with exactly these SSE events, 5 ms apart.
     Sse(Vec<String>),
+    /// Bedrock only: stream this many chunk events, then an `exception` frame of this kind.
+    BedrockException { after: usize, kind: String },
+}
+
+/// How the mock Bedrock checks a request's credentials, as the real service does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BedrockAuth {
+    /// SigV4: the signature is recomputed from the received request with this secret.
+    SigV4 {
+        access_key_id: String,
+        secret_access_key: String,
+    },
+    /// A Bedrock API key sent as `Authorization: Bearer`.
+    Bearer(String),
 }
 
 impl Behavior {
@@ -100,6 +114,8 @@ struct State {
     record: bool,
     /// Refuse, as the real API does, a body its wire format does not accept (`validate`).
     strict: bool,
+    /// Serve Bedrock's InvokeModel paths, checking credentials this way.
+    bedrock: Option<BedrockAuth>,
 }
 
 /// A running mock provider. Dropping it does not stop it; call `stop`.
@@ -174,6 +190,7 @@ impl MockProvider {
                 sse_interval: Duration::from_millis(10),
                 record: true,
                 strict: false,
+                bedrock: None,
             })),
             connections: Arc::new(AtomicUsize::new(0)),
             open_connections: Arc::new(AtomicUsize::new(0)),
@@ -244,6 +261,12 @@ impl MockProvider {
     /// shape when it would (see `validate`).
     pub fn set_strict(&self, strict: bool) {
         self.lock().strict = strict;
+    }
+
+    /// Play AWS Bedrock Runtime (`/model/{id}/invoke[-with-response-stream]`), checking every
+    /// request's credentials with `auth` and its body as Bedrock does.
+    pub fn set_bedrock(&self, auth: BedrockAuth) {
+        self.lock().bedrock = Some(auth);
     }
 
     pub fn set_record(&self, record: bool) {
@@ -335,6 +358,10 @@ impl MockProvider {
             body,
         };
         let parsed = recorded.json();
+        let bedrock = self.lock().bedrock.clone();
+        if let (Some(auth), true) = (bedrock, path.starts_with("/model/")) {
+            return self.bedrock(auth, &method, &path, recorded, parsed).await;
+        }
         let (behavior, name, probe, models, sse) = {
             let mut s = self.lock();
             if s.strict && method != "GET" {
@@ -413,6 +440,10 @@ impl MockProvider {
                     r = r.header("retry-after", s.to_string());
                 }
                 r.body(full(body)).map_err(std::io::Error::other)
+            }
+            // Bedrock's exception frames exist only on its own paths.
+            Behavior::BedrockException { .. } => {
+                Ok(answer(&name, &model, &path, anthropic, stream, sse, None))
             }
             Behavior::Json(body) => Response::builder()
                 .status(200)
@@ -543,6 +574,225 @@ pub fn sse_events(model: &str, anthropic: bool, chunks: usize) -> Vec<String> {
         out.push("data: [DONE]\n\n".to_string());
     }
     out
+}
+
+impl MockProvider {
+    /// One Bedrock InvokeModel request: credentials, path, body, then the scripted behaviour.
+    async fn bedrock(
+        &self,
+        auth: BedrockAuth,
+        method: &str,
+        path: &str,
+        recorded: Recorded,
+        parsed: Value,
+    ) -> std::io::Result<Response<MockBody>> {
+        let refuse = |status: u16, kind: &str, message: String| {
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .header("x-amzn-errortype", kind)
+                .body(full(json!({"message": message}).to_string()))
+                .map_err(std::io::Error::other)
+        };
+        let authorized = match &auth {
+            BedrockAuth::SigV4 {
+                access_key_id,
+                secret_access_key,
+            } => match super::sigv4_check::verify(
+                method,
+                path,
+                &recorded.headers,
+                &recorded.body,
+                secret_access_key,
+            ) {
+                Ok(a) if &a.access_key_id != access_key_id => Err((
+                    "UnrecognizedClientException",
+                    "The security token included in the request is invalid.".to_string(),
+                )),
+                Ok(a) if a.service != "bedrock" => Err((
+                    "InvalidSignatureException",
+                    format!(
+                        "Credential should be scoped to correct service: 'bedrock', not {:?}",
+                        a.service
+                    ),
+                )),
+                Ok(_) => Ok(()),
+                Err(e) => Err(("InvalidSignatureException", e)),
+            },
+            BedrockAuth::Bearer(token) => {
+                if recorded.header("authorization") == Some(format!("Bearer {token}").as_str()) {
+                    Ok(())
+                } else {
+                    Err(("UnrecognizedClientException", "Invalid API key".to_string()))
+                }
+            }
+        };
+        {
+            let mut s = self.lock();
+            if s.record {
+                s.requests.push(recorded);
+            }
+        }
+        if let Err((kind, message)) = authorized {
+            return refuse(403, kind, message);
+        }
+        let rest = &path["/model/".len()..];
+        let (raw_id, op) = rest.rsplit_once('/').unwrap_or((rest, ""));
+        let model = percent_encoding::percent_decode_str(raw_id)
+            .decode_utf8_lossy()
+            .into_owned();
+        let stream = match op {
+            "invoke" => false,
+            "invoke-with-response-stream" => true,
+            _ => {
+                return refuse(
+                    404,
+                    "UnknownOperationException",
+                    format!("unknown operation {op:?}"),
+                )
+            }
+        };
+        if parsed.get("anthropic_version").and_then(Value::as_str) != Some("bedrock-2023-05-31") {
+            return refuse(
+                400,
+                "ValidationException",
+                "anthropic_version: bedrock-2023-05-31 is required".into(),
+            );
+        }
+        for k in ["model", "stream"] {
+            if parsed.get(k).is_some() {
+                return refuse(
+                    400,
+                    "ValidationException",
+                    format!("extraneous key [{k}] is not permitted"),
+                );
+            }
+        }
+        let mut as_messages = parsed.clone();
+        as_messages
+            .as_object_mut()
+            .map(|o| o.remove("anthropic_version"));
+        as_messages["model"] = json!(model);
+        if let Err(m) = validate("/v1/messages", &as_messages) {
+            return refuse(400, "ValidationException", m);
+        }
+        let behavior = {
+            let mut s = self.lock();
+            match s.per_model.get(&model) {
+                Some(b) => b.clone(),
+                None => s.queue.pop_front().unwrap_or_else(|| s.behavior.clone()),
+            }
+        };
+        let name = self.lock().name.clone();
+        let events = anthropic_stream_events(&model, &format!("hello from {name}"));
+        match behavior {
+            Behavior::Status { status, body, .. } => Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(full(body))
+                .map_err(std::io::Error::other),
+            Behavior::Ok if !stream => Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(full(
+                    json!({"id": "msg_bdrk_mock", "type": "message", "role": "assistant", "model": model,
+                           "content": [{"type": "text", "text": format!("hello from {name}")}],
+                           "stop_reason": "end_turn", "stop_sequence": null,
+                           "usage": {"input_tokens": 12, "output_tokens": 5}})
+                    .to_string(),
+                ))
+                .map_err(std::io::Error::other),
+            Behavior::Ok | Behavior::BedrockException { .. } => {
+                let (n, exception) = match &behavior {
+                    Behavior::BedrockException { after, kind } => (*after, Some(kind.clone())),
+                    _ => (events.len(), None),
+                };
+                let mut frames: Vec<Bytes> = events.iter().take(n).map(bedrock_chunk).collect();
+                if let Some(kind) = exception {
+                    frames.push(bedrock_exception(&kind, "The model stream failed."));
+                }
+                let (tx, rx) = mpsc::channel(16);
+                tokio::spawn(async move {
+                    for f in frames {
+                        if tx.send(Ok(f)).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                });
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/vnd.amazon.eventstream")
+                    .header("x-amzn-bedrock-content-type", "application/json")
+                    .body(BoxBody::new(ChannelBody(rx)))
+                    .map_err(std::io::Error::other)
+            }
+            other => Err(std::io::Error::other(format!(
+                "mock bedrock does not play {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A realistic Anthropic stream (the shape of the Messages API docs): message_start, one text
+/// block of five deltas, message_delta with usage, message_stop.
+pub fn anthropic_stream_events(model: &str, text: &str) -> Vec<Value> {
+    let mut out = vec![
+        json!({"type": "message_start", "message": {"id": "msg_bdrk_mock", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 12, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ];
+    for word in text.split_inclusive(' ') {
+        out.push(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}}));
+    }
+    out.push(json!({"type": "content_block_stop", "index": 0}));
+    out.push(json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 5}}));
+    out.push(json!({"type": "message_stop"}));
+    out
+}
+
+/// One Bedrock `chunk` frame carrying an Anthropic event (base64 in `bytes`, CRCs computed).
+pub fn bedrock_chunk(event: &Value) -> Bytes {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    use base64::Engine;
+    let payload =
+        json!({"bytes": base64::engine::general_purpose::STANDARD.encode(event.to_string())});
+    let m = Message::new(payload.to_string().into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            HeaderValue::String("chunk".into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    let _ = aws_smithy_eventstream::frame::write_message_to(&m, &mut out);
+    Bytes::from(out)
+}
+
+/// One Bedrock `exception` frame (`modelStreamErrorException`, `throttlingException`, ...).
+pub fn bedrock_exception(kind: &str, message: &str) -> Bytes {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let m = Message::new(json!({"message": message}).to_string().into_bytes())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("exception".into()),
+        ))
+        .add_header(Header::new(
+            ":exception-type",
+            HeaderValue::String(kind.to_string().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    let _ = aws_smithy_eventstream::frame::write_message_to(&m, &mut out);
+    Bytes::from(out)
 }
 
 /// What the real APIs check of a request body, enough that a body in the wrong format (or a

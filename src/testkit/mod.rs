@@ -6,3 +6,4 @@ pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mock;
+pub mod sigv4_check;

@@ -16,6 +16,7 @@
 //!   500, `ModelTimeoutException` 408, `AccessDeniedException` about model access 403 → the
 //!   offering is unavailable, `ValidationException` 400 → the client's).
 
+use crate::model::outcome::FailoverReason;
 use crate::model::{AwsCredentials, Provider};
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::{HeaderValue, Message};
@@ -54,6 +55,44 @@ pub fn envelope(messages_body: &Value) -> Vec<u8> {
     map.remove("stream");
     map.insert("anthropic_version".into(), json!(ANTHROPIC_VERSION));
     Value::Object(map).to_string().into_bytes()
+}
+
+/// What Bedrock's `x-amzn-ErrorType` says about an answer whose status alone does not decide
+/// (400/403/404): `Some(verdict)` when the type settles it, `None` to let the shared body
+/// table decide. The header may carry a `:`-suffix (`AccessDeniedException:http://...`).
+pub fn classify(error_type: &str, body: &[u8]) -> Option<Option<FailoverReason>> {
+    let kind = error_type.split(':').next().unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .and_then(Value::as_str)
+                .map(str::to_lowercase)
+        })
+        .unwrap_or_default();
+    match kind {
+        // The credential twinroute signed with was refused: never the client's doing.
+        "InvalidSignatureException"
+        | "UnrecognizedClientException"
+        | "ExpiredTokenException"
+        | "IncompleteSignatureException"
+        | "MissingAuthenticationTokenException" => Some(Some(FailoverReason::AuthFailed)),
+        // "You don't have access to the model with the specified model ID.": the offering is
+        // out (model access not granted in this account/region); anything else is the role's
+        // permissions.
+        "AccessDeniedException"
+            if ["access to the model", "model access", "specified model"]
+                .iter()
+                .any(|p| message.contains(p)) =>
+        {
+            Some(Some(FailoverReason::ModelUnavailable))
+        }
+        "AccessDeniedException" => Some(Some(FailoverReason::AuthFailed)),
+        "ResourceNotFoundException" => Some(Some(FailoverReason::ModelUnavailable)),
+        // The request itself (a context-length message still moves to a larger window).
+        "ValidationException" => None,
+        _ => None,
+    }
 }
 
 /// Why a request could not be signed.
@@ -319,6 +358,35 @@ mod tests {
         s.extend(chunk(&json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}})));
         s.extend(chunk(&json!({"type": "message_stop"})));
         s
+    }
+
+    #[test]
+    fn error_types_decide_before_the_body() {
+        let sig = br#"{"message":"The request signature we calculated does not match the signature you provided. The canonical request was: POST /model/x/invoke"}"#;
+        assert_eq!(
+            classify(
+                "InvalidSignatureException:http://internal.amazon.com/coral/",
+                sig
+            ),
+            Some(Some(FailoverReason::AuthFailed))
+        );
+        let access =
+            br#"{"message":"You don't have access to the model with the specified model ID."}"#;
+        assert_eq!(
+            classify("AccessDeniedException", access),
+            Some(Some(FailoverReason::ModelUnavailable))
+        );
+        assert_eq!(
+            classify(
+                "AccessDeniedException",
+                br#"{"message":"User is not authorized to perform: bedrock:InvokeModel"}"#
+            ),
+            Some(Some(FailoverReason::AuthFailed))
+        );
+        assert_eq!(
+            classify("ValidationException", br#"{"message":"bad"}"#),
+            None
+        );
     }
 
     #[test]
