@@ -141,10 +141,25 @@ pub fn report(cfg: &Config) -> String {
             p.base.port,
             p.base.path,
             p.region.as_deref().unwrap_or("-"),
-            match (&p.key_env, &p.credential_missing) {
-                (_, Some(why)) => format!("MISSING ({why}): left out of rotation"),
-                (Some(v), None) => format!("${v} (set)"),
-                (None, None) => "none".into(),
+            match (&p.key_env, &p.credential_missing, &p.aws) {
+                (_, Some(why), _) => format!("MISSING ({why}): left out of rotation"),
+                (_, None, Some(aws)) => match &aws.credentials {
+                    crate::model::AwsCredentials::Bearer(_) => format!(
+                        "Bedrock API key $AWS_BEARER_TOKEN_BEDROCK (set), region {}",
+                        aws.region
+                    ),
+                    crate::model::AwsCredentials::Static { session_token, .. } => format!(
+                        "SigV4 bedrock/{} with $AWS_ACCESS_KEY_ID{} (set)",
+                        aws.region,
+                        if session_token.is_some() {
+                            " + $AWS_SESSION_TOKEN"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+                (Some(v), None, None) => format!("${v} (set)"),
+                (None, None, None) => "none".into(),
             },
         );
     }
