@@ -258,3 +258,249 @@ async fn a_bedrock_api_key_is_sent_as_a_bearer_token() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(bd.requests()[0].header("x-amz-date").is_none());
 }
+
+// ---- Google Vertex AI ----
+
+use twinroute::testkit::mock::GoogleMock;
+
+/// A fresh RSA key (PKCS#8 PEM) made with openssl, as a service-account key would hold.
+fn rsa_key() -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const SA_EMAIL: &str = "twinroute-test@my-proj.iam.gserviceaccount.com";
+
+/// `anthropic` then `vertex` for Claude; the Google mock plays the token endpoint (checking
+/// the JWT with the service account's public key) and Vertex. `credentials` is `sa` (a key
+/// file) or `metadata` (GCE_METADATA_HOST pointing at the mock).
+async fn vertex_setup(
+    credentials: &str,
+    ttl: std::time::Duration,
+) -> (MockProvider, MockProvider, Twinroute, std::path::PathBuf) {
+    let an = MockProvider::start("an").await.unwrap();
+    let gg = MockProvider::start("gg").await.unwrap();
+    let key = rsa_key();
+    gg.set_google(GoogleMock {
+        client_email: SA_EMAIL.into(),
+        private_key_pem: key.clone(),
+        token_ttl: ttl,
+    });
+    let dir = std::env::temp_dir().join(format!("twinroute-vertex-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sa_file = dir.join("sa.json");
+    std::fs::write(
+        &sa_file,
+        json!({"type": "service_account", "project_id": "my-proj", "private_key_id": "k1",
+               "private_key": key, "client_email": SA_EMAIL,
+               "token_uri": format!("{}/token", gg.base_url())})
+        .to_string(),
+    )
+    .unwrap();
+    let creds = match credentials {
+        "sa" => format!(", gcp_credentials_file: \"{}\"", sa_file.display()),
+        _ => String::new(),
+    };
+    let yaml = format!(
+        "providers:\n  - {{name: anthropic, api: anthropic, base_url: \"{}\", probe: {{enabled: false}}}}\n  - {{name: vertex, api: vertex, gcp_project: my-proj, gcp_location: us-east5, base_url: \"{}\"{creds}}}\nmodels:\n  - name: claude-sonnet-4-5\n    offerings:\n      - {{provider: anthropic, model: claude-sonnet-4-5-20250929}}\n      - {{provider: vertex, model: \"claude-sonnet-4-5@20250929\"}}\npolicy: {{backoff: {{base_ms: 1, max_ms: 5}}}}\n",
+        an.base_url(),
+        gg.base_url()
+    );
+    let host = gg.base_url().trim_start_matches("http://").to_string();
+    let env: Vec<(&str, &str)> = match credentials {
+        "metadata" => vec![("GCE_METADATA_HOST", host.as_str())],
+        _ => vec![],
+    };
+    let t = Twinroute::start(&yaml, &env).await;
+    an.set_behavior(overloaded());
+    (an, gg, t, sa_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_fails_over_to_vertex_with_a_token_minted_from_a_signed_jwt() {
+    let (_an, gg, t, _) = vertex_setup("sa", std::time::Duration::from_secs(3600)).await;
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &messages(false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("vertex"));
+    assert_eq!(r.json()["content"][0]["text"], "hello from gg");
+    let reqs = gg.requests();
+    let call = reqs
+        .iter()
+        .find(|r| r.path.contains(":rawPredict"))
+        .expect("a rawPredict call");
+    assert_eq!(
+        call.path,
+        "/v1/projects/my-proj/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"
+    );
+    assert_eq!(
+        call.json(),
+        json!({"max_tokens": 64, "stream": false, "messages": [{"role": "user", "content": "Hello"}],
+               "anthropic_version": "vertex-2023-10-16"})
+    );
+    assert!(call
+        .header("authorization")
+        .unwrap()
+        .starts_with("Bearer ya29.mock-"));
+    // The token came from the JWT bearer grant the mock verified with the key's public half.
+    let grant = reqs.iter().find(|r| r.path == "/token").unwrap();
+    assert!(String::from_utf8_lossy(&grant.body).starts_with(
+        "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant%2Dtype%3Ajwt%2Dbearer&assertion="
+    ));
+    assert!(gg.tokens_issued() >= 1);
+    // Streamed: Vertex's SSE reaches the Anthropic client as it is.
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &messages(true),
+    )
+    .await
+    .unwrap();
+    let text = r.text();
+    assert!(text.starts_with("event: message_start"), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with(r#"data: {"type":"message_stop"}"#),
+        "{text}"
+    );
+    // And an OpenAI client of the same model, through translation.
+    let r = t
+        .chat(
+            &json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "hello from gg"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_and_revoked_tokens_are_replaced_without_a_failed_request() {
+    // Two-second tokens: several expire during the run.
+    let (_an, gg, t, _) = vertex_setup("sa", std::time::Duration::from_secs(2)).await;
+    let pin = [
+        ("anthropic-version", "2023-06-01"),
+        ("x-twinroute-provider", "vertex"),
+    ];
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < std::time::Duration::from_millis(4500) {
+        let r = client::post_json(&t.url("/v1/messages"), &pin, &messages(false))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert!(
+        gg.tokens_issued() >= 3,
+        "{} tokens for {n} requests",
+        gg.tokens_issued()
+    );
+    // Revoked under us: the 401 forces one fresh token and one retry, invisible to the client.
+    let (_an, gg, t, _) = vertex_setup("sa", std::time::Duration::from_secs(3600)).await;
+    let r = client::post_json(&t.url("/v1/messages"), &pin, &messages(false))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let before = gg.tokens_issued();
+    gg.revoke_tokens();
+    let r = client::post_json(&t.url("/v1/messages"), &pin, &messages(false))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-attempts"), Some("1"));
+    assert_eq!(gg.tokens_issued(), before + 1);
+    t.wait_for_log("access token refused (401)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_tokens_come_from_the_metadata_server() {
+    let (_an, gg, t, _) = vertex_setup("metadata", std::time::Duration::from_secs(3600)).await;
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &messages(false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("vertex"));
+    // The metadata server is asked with GET (the mock files GETs under probes).
+    let reqs = gg.probes();
+    let md = reqs
+        .iter()
+        .find(|r| r.path.starts_with("/computeMetadata/"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no metadata call: {:?}",
+                reqs.iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(md.header("metadata-flavor"), Some("Google"));
+    assert!(
+        md.path
+            .contains("scopes=https%3A%2F%2Fwww%2Egoogleapis%2Ecom%2Fauth%2Fcloud%2Dplatform"),
+        "{}",
+        md.path
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_token_endpoint_refuses_takes_only_vertex_out() {
+    let (_an, gg, t, sa_file) = vertex_setup("sa", std::time::Duration::from_secs(3600)).await;
+    // The mock now expects another key: every JWT twinroute signs is refused.
+    gg.set_google(GoogleMock {
+        client_email: SA_EMAIL.into(),
+        private_key_pem: rsa_key(),
+        token_ttl: std::time::Duration::from_secs(3600),
+    });
+    let _ = sa_file;
+    // (The refresher may have minted a good token at start; revoke it.)
+    gg.revoke_tokens();
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-twinroute-provider", "vertex"),
+        ],
+        &messages(false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("vertex: auth_failed"), "{}", r.text());
+    t.wait_for_log("cannot mint an access token").await;
+    let s = t.status().await;
+    let v = s["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vertex")
+        .unwrap()
+        .clone();
+    assert!(
+        v["credential_error"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid JWT Signature"),
+        "{v}"
+    );
+}

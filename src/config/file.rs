@@ -99,6 +99,12 @@ pub struct FileProvider {
     /// `api: bedrock`: the region requests are signed for (else `AWS_REGION`,
     /// `AWS_DEFAULT_REGION`).
     pub aws_region: Option<String>,
+    /// `api: vertex`: the Google Cloud project and location (`us-east5`, `global`, ...).
+    pub gcp_project: Option<String>,
+    pub gcp_location: Option<String>,
+    /// `api: vertex`: a service-account key file (else GOOGLE_APPLICATION_CREDENTIALS, else
+    /// the metadata server).
+    pub gcp_credentials_file: Option<String>,
     /// `max_tokens` sent to an Anthropic-format provider when a translated chat-completions
     /// request named none (the Messages API requires it).
     pub default_max_tokens: Option<u64>,

@@ -9,8 +9,9 @@ pub mod file;
 use crate::model::catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use crate::model::ConfigError;
 use crate::model::{
-    ApiKind, AwsConf, AwsCredentials, BreakerConf, Config, LogFormat, OnCeiling, Policy, ProbeConf,
-    Provider, ProviderEndpoint, Route, Secret, Strategy, Timeouts, UpstreamBase,
+    ApiKind, AwsConf, AwsCredentials, BreakerConf, Config, GcpConf, GcpCredentials, LogFormat,
+    OnCeiling, Policy, ProbeConf, Provider, ProviderEndpoint, Route, Secret, Strategy, Timeouts,
+    UpstreamBase,
 };
 use crate::model::{ModelId, ProviderId};
 use file::{FileConfig, FilePolicy, FileProvider};
@@ -100,6 +101,36 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
     let Tracked(file) = serde_saphyr::from_str_with_options(text, options)
         .map_err(|e| err("", e.to_string().trim_start_matches("error: ").to_string()))?;
     build(file, env)
+}
+
+/// A Google service-account key file (`type: service_account`): what signing a token request
+/// needs. A file that cannot be read or is not such a key is a config error: it was named.
+fn service_account(path: &str, file: &str) -> Result<GcpCredentials, ConfigError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| err(path, format!("cannot read {file}: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(path, format!("{file} is not JSON: {e}")))?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    if field("type").as_deref() != Some("service_account") {
+        return Err(err(
+            path,
+            format!("{file} is not a service-account key (type)"),
+        ));
+    }
+    let (Some(client_email), Some(private_key)) = (field("client_email"), field("private_key"))
+    else {
+        return Err(err(
+            path,
+            format!("{file} lacks client_email or private_key"),
+        ));
+    };
+    Ok(GcpCredentials::ServiceAccount {
+        client_email,
+        private_key_id: field("private_key_id"),
+        private_key: Secret::new(private_key),
+        token_uri: field("token_uri")
+            .unwrap_or_else(|| "https://oauth2.googleapis.com/token".into()),
+    })
 }
 
 /// The GA Azure OpenAI data-plane version most SDKs default to.
@@ -214,13 +245,25 @@ fn build_provider(
         "anthropic" => ApiKind::Anthropic,
         "azure" => ApiKind::Azure,
         "bedrock" => ApiKind::Bedrock,
+        "vertex" => ApiKind::Vertex,
         other => {
             return Err(err(
                 format!("{path}.api"),
-                format!("unknown api {other:?} (expected openai, anthropic, azure or bedrock)"),
+                format!(
+                    "unknown api {other:?} (expected openai, anthropic, azure, bedrock or vertex)"
+                ),
             ))
         }
     };
+    for (key, set) in [
+        ("gcp_project", p.gcp_project.is_some()),
+        ("gcp_location", p.gcp_location.is_some()),
+        ("gcp_credentials_file", p.gcp_credentials_file.is_some()),
+    ] {
+        if set && api != ApiKind::Vertex {
+            return Err(err(format!("{path}.{key}"), "only for api: vertex"));
+        }
+    }
     if p.aws_region.is_some() && api != ApiKind::Bedrock {
         return Err(err(format!("{path}.aws_region"), "only for api: bedrock"));
     }
@@ -251,6 +294,67 @@ fn build_provider(
             p.base_url = Some(format!("https://bedrock-runtime.{region}.amazonaws.com"));
         }
         aws_region = Some(region);
+    }
+    // Vertex: project and location, the regional (or global) endpoint unless base_url replaces
+    // it (Private Service Connect, tests), and where access tokens come from.
+    let mut gcp = None;
+    if api == ApiKind::Vertex {
+        let project = p
+            .gcp_project
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                err(
+                    format!("{path}.gcp_project"),
+                    "api: vertex needs gcp_project",
+                )
+            })?;
+        let location = p
+            .gcp_location
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                err(
+                    format!("{path}.gcp_location"),
+                    "api: vertex needs gcp_location (a region such as us-east5, or global)",
+                )
+            })?;
+        for (key, v) in [("gcp_project", &project), ("gcp_location", &location)] {
+            if !v
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(err(
+                    format!("{path}.{key}"),
+                    "lowercase letters, digits and '-' only",
+                ));
+            }
+        }
+        if p.base_url.is_none() && p.endpoints.is_none() {
+            p.base_url = Some(if location == "global" {
+                "https://aiplatform.googleapis.com".to_string()
+            } else {
+                format!("https://{location}-aiplatform.googleapis.com")
+            });
+        }
+        let file = p.gcp_credentials_file.clone().or_else(|| {
+            env.get("GOOGLE_APPLICATION_CREDENTIALS")
+                .filter(|v| !v.is_empty())
+        });
+        let credentials = match file {
+            Some(file) => service_account(&format!("{path}.gcp_credentials_file"), &file)?,
+            None => GcpCredentials::MetadataServer {
+                host: env
+                    .get("GCE_METADATA_HOST")
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "metadata.google.internal".to_string()),
+            },
+        };
+        gcp = Some(GcpConf {
+            project,
+            location,
+            credentials,
+        });
     }
     if let Some(v) = &p.api_version {
         if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
@@ -438,7 +542,7 @@ fn build_provider(
         // Bedrock Runtime has nothing free to probe: passive health only, unless asked.
         enabled: pr
             .and_then(|p| p.enabled)
-            .unwrap_or(api != ApiKind::Bedrock),
+            .unwrap_or(!matches!(api, ApiKind::Bedrock | ApiKind::Vertex)),
         // None: the family's model listing (`wire::request::probe_path`).
         path: pr.and_then(|p| p.path.clone()),
         interval: nonzero_ms(
@@ -531,6 +635,7 @@ fn build_provider(
             (!m.is_empty()).then(|| m.join(", "))
         },
         aws,
+        gcp,
         default_max_tokens: match p.default_max_tokens {
             Some(0) => {
                 return Err(err(

@@ -66,7 +66,7 @@ impl Endpoint {
             (self, api),
             (
                 Endpoint::ChatCompletions,
-                ApiKind::Anthropic | ApiKind::Bedrock
+                ApiKind::Anthropic | ApiKind::Bedrock | ApiKind::Vertex
             ) | (Endpoint::Messages, ApiKind::OpenAi | ApiKind::Azure)
         )
     }
@@ -75,7 +75,11 @@ impl Endpoint {
     /// spliced: translation, or a provider that wraps the same format in its own envelope
     /// (Bedrock's Messages body has no `model` and its own `anthropic_version`).
     pub fn rebuilt_for(self, api: ApiKind) -> bool {
-        self.translated_to(api) || matches!((self, api), (Endpoint::Messages, ApiKind::Bedrock))
+        self.translated_to(api)
+            || matches!(
+                (self, api),
+                (Endpoint::Messages, ApiKind::Bedrock | ApiKind::Vertex)
+            )
     }
 
     /// Whether a provider of this kind can serve this endpoint at all.
@@ -87,7 +91,7 @@ impl Endpoint {
     /// is spliced, never parsed).
     pub fn served_by(self, api: ApiKind) -> bool {
         match (self, api) {
-            (_, ApiKind::Bedrock) => false,
+            (_, ApiKind::Bedrock | ApiKind::Vertex) => false,
             (Endpoint::Messages, ApiKind::Anthropic) => true,
             (Endpoint::Messages, _) | (_, ApiKind::Anthropic) => false,
             (_, ApiKind::OpenAi) => true,

@@ -13,6 +13,8 @@ pub enum ApiKind {
     Azure,
     /// AWS Bedrock Runtime (Anthropic models, SigV4).
     Bedrock,
+    /// Google Vertex AI, Anthropic publisher models (rawPredict, OAuth2 bearer tokens).
+    Vertex,
 }
 
 impl ApiKind {
@@ -22,6 +24,7 @@ impl ApiKind {
             ApiKind::Anthropic => "anthropic",
             ApiKind::Azure => "azure",
             ApiKind::Bedrock => "bedrock",
+            ApiKind::Vertex => "vertex",
         }
     }
 }
@@ -45,6 +48,30 @@ pub enum AwsCredentials {
         secret_access_key: Secret,
         session_token: Option<Secret>,
     },
+}
+
+/// Where an `api: vertex` provider sends requests and gets its OAuth2 access tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcpConf {
+    pub project: String,
+    /// A region (`us-east5`) or `global`.
+    pub location: String,
+    pub credentials: GcpCredentials,
+}
+
+/// The source of Vertex access tokens (minted and refreshed off the request path).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GcpCredentials {
+    /// A service-account key file: an RS256-signed JWT exchanged at `token_uri`.
+    ServiceAccount {
+        client_email: String,
+        private_key_id: Option<String>,
+        /// PKCS#8 PEM.
+        private_key: Secret,
+        token_uri: String,
+    },
+    /// The metadata server (GKE Workload Identity, GCE): `http://{host}/computeMetadata/v1/...`.
+    MetadataServer { host: String },
 }
 
 /// A provider API key. Its `Debug`/`Display` never show the value, so it cannot leak
@@ -188,6 +215,8 @@ pub struct Provider {
     pub credential_missing: Option<String>,
     /// `api: bedrock`: region and credentials.
     pub aws: Option<AwsConf>,
+    /// `api: vertex`: project, location and where access tokens come from.
+    pub gcp: Option<GcpConf>,
     /// `max_tokens` for a translated request that sent none (Messages requires one).
     pub default_max_tokens: u64,
     /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
@@ -218,6 +247,7 @@ impl Provider {
             && self.default_max_tokens == other.default_max_tokens
             && self.credential_missing == other.credential_missing
             && self.aws == other.aws
+            && self.gcp == other.gcp
             && self.endpoints == other.endpoints
             && self.max_connections == other.max_connections
             && self.zero_retention == other.zero_retention

@@ -54,7 +54,7 @@ pub fn update_health_gauges(rt: &Runtime) {
     }
 }
 
-pub fn status_json(rt: &Runtime) -> Value {
+pub fn status_json(rt: &Runtime, tokens: &crate::serve::credentials::Tokens) -> Value {
     let now = Instant::now();
     let providers: Vec<Value> = rt
         .config
@@ -69,6 +69,8 @@ pub fn status_json(rt: &Runtime) -> Value {
                 "healthy": s.healthy && p.credential_missing.is_none(),
                 // Left out of rotation: no credential (which env var or file is missing).
                 "credential_missing": p.credential_missing,
+                // Why the last access-token mint failed (Vertex), while it keeps failing.
+                "credential_error": tokens.last_error(&p.name),
                 "probe_up": s.probe_up,
                 "breaker": s.breaker,
                 "cooldown_remaining_ms": s.cooldown_remaining_ms,
@@ -159,7 +161,7 @@ impl ServeHttp for Admin {
                     respond(503, "text/plain", b"starting\n".to_vec())
                 }
             }
-            ("GET", "/status") => json_response(200, status_json(&rt)),
+            ("GET", "/status") => json_response(200, status_json(&rt, &self.shared.tokens)),
             ("GET", "/metrics") => {
                 update_health_gauges(&rt);
                 respond(200, "text/plain; version=0.0.4", metrics::render())

@@ -34,7 +34,7 @@ use crate::wire::sse::stream_error_event;
 use crate::wire::translate::{self, Direction};
 use crate::wire::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
@@ -220,16 +220,29 @@ pub async fn run(
             }
         }
         let attempt_start = Instant::now();
-        let result = exchange(
-            shared,
-            provider,
-            upstream_ep,
-            header,
-            &spliced,
-            budget,
-            bounded_by_deadline,
-        )
-        .await;
+        let result = if provider.api == ApiKind::Vertex {
+            vertex_exchange(
+                shared,
+                provider,
+                upstream_ep,
+                header,
+                &spliced,
+                budget,
+                bounded_by_deadline,
+            )
+            .await
+        } else {
+            exchange(
+                shared,
+                provider,
+                upstream_ep,
+                header,
+                &spliced,
+                budget,
+                bounded_by_deadline,
+            )
+            .await
+        };
         let ms = attempt_start.elapsed().as_millis() as u64;
         let (outcome, answer) = match result {
             Exchange::Answer {
@@ -487,6 +500,77 @@ fn pick<'r>(
         probation: false,
         slot: None,
     })
+}
+
+/// A Vertex attempt: the current access token in `Authorization`; a 401 (a token revoked or
+/// expired early) invalidates it and is retried once with a freshly minted one, inside the same
+/// budget. No token to be had is the attempt's `auth_failed`, nothing sent.
+async fn vertex_exchange(
+    shared: &Shared,
+    provider: &Provider,
+    upstream: &ProviderEndpoint,
+    header: RequestHeader,
+    body: &SplicedBody,
+    budget: Duration,
+    bounded_by_deadline: bool,
+) -> Exchange {
+    let started = Instant::now();
+    let auth_failed = |status| Exchange::Failed {
+        reason: FailoverReason::AuthFailed,
+        status,
+        retry_after_s: None,
+    };
+    for retry in [false, true] {
+        let left = budget.saturating_sub(started.elapsed());
+        let token = match fast_timeout(
+            left,
+            shared.tokens.bearer(
+                crate::serve::credentials::Net {
+                    connector: &shared.connector,
+                    resolver: &shared.resolver,
+                },
+                provider,
+                crate::serve::credentials::Need::Request,
+            ),
+        )
+        .await
+        {
+            Ok(Ok(t)) => t,
+            _ => return auth_failed(None),
+        };
+        let mut h = header.clone();
+        if h.insert_header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.value.expose()),
+        )
+        .is_err()
+        {
+            return auth_failed(None);
+        }
+        let result = exchange(
+            shared,
+            provider,
+            upstream,
+            h,
+            body,
+            budget.saturating_sub(started.elapsed()),
+            bounded_by_deadline,
+        )
+        .await;
+        match result {
+            Exchange::Failed {
+                status: Some(401), ..
+            } if !retry => {
+                log::warn!(
+                    "provider {}: access token refused (401); minting a new one and retrying once",
+                    provider.name
+                );
+                shared.tokens.invalidate(&provider.name);
+            }
+            other => return other,
+        }
+    }
+    auth_failed(Some(401))
 }
 
 /// One attempt against one provider, up to its response header.
@@ -784,7 +868,7 @@ async fn relay(
     // A translated whole answer, or an error whose shape is not the client's (another family,
     // or Bedrock's own `{"message"}`): read whole and re-shaped.
     if (served.translation.is_some() && (!is_sse || !success))
-        || (provider.api == ApiKind::Bedrock && !success)
+        || (matches!(provider.api, ApiKind::Bedrock | ApiKind::Vertex) && !success)
     {
         let up = Upstream {
             session: upstream,

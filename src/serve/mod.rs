@@ -4,10 +4,12 @@
 //! hold (`state`).
 
 pub mod admin;
+pub mod credentials;
 pub mod forward;
 pub mod header_guard;
 pub mod probe;
 pub mod proxy;
+pub mod refresh;
 pub mod reload;
 pub mod server;
 pub mod state;

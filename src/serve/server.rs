@@ -110,6 +110,12 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
     server.add_service(readiness);
     server.add_service(probes);
     server.add_service(background_service(
+        "tokens",
+        crate::serve::refresh::TokenRefresher {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "drain",
         crate::serve::reload::Drainer {
             shared: shared.clone(),

@@ -38,6 +38,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Client requests being served now (the `max_concurrent_requests` gate and the drain).
     pub active: AtomicUsize,
+    /// Short-lived provider credentials (Vertex access tokens).
+    pub tokens: crate::serve::credentials::Tokens,
 }
 
 impl Shared {
@@ -48,6 +50,7 @@ impl Shared {
             resolver: Resolver::default(),
             ready: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            tokens: Default::default(),
         })
     }
 }

@@ -50,6 +50,17 @@ pub enum Behavior {
     BedrockException { after: usize, kind: String },
 }
 
+/// What the mock plays of Google Cloud: a token endpoint (`POST /token`, the JWT bearer grant),
+/// a metadata server (`GET /computeMetadata/v1/...`) and Vertex AI's Anthropic rawPredict.
+#[derive(Debug, Clone)]
+pub struct GoogleMock {
+    /// The service account whose RS256 signature `POST /token` checks (PKCS#8 PEM).
+    pub client_email: String,
+    pub private_key_pem: String,
+    /// Lifetime of the tokens it issues.
+    pub token_ttl: Duration,
+}
+
 /// How the mock Bedrock checks a request's credentials, as the real service does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BedrockAuth {
@@ -116,6 +127,11 @@ struct State {
     strict: bool,
     /// Serve Bedrock's InvokeModel paths, checking credentials this way.
     bedrock: Option<BedrockAuth>,
+    /// Serve Google's token endpoint, metadata server and Vertex rawPredict.
+    google: Option<GoogleMock>,
+    /// Access tokens issued, with when each expires; `revoke_tokens` empties it.
+    tokens: Vec<(String, std::time::Instant)>,
+    tokens_issued: usize,
 }
 
 /// A running mock provider. Dropping it does not stop it; call `stop`.
@@ -191,6 +207,9 @@ impl MockProvider {
                 record: true,
                 strict: false,
                 bedrock: None,
+                google: None,
+                tokens: Vec::new(),
+                tokens_issued: 0,
             })),
             connections: Arc::new(AtomicUsize::new(0)),
             open_connections: Arc::new(AtomicUsize::new(0)),
@@ -267,6 +286,21 @@ impl MockProvider {
     /// request's credentials with `auth` and its body as Bedrock does.
     pub fn set_bedrock(&self, auth: BedrockAuth) {
         self.lock().bedrock = Some(auth);
+    }
+
+    /// Play Google: token endpoint, metadata server, Vertex (see `GoogleMock`).
+    pub fn set_google(&self, g: GoogleMock) {
+        self.lock().google = Some(g);
+    }
+
+    /// Forget every issued token: the next Vertex call with one answers 401.
+    pub fn revoke_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    /// Access tokens issued so far (token endpoint and metadata server).
+    pub fn tokens_issued(&self) -> usize {
+        self.lock().tokens_issued
     }
 
     pub fn set_record(&self, record: bool) {
@@ -358,6 +392,15 @@ impl MockProvider {
             body,
         };
         let parsed = recorded.json();
+        let google = self.lock().google.clone();
+        if let Some(g) = google {
+            if path == "/token"
+                || path.starts_with("/computeMetadata/")
+                || path.starts_with("/v1/projects/")
+            {
+                return self.google(g, &method, &path, recorded, parsed).await;
+            }
+        }
         let bedrock = self.lock().bedrock.clone();
         if let (Some(auth), true) = (bedrock, path.starts_with("/model/")) {
             return self.bedrock(auth, &method, &path, recorded, parsed).await;
@@ -732,6 +775,244 @@ impl MockProvider {
             ))),
         }
     }
+}
+
+impl MockProvider {
+    fn issue_token(&self, ttl: Duration) -> Response<MockBody> {
+        let mut s = self.lock();
+        s.tokens_issued += 1;
+        let token = format!("ya29.mock-{}-{}", s.tokens_issued, rand::random::<u32>());
+        s.tokens
+            .push((token.clone(), std::time::Instant::now() + ttl));
+        drop(s);
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(full(
+                json!({"access_token": token, "expires_in": ttl.as_secs(), "token_type": "Bearer"})
+                    .to_string(),
+            ))
+            .unwrap_or_else(|_| Response::new(full("")))
+    }
+
+    /// Google's side: what the token endpoint, the metadata server and Vertex check.
+    async fn google(
+        &self,
+        g: GoogleMock,
+        method: &str,
+        path: &str,
+        recorded: Recorded,
+        parsed: Value,
+    ) -> std::io::Result<Response<MockBody>> {
+        let json_answer = |status: u16, v: Value| {
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(full(v.to_string()))
+                .map_err(std::io::Error::other)
+        };
+        {
+            let mut s = self.lock();
+            if s.record {
+                s.requests.push(recorded.clone());
+            }
+        }
+        if path == "/token" {
+            let form = String::from_utf8_lossy(&recorded.body).to_string();
+            let field = |k: &str| {
+                form.split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .map(|v| {
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+            };
+            if field("grant_type").as_deref() != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+            {
+                return json_answer(400, json!({"error": "unsupported_grant_type"}));
+            }
+            let aud = format!("{}/token", self.base_url());
+            return match check_jwt(&field("assertion").unwrap_or_default(), &g, &aud) {
+                Ok(()) => Ok(self.issue_token(g.token_ttl)),
+                Err(e) => json_answer(
+                    400,
+                    json!({"error": "invalid_grant", "error_description": e}),
+                ),
+            };
+        }
+        if path.starts_with("/computeMetadata/v1/instance/service-accounts/default/token") {
+            if recorded.header("metadata-flavor") != Some("Google") {
+                return json_answer(
+                    403,
+                    json!({"error": "Missing required header: Metadata-Flavor"}),
+                );
+            }
+            return Ok(self.issue_token(g.token_ttl));
+        }
+        // Vertex rawPredict / streamRawPredict.
+        let token = recorded
+            .header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or_default()
+            .to_string();
+        let valid = {
+            let s = self.lock();
+            s.tokens
+                .iter()
+                .any(|(t, until)| *t == token && *until > std::time::Instant::now())
+        };
+        if !valid {
+            return json_answer(
+                401,
+                json!({"error": {"code": 401, "message": "Request had invalid authentication credentials. Expected OAuth 2 access token.", "status": "UNAUTHENTICATED"}}),
+            );
+        }
+        let Some((model_part, op)) = path.rsplit_once(':') else {
+            return json_answer(
+                404,
+                json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}),
+            );
+        };
+        let model = model_part
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let stream = match op {
+            "rawPredict" => false,
+            "streamRawPredict" => true,
+            _ => {
+                return json_answer(
+                    404,
+                    json!({"error": {"code": 404, "message": "unknown method", "status": "NOT_FOUND"}}),
+                )
+            }
+        };
+        if method != "POST" || !model_part.contains("/publishers/anthropic/models/") {
+            return json_answer(
+                404,
+                json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}),
+            );
+        }
+        if parsed.get("anthropic_version").and_then(Value::as_str) != Some("vertex-2023-10-16") {
+            return json_answer(
+                400,
+                json!({"error": {"code": 400, "message": "anthropic_version: vertex-2023-10-16 is required", "status": "INVALID_ARGUMENT"}}),
+            );
+        }
+        if parsed.get("model").is_some() {
+            return json_answer(
+                400,
+                json!({"error": {"code": 400, "message": "model: Extra inputs are not permitted", "status": "INVALID_ARGUMENT"}}),
+            );
+        }
+        let mut as_messages = parsed.clone();
+        as_messages
+            .as_object_mut()
+            .map(|o| o.remove("anthropic_version"));
+        as_messages["model"] = json!(model);
+        if let Err(m) = validate("/v1/messages", &as_messages) {
+            return json_answer(
+                400,
+                json!({"error": {"code": 400, "message": m, "status": "INVALID_ARGUMENT"}}),
+            );
+        }
+        let name = self.lock().name.clone();
+        let text = format!("hello from {name}");
+        if !stream {
+            return json_answer(
+                200,
+                json!({"id": "msg_vrtx_mock", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 12, "output_tokens": 5}}),
+            );
+        }
+        let events: Vec<String> = anthropic_stream_events(&model, &text)
+            .iter()
+            .map(|e| {
+                format!(
+                    "event: {}\ndata: {e}\n\n",
+                    e["type"].as_str().unwrap_or("event")
+                )
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            for ev in events {
+                if tx.send(Ok(Bytes::from(ev))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .body(BoxBody::new(ChannelBody(rx)))
+            .map_err(std::io::Error::other)
+    }
+}
+
+/// What Google's token endpoint checks of a JWT bearer assertion: an RS256 signature by the
+/// service account's key (verified with its public key), and its claims: issuer, audience
+/// (this token endpoint), the cloud-platform scope, a lifetime of at most an hour that has not
+/// run out.
+fn check_jwt(jwt: &str, g: &GoogleMock, aud: &str) -> Result<(), String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [h, c, sig] = parts[..] else {
+        return Err("Invalid JWT: not three parts".into());
+    };
+    let header: Value = serde_json::from_slice(&b64.decode(h).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    if header["alg"] != "RS256" {
+        return Err("Invalid JWT: alg must be RS256".into());
+    }
+    let der: Vec<u8> = base64::engine::general_purpose::STANDARD
+        .decode(
+            g.private_key_pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .map_err(|e| e.to_string())?;
+    let key = ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|e| e.to_string())?;
+    use ring::signature::KeyPair;
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        key.public_key().as_ref().to_vec(),
+    );
+    public
+        .verify(
+            format!("{h}.{c}").as_bytes(),
+            &b64.decode(sig).map_err(|e| e.to_string())?,
+        )
+        .map_err(|_| "Invalid JWT Signature.".to_string())?;
+    let claims: Value = serde_json::from_slice(&b64.decode(c).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap_or(0),
+        claims["exp"].as_u64().unwrap_or(0),
+    );
+    if claims["iss"] != g.client_email.as_str() {
+        return Err("Invalid JWT: iss is not the service account".into());
+    }
+    if claims["aud"] != aud {
+        return Err(format!("Invalid JWT: aud must be {aud}"));
+    }
+    if claims["scope"] != "https://www.googleapis.com/auth/cloud-platform" {
+        return Err("Invalid JWT: scope".into());
+    }
+    if exp <= now || iat > now + 60 || exp - iat > 3600 {
+        return Err("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.".into());
+    }
+    Ok(())
 }
 
 /// A realistic Anthropic stream (the shape of the Messages API docs): message_start, one text

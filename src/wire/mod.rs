@@ -16,3 +16,4 @@ pub mod request;
 pub mod sse;
 pub mod translate;
 pub mod usage;
+pub mod vertex;

@@ -3,7 +3,7 @@
 //! The client's own credentials and twinroute's control headers never leave this process; the
 //! provider's key is injected in the form its wire format expects (one file per format).
 
-use super::{anthropic, azure, bedrock, openai};
+use super::{anthropic, azure, bedrock, openai, vertex};
 use crate::model::endpoint::Endpoint;
 use crate::model::{ApiKind, Provider, ProviderEndpoint};
 use pingora::http::RequestHeader;
@@ -49,6 +49,16 @@ pub fn upstream_path(
     match provider.api {
         ApiKind::Azure => azure::path(provider, endpoint, model_id),
         ApiKind::Bedrock => bedrock::path(&provider.base.path, model_id, stream),
+        ApiKind::Vertex => match &provider.gcp {
+            Some(g) => vertex::path(
+                &provider.base.path,
+                &g.project,
+                &g.location,
+                model_id,
+                stream,
+            ),
+            None => format!("{}/", provider.base.path),
+        },
         ApiKind::OpenAi | ApiKind::Anthropic => {
             let root = if provider.base.path.is_empty() {
                 "/v1"
@@ -104,6 +114,8 @@ fn authorize(
         ApiKind::Azure => azure::authorize(key, req),
         // Signed over the final body by the caller (`bedrock::sign`).
         ApiKind::Bedrock => Ok(()),
+        // The caller adds the current access token (`serve::credentials`).
+        ApiKind::Vertex => Ok(()),
     }
 }
 
@@ -120,7 +132,7 @@ pub fn probe_path(provider: &Provider) -> String {
         ApiKind::Azure => azure::listing_path(base, &provider.azure_api_version),
         // Bedrock Runtime has no free listing: its probe is off by default (passive health
         // only); an operator who enables it names a path.
-        ApiKind::Bedrock => format!("{base}/"),
+        ApiKind::Bedrock | ApiKind::Vertex => format!("{base}/"),
     }
 }
 

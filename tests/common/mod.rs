@@ -73,8 +73,16 @@ impl Twinroute {
         let child = cmd.spawn().expect("spawn twinroute");
         let t = Twinroute {
             child,
+            // Every value given is a secret, but for the few that only say where or which:
+            // a region, a metadata server's address.
             secrets: env
                 .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        *k,
+                        "GCE_METADATA_HOST" | "AWS_REGION" | "AWS_DEFAULT_REGION"
+                    )
+                })
                 .map(|(_, v)| v.to_string())
                 .filter(|v| v.len() >= 6)
                 .collect(),

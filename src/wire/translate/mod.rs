@@ -127,8 +127,10 @@ pub fn provider_body(
             same
         }
     };
-    if provider.api == ApiKind::Bedrock {
-        return Ok(super::bedrock::envelope(&out));
+    match provider.api {
+        ApiKind::Bedrock => return Ok(super::bedrock::envelope(&out)),
+        ApiKind::Vertex => return Ok(super::vertex::envelope(&out)),
+        _ => {}
     }
     serde_json::to_vec(&out).map_err(|e| TranslateError(e.to_string()))
 }
