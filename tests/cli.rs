@@ -9,6 +9,7 @@ fn twinroute() -> Command {
 const SHIPPED_KEYS: &[&str] = &[
     "OPENAI_API_KEY",
     "OPENROUTER_API_KEY",
+    "GEMINI_API_KEY",
     "AZURE_OPENAI_API_KEY",
     "ANTHROPIC_API_KEY",
     "TOGETHER_API_KEY",

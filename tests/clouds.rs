@@ -504,3 +504,46 @@ async fn a_key_the_token_endpoint_refuses_takes_only_vertex_out() {
         "{v}"
     );
 }
+
+// ---- Gemini on Google AI Studio (OpenAI-compatible endpoint) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_on_ai_studio_with_its_error_shapes() {
+    let gm = MockProvider::start("gm").await.unwrap();
+    let tw = MockProvider::start("tw").await.unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: gemini, api: openai, base_url: \"{}/v1beta/openai\", api_key_env: GEMINI_TEST_KEY, probe: {{enabled: false}}}}\n  - {{name: twin, api: openai, base_url: \"{}\", probe: {{enabled: false}}}}\nmodels:\n  - name: gemini-2.5-flash\n    offerings: [{{provider: gemini, model: gemini-2.5-flash}}, {{provider: twin, model: gemini-2.5-flash}}]\npolicy: {{backoff: {{base_ms: 1, max_ms: 5}}}}\n",
+        gm.base_url(),
+        tw.base_url()
+    );
+    let t = Twinroute::start(&yaml, &[("GEMINI_TEST_KEY", "AIzaSy-gemini-test-key")]).await;
+    let r = t
+        .chat(
+            &json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("gemini"));
+    let req = &gm.requests()[0];
+    assert_eq!(req.path, "/v1beta/openai/chat/completions");
+    assert_eq!(
+        req.header("authorization"),
+        Some("Bearer AIzaSy-gemini-test-key")
+    );
+    // A bad key (Gemini says 400 "API key not valid", as an array): not the client's error.
+    gm.set_behavior(Behavior::Status {
+        status: 400,
+        body: r#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT"}}]"#.into(),
+        retry_after: None,
+    });
+    let r = t
+        .chat(
+            &json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("twin"));
+    t.wait_for_log("gemini:auth_failed").await;
+}

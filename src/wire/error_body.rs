@@ -24,13 +24,17 @@ struct ErrorFields {
 }
 
 fn error_fields(body: &[u8]) -> ErrorFields {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
         // Not JSON (an HTML error page, plain text): the text is all there is.
         return ErrorFields {
             message: String::from_utf8_lossy(body).to_lowercase(),
             ..Default::default()
         };
     };
+    // Gemini's OpenAI-compatible endpoint wraps its error in a one-element array.
+    if let serde_json::Value::Array(items) = &mut v {
+        v = items.first().cloned().unwrap_or_default();
+    }
     let text = |v: Option<&serde_json::Value>| -> String {
         match v {
             Some(serde_json::Value::String(s)) => s.to_lowercase(),
@@ -50,7 +54,8 @@ fn error_fields(body: &[u8]) -> ErrorFields {
     };
     let mut f = ErrorFields {
         code: text(inner.get("code")),
-        kind: text(inner.get("type")),
+        // Google's APIs name the kind in `status` (NOT_FOUND, RESOURCE_EXHAUSTED, ...).
+        kind: text(inner.get("type").or_else(|| inner.get("status"))),
         param: text(inner.get("param")),
         message: text(inner.get("message")),
     };
@@ -125,6 +130,13 @@ pub fn classify_error_body(status: u16, body: &[u8]) -> Option<FailoverReason> {
     if PARAM_CODES.contains(&f.code.as_str()) {
         return None;
     }
+    // Gemini refuses a bad key with 400 INVALID_ARGUMENT "API key not valid": the injected
+    // key's problem, never the client's.
+    if status == 400
+        && (f.message.contains("api key not valid") || f.message.contains("api_key_invalid"))
+    {
+        return Some(FailoverReason::AuthFailed);
+    }
     if CONTEXT_CODES.contains(&f.code.as_str())
         || (matches!(status, 400 | 413 | 422)
             && CONTEXT_PHRASES.iter().any(|p| f.message.contains(p)))
@@ -180,6 +192,29 @@ pub fn account_problem(status: u16, body: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::decide::outcome::{classify_status, StatusClass};
+
+    /// Gemini's OpenAI-compatible endpoint (AI Studio): errors come as a one-element array of
+    /// Google's `{"error": {"code", "message", "status"}}`.
+    #[test]
+    fn gemini_error_shapes() {
+        let gone = br#"[{"error":{"code":404,"message":"models/gemini-9-pro is not found for API version v1beta, or is not supported for generateContent.","status":"NOT_FOUND"}}]"#;
+        assert_eq!(
+            classify_error_body(404, gone),
+            Some(FailoverReason::ModelUnavailable)
+        );
+        let key = br#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}]"#;
+        assert_eq!(
+            classify_error_body(400, key),
+            Some(FailoverReason::AuthFailed)
+        );
+        let bad = br#"[{"error":{"code":400,"message":"Invalid JSON payload received. Unknown name \"foo\": Cannot find field.","status":"INVALID_ARGUMENT"}}]"#;
+        assert_eq!(classify_error_body(400, bad), None);
+        let long = br#"{"error":{"code":400,"message":"The input token count (2000000) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#;
+        assert_eq!(
+            classify_error_body(400, long),
+            Some(FailoverReason::ContextLength)
+        );
+    }
 
     #[test]
     fn account_problems_are_told_from_rate_limits() {
