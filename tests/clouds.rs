@@ -547,3 +547,142 @@ async fn gemini_on_ai_studio_with_its_error_shapes() {
     assert_eq!(r.header("x-twinroute-provider"), Some("twin"));
     t.wait_for_log("gemini:auth_failed").await;
 }
+
+// ---- Bedrock with temporary credentials: IRSA (web identity) and Pod Identity ----
+
+use twinroute::testkit::mock::AwsMock;
+
+async fn temporary_setup(
+    via: &str,
+    ttl: std::time::Duration,
+    good_token: bool,
+) -> (MockProvider, Twinroute) {
+    let bd = MockProvider::start("bd").await.unwrap();
+    bd.set_aws(AwsMock {
+        web_identity_token: "eyJhbGciOiJSUzI1NiJ9.projected-sa-token.sig".into(),
+        role_arn: "arn:aws:iam::123456789012:role/twinroute-bedrock".into(),
+        container_token: "pod-identity-authorization-token".into(),
+        ttl,
+    });
+    bd.set_bedrock(BedrockAuth::Issued);
+    let dir = std::env::temp_dir().join(format!("twinroute-aws-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(
+        &token_file,
+        if good_token {
+            "eyJhbGciOiJSUzI1NiJ9.projected-sa-token.sig\n"
+        } else {
+            "not-the-token"
+        },
+    )
+    .unwrap();
+    let container_file = dir.join("container-token");
+    std::fs::write(&container_file, "pod-identity-authorization-token").unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: bedrock, api: bedrock, aws_region: us-west-2, base_url: \"{}\"}}\nmodels:\n  - name: claude-haiku-4-5\n    offerings: [{{provider: bedrock, model: anthropic.claude-haiku-4-5-20251001-v1:0}}]\n",
+        bd.base_url()
+    );
+    let (token_path, container_path, url) = (
+        token_file.display().to_string(),
+        container_file.display().to_string(),
+        format!("{}/container-credentials", bd.base_url()),
+    );
+    let env: Vec<(&str, &str)> = match via {
+        "irsa" => vec![
+            (
+                "AWS_ROLE_ARN",
+                "arn:aws:iam::123456789012:role/twinroute-bedrock",
+            ),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+            ("AWS_ENDPOINT_URL_STS", bd.base_url().leak()),
+        ],
+        _ => vec![
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", url.as_str()),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                container_path.as_str(),
+            ),
+        ],
+    };
+    let t = Twinroute::start(&yaml, &env).await;
+    (bd, t)
+}
+
+fn haiku() -> Value {
+    json!({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irsa_web_identity_keys_are_refreshed_before_they_expire_with_no_failed_request() {
+    let (bd, t) = temporary_setup("irsa", std::time::Duration::from_secs(3), true).await;
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < std::time::Duration::from_millis(5000) {
+        let r = client::post_json(&t.url("/v1/messages"), &[], &haiku())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "request {n}: {}", r.text());
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert!(
+        bd.aws_keys_issued() >= 2,
+        "{} keys for {n} requests",
+        bd.aws_keys_issued()
+    );
+    let req = bd
+        .requests()
+        .into_iter()
+        .find(|r| r.path.starts_with("/model/"))
+        .unwrap();
+    assert!(req
+        .header("authorization")
+        .unwrap()
+        .contains("Credential=ASIAMOCK"));
+    assert!(req
+        .header("authorization")
+        .unwrap()
+        .contains("/us-west-2/bedrock/aws4_request"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_identity_container_credentials_sign_bedrock_requests() {
+    let (bd, t) = temporary_setup("pod", std::time::Duration::from_secs(3600), true).await;
+    let r = client::post_json(&t.url("/v1/messages"), &[], &haiku())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(bd.aws_keys_issued(), 1);
+    let creds = bd.probes();
+    let call = creds
+        .iter()
+        .find(|r| r.path == "/container-credentials")
+        .expect("a container credentials call");
+    assert_eq!(
+        call.header("authorization"),
+        Some("pod-identity-authorization-token")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_identity_token_sts_refuses_takes_bedrock_out_with_its_reason() {
+    let (bd, t) = temporary_setup("irsa", std::time::Duration::from_secs(3600), false).await;
+    let r = client::post_json(&t.url("/v1/messages"), &[], &haiku())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("bedrock: auth_failed"), "{}", r.text());
+    // Nothing unsigned went to Bedrock.
+    assert!(bd.requests().iter().all(|r| !r.path.starts_with("/model/")));
+    t.wait_for_log("InvalidIdentityToken").await;
+    let s = t.status().await;
+    let p = s["providers"].as_array().unwrap()[0].clone();
+    assert!(
+        p["credential_error"]
+            .as_str()
+            .unwrap()
+            .contains("InvalidIdentityToken"),
+        "{p}"
+    );
+}

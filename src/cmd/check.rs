@@ -8,7 +8,7 @@
 use crate::decide::route::{self, HealthSnapshot, RequestConstraints, RouteInput};
 use crate::model::endpoint::Endpoint;
 use crate::model::ModelId;
-use crate::model::{Config, Policy};
+use crate::model::{AwsCredentialSource, AwsCredentials, Config, Policy};
 use crate::wire::request::upstream_path;
 use std::fmt::Write;
 
@@ -144,11 +144,19 @@ pub fn report(cfg: &Config) -> String {
             match (&p.key_env, &p.credential_missing, &p.aws) {
                 (_, Some(why), _) => format!("MISSING ({why}): left out of rotation"),
                 (_, None, Some(aws)) => match &aws.credentials {
-                    crate::model::AwsCredentials::Bearer(_) => format!(
+                    AwsCredentialSource::Fixed(AwsCredentials::Bearer(_)) => format!(
                         "Bedrock API key $AWS_BEARER_TOKEN_BEDROCK (set), region {}",
                         aws.region
                     ),
-                    crate::model::AwsCredentials::Static { session_token, .. } => format!(
+                    AwsCredentialSource::WebIdentity { role_arn, sts_url, .. } => format!(
+                        "SigV4 bedrock/{} with web identity (IRSA): role {role_arn} via {sts_url}",
+                        aws.region
+                    ),
+                    AwsCredentialSource::Container { full_uri, .. } => format!(
+                        "SigV4 bedrock/{} with container credentials (Pod Identity) from {full_uri}",
+                        aws.region
+                    ),
+                    AwsCredentialSource::Fixed(AwsCredentials::Static { session_token, .. }) => format!(
                         "SigV4 bedrock/{} with $AWS_ACCESS_KEY_ID{} (set)",
                         aws.region,
                         if session_token.is_some() {

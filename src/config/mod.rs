@@ -9,9 +9,9 @@ pub mod file;
 use crate::model::catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use crate::model::ConfigError;
 use crate::model::{
-    ApiKind, AwsConf, AwsCredentials, BreakerConf, Config, GcpConf, GcpCredentials, LogFormat,
-    OnCeiling, Policy, ProbeConf, Provider, ProviderEndpoint, Route, Secret, Strategy, Timeouts,
-    UpstreamBase,
+    ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, Config, GcpConf,
+    GcpCredentials, LogFormat, OnCeiling, Policy, ProbeConf, Provider, ProviderEndpoint, Route,
+    Secret, Strategy, Timeouts, UpstreamBase,
 };
 use crate::model::{ModelId, ProviderId};
 use file::{FileConfig, FilePolicy, FileProvider};
@@ -425,17 +425,36 @@ fn build_provider(
         Some(region) => {
             let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
             let credentials = if let Some(token) = get("AWS_BEARER_TOKEN_BEDROCK") {
-                Some(AwsCredentials::Bearer(Secret::new(token)))
+                Some(AwsCredentialSource::Fixed(AwsCredentials::Bearer(
+                    Secret::new(token),
+                )))
             } else if let (Some(id), Some(secret)) =
                 (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
             {
-                Some(AwsCredentials::Static {
+                Some(AwsCredentialSource::Fixed(AwsCredentials::Static {
                     access_key_id: Secret::new(id),
                     secret_access_key: Secret::new(secret),
                     session_token: get("AWS_SESSION_TOKEN").map(Secret::new),
+                }))
+            } else if let (Some(role_arn), Some(token_file)) =
+                (get("AWS_ROLE_ARN"), get("AWS_WEB_IDENTITY_TOKEN_FILE"))
+            {
+                Some(AwsCredentialSource::WebIdentity {
+                    role_arn,
+                    token_file,
+                    session_name: get("AWS_ROLE_SESSION_NAME")
+                        .unwrap_or_else(|| "twinroute".to_string()),
+                    sts_url: get("AWS_ENDPOINT_URL_STS")
+                        .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com")),
                 })
             } else {
-                None
+                get("AWS_CONTAINER_CREDENTIALS_FULL_URI").map(|full_uri| {
+                    AwsCredentialSource::Container {
+                        full_uri,
+                        token_file: get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+                        token: get("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(Secret::new),
+                    }
+                })
             };
             match credentials {
                 Some(credentials) => Some(AwsConf {
@@ -626,9 +645,9 @@ fn build_provider(
             let mut m = missing.into_inner();
             if aws.is_none() && api == ApiKind::Bedrock {
                 m.push(
-                    "no AWS credentials: set AWS_BEARER_TOKEN_BEDROCK, or AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY (web identity and container credentials are not \
-                     supported yet)"
+                    "no AWS credentials: set AWS_BEARER_TOKEN_BEDROCK, AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), or \
+                     AWS_CONTAINER_CREDENTIALS_FULL_URI (Pod Identity)"
                         .to_string(),
                 );
             }

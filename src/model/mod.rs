@@ -16,8 +16,8 @@ pub use catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use ids::{ModelId, OfferingIdx, ProviderId};
 pub use policy::{Backoff, OnCeiling, Policy, Strategy};
 pub use provider::{
-    ApiKind, AwsConf, AwsCredentials, BreakerConf, GcpConf, GcpCredentials, ProbeConf, Provider,
-    ProviderEndpoint, Secret, Timeouts, UpstreamBase,
+    ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, GcpConf, GcpCredentials,
+    ProbeConf, Provider, ProviderEndpoint, Secret, Timeouts, UpstreamBase,
 };
 use std::fmt;
 use std::sync::Arc;

@@ -34,7 +34,30 @@ impl ApiKind {
 pub struct AwsConf {
     /// The signing region (`aws_region`, else `AWS_REGION` / `AWS_DEFAULT_REGION`).
     pub region: String,
-    pub credentials: AwsCredentials,
+    pub credentials: AwsCredentialSource,
+}
+
+/// Where an `api: bedrock` provider's credentials come from, in the AWS SDKs' order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AwsCredentialSource {
+    /// Fixed for the process: a Bedrock API key or static keys.
+    Fixed(AwsCredentials),
+    /// Web identity (EKS IRSA): the projected token file exchanged at STS
+    /// (AssumeRoleWithWebIdentity) for temporary keys, refreshed before they expire.
+    WebIdentity {
+        role_arn: String,
+        token_file: String,
+        session_name: String,
+        /// `AWS_ENDPOINT_URL_STS`, else the regional STS endpoint.
+        sts_url: String,
+    },
+    /// Container credentials (EKS Pod Identity, ECS): `GET full_uri` with the authorization
+    /// token (read from the file each time: it rotates) for temporary keys.
+    Container {
+        full_uri: String,
+        token_file: Option<String>,
+        token: Option<Secret>,
+    },
 }
 
 /// AWS credentials, in the SDKs' order of precedence for what twinroute supports so far.

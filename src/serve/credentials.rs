@@ -1,5 +1,6 @@
-//! Short-lived credentials for providers that need them (Vertex access tokens), minted and
-//! refreshed off the request path.
+//! Short-lived credentials for providers that need them, minted and refreshed off the request
+//! path: Vertex access tokens, and temporary AWS keys for Bedrock from web identity (IRSA) or
+//! container credentials (Pod Identity).
 //!
 //! `Tokens` holds the current token per provider. The background refresher (`serve::refresh`) mints one at
 //! start and again five minutes before it expires, so requests find a fresh token and never
@@ -8,10 +9,10 @@
 //! on change and shown in `/status`; the provider's attempts fail as `auth_failed` until a mint
 //! succeeds, and health moves traffic to its twins.
 
-use crate::model::{GcpCredentials, Provider, Secret};
+use crate::model::{AwsCredentialSource, AwsCredentials, GcpCredentials, Provider, Secret};
 use crate::net::fetch::fetch;
 use crate::net::resolve::Resolver;
-use crate::wire::vertex;
+use crate::wire::{bedrock, vertex};
 use arc_swap::ArcSwapOption;
 use pingora::connectors::http::Connector;
 use std::collections::HashMap;
@@ -34,7 +35,10 @@ const MINT_TIMEOUT: Duration = Duration::from_secs(10);
 /// One minted access token.
 #[derive(Debug)]
 pub struct Token {
+    /// The bearer access token (Vertex); empty for AWS keys.
     pub value: Secret,
+    /// Temporary AWS keys (Bedrock).
+    pub aws: Option<AwsCredentials>,
     pub expires: Instant,
     /// How long it was issued for: margins scale with it (a test's 2-second token too).
     pub lifetime: Duration,
@@ -62,7 +66,7 @@ impl Token {
 #[derive(Default)]
 struct Slot {
     /// The credential source the token was minted from: a reload that changes it starts over.
-    source: Mutex<Option<GcpCredentials>>,
+    source: Mutex<Option<String>>,
     current: ArcSwapOption<Token>,
     /// Single flight: one mint at a time per provider.
     mint: tokio::sync::Mutex<()>,
@@ -85,14 +89,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Tokens {
-    fn slot(&self, provider: &Provider, source: &GcpCredentials) -> Arc<Slot> {
+    fn slot(&self, provider: &Provider, source: &Source<'_>) -> Arc<Slot> {
         let slot = lock(&self.slots)
             .entry(provider.name.clone())
             .or_default()
             .clone();
+        let fingerprint = format!("{source:?}");
         let mut s = lock(&slot.source);
-        if s.as_ref() != Some(source) {
-            *s = Some(source.clone());
+        if s.as_deref() != Some(fingerprint.as_str()) {
+            *s = Some(fingerprint);
             slot.current.store(None);
         }
         drop(s);
@@ -106,10 +111,10 @@ impl Tokens {
         provider: &Provider,
         need: Need,
     ) -> Result<Arc<Token>, String> {
-        let Some(gcp) = provider.gcp.as_ref() else {
-            return Err("provider has no token source".into());
+        let Some(source) = source_of(provider) else {
+            return Err("provider has no refreshable credential source".into());
         };
-        let slot = self.slot(provider, &gcp.credentials);
+        let slot = self.slot(provider, &source);
         let fresh = |t: &Option<Arc<Token>>| t.as_ref().filter(|t| t.fresh_for(need)).cloned();
         if let Some(t) = fresh(&slot.current.load_full()) {
             return Ok(t);
@@ -123,7 +128,7 @@ impl Tokens {
                 return Err(e);
             }
         }
-        match mint(net, &gcp.credentials).await {
+        match mint(net, &source).await {
             Ok(t) => {
                 let t = Arc::new(t);
                 slot.current.store(Some(t.clone()));
@@ -161,9 +166,123 @@ impl Tokens {
     }
 }
 
+/// A provider's refreshable credential source, if it has one.
+#[derive(Debug)]
+enum Source<'a> {
+    Gcp(&'a GcpCredentials),
+    Aws(&'a AwsCredentialSource),
+}
+
+fn source_of(provider: &Provider) -> Option<Source<'_>> {
+    if let Some(g) = &provider.gcp {
+        return Some(Source::Gcp(&g.credentials));
+    }
+    match provider.aws.as_ref().map(|a| &a.credentials) {
+        Some(
+            s @ (AwsCredentialSource::WebIdentity { .. } | AwsCredentialSource::Container { .. }),
+        ) => Some(Source::Aws(s)),
+        _ => None,
+    }
+}
+
+/// Whether a provider's credentials are minted and refreshed here.
+pub fn refreshable(provider: &Provider) -> bool {
+    source_of(provider).is_some()
+}
+
+async fn mint(net: Net<'_>, source: &Source<'_>) -> Result<Token, String> {
+    match source {
+        Source::Gcp(creds) => mint_gcp(net, creds).await,
+        Source::Aws(creds) => mint_aws(net, creds).await,
+    }
+}
+
+/// Temporary AWS keys: the web identity token exchanged at STS, or the container endpoint.
+async fn mint_aws(net: Net<'_>, source: &AwsCredentialSource) -> Result<Token, String> {
+    let (status, answer, sts) = match source {
+        AwsCredentialSource::WebIdentity {
+            role_arn,
+            token_file,
+            session_name,
+            sts_url,
+        } => {
+            // Read each time: the kubelet rotates the projected token.
+            let token = std::fs::read_to_string(token_file)
+                .map_err(|e| format!("cannot read the web identity token {token_file}: {e}"))?;
+            let (url, body) = bedrock::sts_request(sts_url, role_arn, session_name, token.trim());
+            let (status, answer) = fetch(
+                net.connector,
+                net.resolver,
+                "POST",
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Some(body.as_bytes()),
+                MINT_TIMEOUT,
+            )
+            .await?;
+            (status, answer, true)
+        }
+        AwsCredentialSource::Container {
+            full_uri,
+            token_file,
+            token,
+        } => {
+            let auth = match (token_file, token) {
+                (Some(f), _) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| format!("cannot read the container token {f}: {e}"))?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, Some(t)) => Some(t.expose().to_string()),
+                (None, None) => None,
+            };
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("authorization", a)])
+                .unwrap_or_default();
+            let (status, answer) = fetch(
+                net.connector,
+                net.resolver,
+                "GET",
+                full_uri,
+                &headers,
+                None,
+                MINT_TIMEOUT,
+            )
+            .await?;
+            (status, answer, false)
+        }
+        AwsCredentialSource::Fixed(_) => return Err("fixed credentials are not minted".into()),
+    };
+    let parsed = if sts {
+        bedrock::parse_sts(&String::from_utf8_lossy(&answer))
+    } else {
+        bedrock::parse_container(&answer)
+    };
+    if !(200..300).contains(&status) {
+        return Err(match parsed {
+            Err(e) => format!("credentials endpoint answered {status}: {e}"),
+            Ok(_) => format!("credentials endpoint answered {status}"),
+        });
+    }
+    let t = parsed?;
+    let now_s = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let lifetime = Duration::from_secs((t.expires_s - now_s).max(1) as u64);
+    Ok(Token {
+        value: Secret::new(String::new()),
+        aws: Some(t.credentials),
+        expires: Instant::now() + lifetime,
+        lifetime,
+    })
+}
+
 /// One token from the source: the JWT bearer grant for a service-account key, or the
 /// metadata server.
-async fn mint(net: Net<'_>, creds: &GcpCredentials) -> Result<Token, String> {
+async fn mint_gcp(net: Net<'_>, creds: &GcpCredentials) -> Result<Token, String> {
     let now_s = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -194,6 +313,7 @@ async fn mint(net: Net<'_>, creds: &GcpCredentials) -> Result<Token, String> {
     let lifetime = Duration::from_secs(expires_in.max(1));
     Ok(Token {
         value: Secret::new(token),
+        aws: None,
         expires: Instant::now() + lifetime,
         lifetime,
     })

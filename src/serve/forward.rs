@@ -212,15 +212,33 @@ pub async fn run(
             session.req_header(),
             spliced.len(),
         )?;
+        // Bedrock: the current keys (fixed, or temporary ones from IRSA / Pod Identity), then
+        // SigV4 over the exact bytes sent, computed last.
+        let mut no_credential = false;
         if provider.api == ApiKind::Bedrock {
-            // SigV4 covers the exact bytes sent, so it is computed last.
-            let whole = spliced.to_vec();
-            if let Err(e) = bedrock::sign(&mut header, provider, &whole, SystemTime::now()) {
-                return Error::e_explain(ErrorType::InternalError, format!("bedrock signing: {e}"));
+            match bedrock_credentials(shared, provider, budget).await {
+                Some(creds) => {
+                    let whole = spliced.to_vec();
+                    if let Err(e) =
+                        bedrock::sign(&mut header, provider, &creds, &whole, SystemTime::now())
+                    {
+                        return Error::e_explain(
+                            ErrorType::InternalError,
+                            format!("bedrock signing: {e}"),
+                        );
+                    }
+                }
+                None => no_credential = true,
             }
         }
         let attempt_start = Instant::now();
-        let result = if provider.api == ApiKind::Vertex {
+        let result = if no_credential {
+            Exchange::Failed {
+                reason: FailoverReason::AuthFailed,
+                status: None,
+                retry_after_s: None,
+            }
+        } else if provider.api == ApiKind::Vertex {
             vertex_exchange(
                 shared,
                 provider,
@@ -500,6 +518,36 @@ fn pick<'r>(
         probation: false,
         slot: None,
     })
+}
+
+/// The AWS keys to sign a Bedrock request with: fixed ones as they are, temporary ones from
+/// the credential store (minted off the request path; within `budget` if none is current).
+async fn bedrock_credentials(
+    shared: &Shared,
+    provider: &Provider,
+    budget: Duration,
+) -> Option<crate::model::AwsCredentials> {
+    match provider.aws.as_ref().map(|a| &a.credentials) {
+        Some(crate::model::AwsCredentialSource::Fixed(c)) => Some(c.clone()),
+        Some(_) => {
+            let net = crate::serve::credentials::Net {
+                connector: &shared.connector,
+                resolver: &shared.resolver,
+            };
+            let got = fast_timeout(
+                budget,
+                shared
+                    .tokens
+                    .bearer(net, provider, crate::serve::credentials::Need::Request),
+            )
+            .await;
+            match got {
+                Ok(Ok(t)) => t.aws.clone(),
+                _ => None,
+            }
+        }
+        None => None,
+    }
 }
 
 /// A Vertex attempt: the current access token in `Authorization`; a 401 (a token revoked or

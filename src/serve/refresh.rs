@@ -2,7 +2,6 @@
 //! each token-using provider (Vertex) gets a token minted when it has none or little life
 //! left (`serve::credentials`), so requests never wait on a token endpoint.
 
-use crate::model::ApiKind;
 use crate::serve::credentials::{Need, Net};
 use crate::serve::state::Shared;
 use async_trait::async_trait;
@@ -21,7 +20,7 @@ impl BackgroundService for TokenRefresher {
         loop {
             let rt = self.shared.runtime.load_full();
             for p in rt.config.providers.iter() {
-                if p.api != ApiKind::Vertex || p.gcp.is_none() {
+                if !crate::serve::credentials::refreshable(p) {
                     continue;
                 }
                 let (shared, p) = (self.shared.clone(), p.clone());

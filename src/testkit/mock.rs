@@ -71,6 +71,22 @@ pub enum BedrockAuth {
     },
     /// A Bedrock API key sent as `Authorization: Bearer`.
     Bearer(String),
+    /// Temporary keys this mock issued as STS or a container-credentials endpoint (`AwsMock`):
+    /// signed with their secret, sent with their session token, and not expired.
+    Issued,
+}
+
+/// What the mock plays of AWS's credential services: STS `AssumeRoleWithWebIdentity` (`POST /`)
+/// and a container-credentials endpoint (`GET /container-credentials`).
+#[derive(Debug, Clone)]
+pub struct AwsMock {
+    /// The web identity token STS accepts (the projected service-account token).
+    pub web_identity_token: String,
+    pub role_arn: String,
+    /// The `Authorization` the container endpoint accepts.
+    pub container_token: String,
+    /// Lifetime of the keys it issues.
+    pub ttl: Duration,
 }
 
 impl Behavior {
@@ -129,6 +145,10 @@ struct State {
     bedrock: Option<BedrockAuth>,
     /// Serve Google's token endpoint, metadata server and Vertex rawPredict.
     google: Option<GoogleMock>,
+    /// Play AWS's credential services.
+    aws: Option<AwsMock>,
+    /// Temporary keys issued: (access key id, secret, session token, expiry).
+    aws_issued: Vec<(String, String, String, std::time::Instant)>,
     /// Access tokens issued, with when each expires; `revoke_tokens` empties it.
     tokens: Vec<(String, std::time::Instant)>,
     tokens_issued: usize,
@@ -208,6 +228,8 @@ impl MockProvider {
                 strict: false,
                 bedrock: None,
                 google: None,
+                aws: None,
+                aws_issued: Vec::new(),
                 tokens: Vec::new(),
                 tokens_issued: 0,
             })),
@@ -291,6 +313,16 @@ impl MockProvider {
     /// Play Google: token endpoint, metadata server, Vertex (see `GoogleMock`).
     pub fn set_google(&self, g: GoogleMock) {
         self.lock().google = Some(g);
+    }
+
+    /// Play STS and a container-credentials endpoint (see `AwsMock`).
+    pub fn set_aws(&self, a: AwsMock) {
+        self.lock().aws = Some(a);
+    }
+
+    /// Temporary AWS keys issued so far.
+    pub fn aws_keys_issued(&self) -> usize {
+        self.lock().aws_issued.len()
     }
 
     /// Forget every issued token: the next Vertex call with one answers 401.
@@ -392,6 +424,21 @@ impl MockProvider {
             body,
         };
         let parsed = recorded.json();
+        let aws = self.lock().aws.clone();
+        if let Some(a) = aws {
+            let sts = method == "POST"
+                && path == "/"
+                && String::from_utf8_lossy(&recorded.body)
+                    .contains("Action=AssumeRoleWithWebIdentity");
+            if sts || path.starts_with("/container-credentials") {
+                let answer = self.aws_credentials(a, sts, &recorded);
+                let mut s = self.lock();
+                if s.record {
+                    s.requests.push(recorded);
+                }
+                return Ok(answer);
+            }
+        }
         let google = self.lock().google.clone();
         if let Some(g) = google {
             if path == "/token"
@@ -662,6 +709,53 @@ impl MockProvider {
                 Ok(_) => Ok(()),
                 Err(e) => Err(("InvalidSignatureException", e)),
             },
+            BedrockAuth::Issued => {
+                let token = recorded
+                    .header("x-amz-security-token")
+                    .unwrap_or_default()
+                    .to_string();
+                let akid = recorded
+                    .header("authorization")
+                    .and_then(|a| super::sigv4_check::parse_authorization(a).ok())
+                    .map(|a| a.access_key_id)
+                    .unwrap_or_default();
+                let issued = self
+                    .lock()
+                    .aws_issued
+                    .iter()
+                    .find(|(id, ..)| *id == akid)
+                    .cloned();
+                match issued {
+                    None => Err((
+                        "UnrecognizedClientException",
+                        "The security token included in the request is invalid.".to_string(),
+                    )),
+                    Some((_, secret, session, until)) => {
+                        if until <= std::time::Instant::now() {
+                            Err((
+                                "ExpiredTokenException",
+                                "The security token included in the request is expired".to_string(),
+                            ))
+                        } else if session != token {
+                            Err((
+                                "UnrecognizedClientException",
+                                "The security token included in the request is invalid."
+                                    .to_string(),
+                            ))
+                        } else {
+                            super::sigv4_check::verify(
+                                method,
+                                path,
+                                &recorded.headers,
+                                &recorded.body,
+                                &secret,
+                            )
+                            .map(|_| ())
+                            .map_err(|e| ("InvalidSignatureException", e))
+                        }
+                    }
+                }
+            }
             BedrockAuth::Bearer(token) => {
                 if recorded.header("authorization") == Some(format!("Bearer {token}").as_str()) {
                     Ok(())
@@ -778,6 +872,66 @@ impl MockProvider {
 }
 
 impl MockProvider {
+    /// STS AssumeRoleWithWebIdentity (XML) or the container endpoint (JSON): checks the web
+    /// identity token / authorization, issues fresh temporary keys.
+    fn aws_credentials(&self, a: AwsMock, sts: bool, recorded: &Recorded) -> Response<MockBody> {
+        let form = String::from_utf8_lossy(&recorded.body).to_string();
+        let field = |k: &str| {
+            form.split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .map(|v| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+        };
+        let refuse = |status: u16, body: String, ct: &str| {
+            Response::builder()
+                .status(status)
+                .header("content-type", ct)
+                .body(full(body))
+                .unwrap_or_else(|_| Response::new(full("")))
+        };
+        if sts {
+            if field("WebIdentityToken").as_deref() != Some(a.web_identity_token.as_str()) {
+                return refuse(400, "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Incorrect token audience</Message></Error></ErrorResponse>".into(), "text/xml");
+            }
+            if field("RoleArn").as_deref() != Some(a.role_arn.as_str()) {
+                return refuse(403, "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>Not authorized to perform sts:AssumeRoleWithWebIdentity</Message></Error></ErrorResponse>".into(), "text/xml");
+            }
+        } else if recorded.header("authorization") != Some(a.container_token.as_str()) {
+            return refuse(
+                401,
+                r#"{"Message":"invalid authorization token"}"#.into(),
+                "application/json",
+            );
+        }
+        let mut s = self.lock();
+        let n = s.aws_issued.len() + 1;
+        let (akid, secret, token) = (
+            format!("ASIAMOCK{n:08}"),
+            format!("mock/secret+{n}/{}", rand::random::<u32>()),
+            format!("mock-session-token-{n}-{}", rand::random::<u32>()),
+        );
+        s.aws_issued.push((
+            akid.clone(),
+            secret.clone(),
+            token.clone(),
+            std::time::Instant::now() + a.ttl,
+        ));
+        drop(s);
+        let expiration = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(a.ttl.as_secs() as i64))
+            .unwrap_or(jiff::Timestamp::now())
+            .to_string();
+        let (body, ct) = if sts {
+            (format!("<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{akid}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey><SessionToken>{token}</SessionToken><Expiration>{expiration}</Expiration></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"), "text/xml")
+        } else {
+            (json!({"AccessKeyId": akid, "SecretAccessKey": secret, "Token": token, "Expiration": expiration}).to_string(), "application/json")
+        };
+        refuse(200, body, ct)
+    }
+
     fn issue_token(&self, ttl: Duration) -> Response<MockBody> {
         let mut s = self.lock();
         s.tokens_issued += 1;

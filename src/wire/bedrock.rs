@@ -110,13 +110,14 @@ impl std::fmt::Display for SignError {
 pub fn sign(
     req: &mut RequestHeader,
     provider: &Provider,
+    credentials: &AwsCredentials,
     body: &[u8],
     now: SystemTime,
 ) -> Result<(), SignError> {
     let Some(aws) = provider.aws.as_ref() else {
         return Err(SignError("provider has no AWS settings".into()));
     };
-    match &aws.credentials {
+    match credentials {
         AwsCredentials::Bearer(token) => {
             req.insert_header(
                 http::header::AUTHORIZATION,
@@ -160,6 +161,100 @@ pub fn sign(
             Ok(())
         }
     }
+}
+
+/// The STS `AssumeRoleWithWebIdentity` call (unsigned: the web identity token is the proof):
+/// `(url, form body)`.
+pub fn sts_request(
+    sts_url: &str,
+    role_arn: &str,
+    session_name: &str,
+    token: &str,
+) -> (String, String) {
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
+    (
+        format!("{}/", sts_url.trim_end_matches('/')),
+        format!(
+            "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn={}&RoleSessionName={}&WebIdentityToken={}",
+            enc(role_arn),
+            enc(session_name),
+            enc(token)
+        ),
+    )
+}
+
+/// The text of `<tag>…</tag>` in an XML answer (STS's fixed schema; entities unescaped).
+fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    let raw = xml[start..end].trim();
+    Some(if raw.contains('&') {
+        std::borrow::Cow::Owned(
+            raw.replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&amp;", "&"),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    })
+}
+
+/// Temporary credentials and their expiry (seconds since the epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Temporary {
+    pub credentials: AwsCredentials,
+    pub expires_s: i64,
+}
+
+fn expiry(ts: &str) -> Result<i64, String> {
+    ts.parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(|e| format!("bad Expiration {ts:?}: {e}"))
+}
+
+/// STS's `AssumeRoleWithWebIdentityResponse` (or its `ErrorResponse`).
+pub fn parse_sts(xml: &str) -> Result<Temporary, String> {
+    if let Some(code) = xml_text(xml, "Code") {
+        let msg = xml_text(xml, "Message").unwrap_or_default();
+        return Err(format!("STS refused: {code}: {msg}"));
+    }
+    let get = |t: &str| {
+        xml_text(xml, t)
+            .map(|v| v.into_owned())
+            .ok_or_else(|| format!("STS answer without {t}"))
+    };
+    Ok(Temporary {
+        credentials: AwsCredentials::Static {
+            access_key_id: crate::model::Secret::new(get("AccessKeyId")?),
+            secret_access_key: crate::model::Secret::new(get("SecretAccessKey")?),
+            session_token: Some(crate::model::Secret::new(get("SessionToken")?)),
+        },
+        expires_s: expiry(&get("Expiration")?)?,
+    })
+}
+
+/// A container-credentials endpoint's JSON (`AccessKeyId`, `SecretAccessKey`, `Token`,
+/// `Expiration`).
+pub fn parse_container(body: &[u8]) -> Result<Temporary, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| format!("answer without {k}"))
+    };
+    Ok(Temporary {
+        credentials: AwsCredentials::Static {
+            access_key_id: crate::model::Secret::new(get("AccessKeyId")?),
+            secret_access_key: crate::model::Secret::new(get("SecretAccessKey")?),
+            session_token: get("Token").ok().map(crate::model::Secret::new),
+        },
+        expires_s: expiry(&get("Expiration")?)?,
+    })
 }
 
 /// What a SigV4 signature covers.
@@ -358,6 +453,49 @@ mod tests {
         s.extend(chunk(&json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}})));
         s.extend(chunk(&json!({"type": "message_stop"})));
         s
+    }
+
+    #[test]
+    fn sts_and_container_answers() {
+        let xml = r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <Credentials>
+      <SessionToken>FwoGZXIvYXdzE/token+with=chars</SessionToken>
+      <SecretAccessKey>wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY</SecretAccessKey>
+      <Expiration>2026-12-02T03:15:00Z</Expiration>
+      <AccessKeyId>ASIAEXAMPLE</AccessKeyId>
+    </Credentials>
+  </AssumeRoleWithWebIdentityResult>
+</AssumeRoleWithWebIdentityResponse>"#;
+        let t = parse_sts(xml).unwrap();
+        assert_eq!(t.expires_s, 1_796_181_300);
+        let AwsCredentials::Static {
+            access_key_id,
+            session_token,
+            ..
+        } = t.credentials
+        else {
+            panic!()
+        };
+        assert_eq!(access_key_id.expose(), "ASIAEXAMPLE");
+        assert_eq!(
+            session_token.unwrap().expose(),
+            "FwoGZXIvYXdzE/token+with=chars"
+        );
+        let err = r#"<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Couldn't retrieve verification key</Message></Error></ErrorResponse>"#;
+        assert!(parse_sts(err).unwrap_err().contains("InvalidIdentityToken"));
+        let c = parse_container(br#"{"AccessKeyId":"ASIA2","SecretAccessKey":"s","Token":"t","Expiration":"2026-12-02T03:15:00Z"}"#).unwrap();
+        assert_eq!(c.expires_s, 1_796_181_300);
+        assert!(parse_container(br#"{"AccessKeyId":"ASIA2"}"#).is_err());
+        let (url, body) = sts_request(
+            "https://sts.us-east-1.amazonaws.com",
+            "arn:aws:iam::1:role/r",
+            "twinroute",
+            "ey.J/x",
+        );
+        assert_eq!(url, "https://sts.us-east-1.amazonaws.com/");
+        assert!(body.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr"));
+        assert!(body.contains("WebIdentityToken=ey.J%2Fx"));
     }
 
     #[test]
