@@ -46,6 +46,18 @@ fn rand_suffix() -> u64 {
 impl Twinroute {
     /// Start twinroute with `body` (providers/models/policy YAML); listen addresses are added.
     pub async fn start(body: &str, env: &[(&str, &str)]) -> Twinroute {
+        // Ports come from bind(0)-and-release, so another test can take one before twinroute
+        // binds it; then our process exits (and another's admin port may even answer our
+        // readiness check). Detect that and start again on new ports.
+        for _ in 0..3 {
+            if let Some(t) = Self::start_once(body, env).await {
+                return t;
+            }
+        }
+        panic!("twinroute did not start in three tries (ports taken?)");
+    }
+
+    async fn start_once(body: &str, env: &[(&str, &str)]) -> Option<Twinroute> {
         let dir = scratch_dir();
         let listen = free_port();
         let admin = free_port();
@@ -91,10 +103,20 @@ impl Twinroute {
             log_path,
             config_path,
         };
+        let mut t = t;
         for _ in 0..500 {
+            if t.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             if let Ok(r) = client::get(&format!("{}/readyz", t.admin)).await {
                 if r.status == 200 {
-                    return t;
+                    // Ours only if our process is still alive a moment later (a failed bind
+                    // exits at once).
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if t.child.try_wait().ok().flatten().is_some() {
+                        return None;
+                    }
+                    return Some(t);
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
