@@ -686,3 +686,144 @@ async fn a_web_identity_token_sts_refuses_takes_bedrock_out_with_its_reason() {
         "{p}"
     );
 }
+
+/// The must-show chain: a Claude request from the Anthropic SDK fails over anthropic (529) →
+/// bedrock (throttled) → vertex, each hop authenticated its own way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_fails_over_anthropic_then_bedrock_then_vertex() {
+    let an = MockProvider::start("an").await.unwrap();
+    let bd = MockProvider::start("bd").await.unwrap();
+    let gg = MockProvider::start("gg").await.unwrap();
+    an.set_behavior(overloaded());
+    bd.set_bedrock(BedrockAuth::SigV4 {
+        access_key_id: AKID.into(),
+        secret_access_key: SECRET.into(),
+    });
+    bd.set_behavior(Behavior::Status {
+        status: 429,
+        body: r#"{"message":"Too many requests, please wait before trying again."}"#.into(),
+        retry_after: None,
+    });
+    let key = rsa_key();
+    gg.set_google(GoogleMock {
+        client_email: SA_EMAIL.into(),
+        private_key_pem: key.clone(),
+        token_ttl: std::time::Duration::from_secs(3600),
+    });
+    let dir = std::env::temp_dir().join(format!("twinroute-chain-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sa = dir.join("sa.json");
+    std::fs::write(
+        &sa,
+        json!({"type": "service_account", "private_key": key, "client_email": SA_EMAIL,
+               "token_uri": format!("{}/token", gg.base_url())})
+        .to_string(),
+    )
+    .unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: anthropic, api: anthropic, base_url: \"{}\", probe: {{enabled: false}}}}\n  - {{name: bedrock, api: bedrock, aws_region: us-east-1, base_url: \"{}\"}}\n  - {{name: vertex, api: vertex, gcp_project: my-proj, gcp_location: global, base_url: \"{}\", gcp_credentials_file: \"{}\"}}\nmodels:\n  - name: claude-sonnet-4-5\n    offerings:\n      - {{provider: anthropic, model: claude-sonnet-4-5-20250929}}\n      - {{provider: bedrock, model: \"{BEDROCK_ID}\"}}\n      - {{provider: vertex, model: \"claude-sonnet-4-5@20250929\"}}\npolicy: {{backoff: {{base_ms: 1, max_ms: 5}}}}\n",
+        an.base_url(),
+        bd.base_url(),
+        gg.base_url(),
+        sa.display()
+    );
+    let t = Twinroute::start(
+        &yaml,
+        &[
+            ("AWS_ACCESS_KEY_ID", AKID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ],
+    )
+    .await;
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &messages(false),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("vertex"));
+    assert_eq!(r.header("x-twinroute-attempts"), Some("3"));
+    assert_eq!(r.json()["content"][0]["text"], "hello from gg");
+    // Each hop got a request it could authenticate: the mock Bedrock only answers 429 to a
+    // valid signature (it would say 403 otherwise).
+    assert_eq!(an.request_count(), 1);
+    assert_eq!(
+        bd.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/model/"))
+            .count(),
+        1
+    );
+    let logs = t.wait_for_log("bedrock:status_429").await;
+    assert!(logs.contains("anthropic:status_5xx"), "{logs}");
+    assert!(gg
+        .requests()
+        .iter()
+        .any(|r| r.path == "/v1/projects/my-proj/locations/global/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"));
+}
+
+/// `check --live` tries each cloud credential once: a Vertex token is minted, an STS refusal
+/// is reported, and the model with no usable twin fails the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_live_tries_each_cloud_credential_once() {
+    let gg = MockProvider::start("gg").await.unwrap();
+    let key = rsa_key();
+    gg.set_google(GoogleMock {
+        client_email: SA_EMAIL.into(),
+        private_key_pem: key.clone(),
+        token_ttl: std::time::Duration::from_secs(3600),
+    });
+    gg.set_aws(AwsMock {
+        web_identity_token: "the-right-token".into(),
+        role_arn: "arn:aws:iam::1:role/r".into(),
+        container_token: "x".into(),
+        ttl: std::time::Duration::from_secs(3600),
+    });
+    let dir = std::env::temp_dir().join(format!("twinroute-live-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sa = dir.join("sa.json");
+    std::fs::write(
+        &sa,
+        json!({"type": "service_account", "private_key": key, "client_email": SA_EMAIL,
+               "token_uri": format!("{}/token", gg.base_url())})
+        .to_string(),
+    )
+    .unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "a-wrong-token").unwrap();
+    let cfg = dir.join("twinroute.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "providers:\n  - {{name: vertex, api: vertex, gcp_project: p, gcp_location: us-east5, base_url: \"{0}\", gcp_credentials_file: \"{1}\"}}\n  - {{name: bedrock, api: bedrock, aws_region: us-east-1, base_url: \"{0}\"}}\nmodels:\n  - name: claude-on-vertex\n    offerings: [{{provider: vertex, model: \"claude-sonnet-4-5@20250929\"}}]\n  - name: claude-on-bedrock\n    offerings: [{{provider: bedrock, model: anthropic.claude-x}}]\n",
+            gg.base_url(),
+            sa.display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_twinroute"))
+            .args(["check", "--live", "--config"])
+            .arg(&cfg)
+            .env("AWS_ROLE_ARN", "arn:aws:iam::1:role/r")
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+            .env("AWS_ENDPOINT_URL_STS", gg.base_url())
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_BEARER_TOKEN_BEDROCK")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("vertex         credential: credential ok (minted, valid 3600 s"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("InvalidIdentityToken"), "{stdout}");
+    // claude-on-bedrock has no usable twin: exit 2.
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(!stdout.contains("ya29."), "a token was printed");
+}

@@ -272,12 +272,20 @@ pub enum LiveState {
     /// Another non-2xx status.
     Error(u16),
     Unreachable(String),
+    /// A cloud provider with nothing free to list: its credential could be minted (or is a
+    /// fixed key, which only a real call can test).
+    CredentialOk(String),
+    /// Its credential source could not produce a credential.
+    NoCredential(String),
 }
 
 impl LiveState {
     /// Could traffic reach this offering now, as far as the listing can tell?
     pub fn reachable(&self) -> bool {
-        matches!(self, LiveState::Listed | LiveState::Unknown)
+        matches!(
+            self,
+            LiveState::Listed | LiveState::Unknown | LiveState::CredentialOk(_)
+        )
     }
 
     pub fn label(&self) -> String {
@@ -288,6 +296,8 @@ impl LiveState {
             LiveState::AuthFailed(s) => format!("auth failed ({s})"),
             LiveState::Error(s) => format!("error ({s})"),
             LiveState::Unreachable(e) => format!("unreachable ({e})"),
+            LiveState::CredentialOk(how) => format!("credential ok ({how}; no free listing)"),
+            LiveState::NoCredential(e) => format!("no credential ({e})"),
         }
     }
 }
@@ -327,9 +337,47 @@ pub async fn live(cfg: &Config) -> (String, bool) {
                 .unwrap_or_else(|e| Err(ProbeError::Unreachable(format!("probe task: {e}")))),
         );
     }
+    // Clouds with nothing free to probe: try each credential once instead.
+    let tokens = crate::serve::credentials::Tokens::default();
+    let net = crate::serve::credentials::Net {
+        connector: &connector,
+        resolver: &resolver,
+    };
+    let mut credentials: Vec<Option<LiveState>> = Vec::with_capacity(cfg.providers.len());
+    for p in &cfg.providers {
+        let is_cloud = matches!(
+            p.api,
+            crate::model::ApiKind::Bedrock | crate::model::ApiKind::Vertex
+        );
+        credentials.push(if let Some(why) = &p.credential_missing {
+            Some(LiveState::NoCredential(why.clone()))
+        } else if crate::serve::credentials::refreshable(p) {
+            Some(
+                match tokens
+                    .bearer(net, p, crate::serve::credentials::Need::Request)
+                    .await
+                {
+                    Ok(t) => {
+                        LiveState::CredentialOk(format!("minted, valid {} s", t.lifetime.as_secs()))
+                    }
+                    Err(e) => LiveState::NoCredential(e),
+                },
+            )
+        } else if is_cloud {
+            Some(LiveState::CredentialOk(
+                "fixed key, not verifiable without a call".into(),
+            ))
+        } else {
+            None
+        });
+    }
     let mut out = String::new();
     let _ = writeln!(out, "live check ({} providers):", cfg.providers.len());
-    for (p, r) in cfg.providers.iter().zip(&results) {
+    for ((p, r), c) in cfg.providers.iter().zip(&results).zip(&credentials) {
+        if let Some(c) = c {
+            let _ = writeln!(out, "  {:<14} credential: {}", p.name, c.label());
+            continue;
+        }
         let summary = match r {
             Ok((rtt, _)) => format!("ok in {} ms", rtt.as_millis()),
             Err(e) => e.to_string(),
@@ -348,15 +396,18 @@ pub async fn live(cfg: &Config) -> (String, bool) {
         let _ = writeln!(out, "  {}", m.name);
         for o in &m.offerings {
             let p = &cfg.providers[o.provider];
-            let state = match &results[o.provider] {
-                Ok((_, body)) => match parse_listing(body) {
-                    Some(ids) if ids.contains(&o.model_id) => LiveState::Listed,
-                    Some(_) => LiveState::Missing,
-                    None => LiveState::Unknown,
+            let state = match (&credentials[o.provider.0], &results[o.provider]) {
+                (Some(c), _) => c.clone(),
+                (None, r) => match r {
+                    Ok((_, body)) => match parse_listing(body) {
+                        Some(ids) if ids.contains(&o.model_id) => LiveState::Listed,
+                        Some(_) => LiveState::Missing,
+                        None => LiveState::Unknown,
+                    },
+                    Err(ProbeError::Status(s @ (401 | 403))) => LiveState::AuthFailed(*s),
+                    Err(ProbeError::Status(s)) => LiveState::Error(*s),
+                    Err(e) => LiveState::Unreachable(e.to_string()),
                 },
-                Err(ProbeError::Status(s @ (401 | 403))) => LiveState::AuthFailed(*s),
-                Err(ProbeError::Status(s)) => LiveState::Error(*s),
-                Err(e) => LiveState::Unreachable(e.to_string()),
             };
             any |= state.reachable();
             let _ = writeln!(

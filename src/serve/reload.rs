@@ -110,6 +110,12 @@ impl BackgroundService for Reloader {
                     }
                     let now = stamp(&self.path);
                     if now.is_some() && now != last {
+                        // A file still being written (truncated, then filled) would be refused
+                        // for a syntax error it does not have: reload once it holds still.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if stamp(&self.path) != now {
+                            continue;
+                        }
                         last = now;
                         self.reload("file changed");
                     }
