@@ -827,3 +827,71 @@ async fn check_live_tries_each_cloud_credential_once() {
     assert_eq!(out.status.code(), Some(2), "{stdout}");
     assert!(!stdout.contains("ya29."), "a token was printed");
 }
+
+/// Gemini on Vertex through its OpenAI-compatible endpoint (`vertex_api: openai`): same tokens,
+/// chat completions as they are, Anthropic clients through translation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_on_vertex_through_the_openai_compatible_endpoint() {
+    let gg = MockProvider::start("gg").await.unwrap();
+    let key = rsa_key();
+    gg.set_google(GoogleMock {
+        client_email: SA_EMAIL.into(),
+        private_key_pem: key.clone(),
+        token_ttl: std::time::Duration::from_secs(3600),
+    });
+    let dir = std::env::temp_dir().join(format!("twinroute-vgem-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sa = dir.join("sa.json");
+    std::fs::write(
+        &sa,
+        json!({"type": "service_account", "private_key": key, "client_email": SA_EMAIL,
+               "token_uri": format!("{}/token", gg.base_url())})
+        .to_string(),
+    )
+    .unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: vertex-gemini, api: vertex, vertex_api: openai, gcp_project: my-proj, gcp_location: us-central1, base_url: \"{}\", gcp_credentials_file: \"{}\"}}\nmodels:\n  - name: gemini-2.5-flash\n    offerings: [{{provider: vertex-gemini, model: google/gemini-2.5-flash}}]\n",
+        gg.base_url(),
+        sa.display()
+    );
+    let t = Twinroute::start(&yaml, &[]).await;
+    let r = t
+        .chat(
+            &json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "hello from gg"
+    );
+    let call = gg
+        .requests()
+        .into_iter()
+        .find(|r| r.path.contains("/endpoints/openapi/"))
+        .unwrap();
+    assert_eq!(
+        call.path,
+        "/v1/projects/my-proj/locations/us-central1/endpoints/openapi/chat/completions"
+    );
+    assert_eq!(call.json()["model"], "google/gemini-2.5-flash");
+    assert!(call
+        .header("authorization")
+        .unwrap()
+        .starts_with("Bearer ya29.mock-"));
+    // An Anthropic client of Gemini, translated.
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[],
+        &json!({"model": "gemini-2.5-flash", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("x-twinroute-translated"),
+        Some("anthropic->openai")
+    );
+    assert_eq!(r.json()["content"][0]["text"], "hello from gg");
+}

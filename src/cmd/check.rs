@@ -347,7 +347,9 @@ pub async fn live(cfg: &Config) -> (String, bool) {
     for p in &cfg.providers {
         let is_cloud = matches!(
             p.api,
-            crate::model::ApiKind::Bedrock | crate::model::ApiKind::Vertex
+            crate::model::ApiKind::Bedrock
+                | crate::model::ApiKind::Vertex
+                | crate::model::ApiKind::VertexOpenAi
         );
         credentials.push(if let Some(why) = &p.credential_missing {
             Some(LiveState::NoCredential(why.clone()))

@@ -105,6 +105,9 @@ pub struct FileProvider {
     /// `api: vertex`: a service-account key file (else GOOGLE_APPLICATION_CREDENTIALS, else
     /// the metadata server).
     pub gcp_credentials_file: Option<String>,
+    /// `api: vertex`: `anthropic` (Claude through rawPredict, the default) or `openai` (Gemini
+    /// and other Model Garden models through the OpenAI-compatible endpoint).
+    pub vertex_api: Option<String>,
     /// `max_tokens` sent to an Anthropic-format provider when a translated chat-completions
     /// request named none (the Messages API requires it).
     pub default_max_tokens: Option<u64>,

@@ -245,7 +245,16 @@ fn build_provider(
         "anthropic" => ApiKind::Anthropic,
         "azure" => ApiKind::Azure,
         "bedrock" => ApiKind::Bedrock,
-        "vertex" => ApiKind::Vertex,
+        "vertex" => match p.vertex_api.as_deref() {
+            None | Some("anthropic") => ApiKind::Vertex,
+            Some("openai") => ApiKind::VertexOpenAi,
+            Some(other) => {
+                return Err(err(
+                    format!("{path}.vertex_api"),
+                    format!("unknown value {other:?} (expected anthropic or openai)"),
+                ))
+            }
+        },
         other => {
             return Err(err(
                 format!("{path}.api"),
@@ -259,8 +268,9 @@ fn build_provider(
         ("gcp_project", p.gcp_project.is_some()),
         ("gcp_location", p.gcp_location.is_some()),
         ("gcp_credentials_file", p.gcp_credentials_file.is_some()),
+        ("vertex_api", p.vertex_api.is_some()),
     ] {
-        if set && api != ApiKind::Vertex {
+        if set && !matches!(api, ApiKind::Vertex | ApiKind::VertexOpenAi) {
             return Err(err(format!("{path}.{key}"), "only for api: vertex"));
         }
     }
@@ -298,7 +308,7 @@ fn build_provider(
     // Vertex: project and location, the regional (or global) endpoint unless base_url replaces
     // it (Private Service Connect, tests), and where access tokens come from.
     let mut gcp = None;
-    if api == ApiKind::Vertex {
+    if matches!(api, ApiKind::Vertex | ApiKind::VertexOpenAi) {
         let project = p
             .gcp_project
             .clone()
@@ -559,9 +569,10 @@ fn build_provider(
     let pr = p.probe.as_ref();
     let probe = ProbeConf {
         // Bedrock Runtime has nothing free to probe: passive health only, unless asked.
-        enabled: pr
-            .and_then(|p| p.enabled)
-            .unwrap_or(!matches!(api, ApiKind::Bedrock | ApiKind::Vertex)),
+        enabled: pr.and_then(|p| p.enabled).unwrap_or(!matches!(
+            api,
+            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
+        )),
         // None: the family's model listing (`wire::request::probe_path`).
         path: pr.and_then(|p| p.path.clone()),
         interval: nonzero_ms(

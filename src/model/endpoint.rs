@@ -67,7 +67,10 @@ impl Endpoint {
             (
                 Endpoint::ChatCompletions,
                 ApiKind::Anthropic | ApiKind::Bedrock | ApiKind::Vertex
-            ) | (Endpoint::Messages, ApiKind::OpenAi | ApiKind::Azure)
+            ) | (
+                Endpoint::Messages,
+                ApiKind::OpenAi | ApiKind::Azure | ApiKind::VertexOpenAi
+            )
         )
     }
 
@@ -92,6 +95,9 @@ impl Endpoint {
     pub fn served_by(self, api: ApiKind) -> bool {
         match (self, api) {
             (_, ApiKind::Bedrock | ApiKind::Vertex) => false,
+            // Vertex's OpenAI-compatible surface has chat completions only.
+            (Endpoint::ChatCompletions, ApiKind::VertexOpenAi) => true,
+            (_, ApiKind::VertexOpenAi) => false,
             (Endpoint::Messages, ApiKind::Anthropic) => true,
             (Endpoint::Messages, _) | (_, ApiKind::Anthropic) => false,
             (_, ApiKind::OpenAi) => true,

@@ -15,6 +15,9 @@ pub enum ApiKind {
     Bedrock,
     /// Google Vertex AI, Anthropic publisher models (rawPredict, OAuth2 bearer tokens).
     Vertex,
+    /// Google Vertex AI's OpenAI-compatible endpoint (`vertex_api: openai`): Gemini and other
+    /// Model Garden models as chat completions, same tokens.
+    VertexOpenAi,
 }
 
 impl ApiKind {
@@ -25,6 +28,7 @@ impl ApiKind {
             ApiKind::Azure => "azure",
             ApiKind::Bedrock => "bedrock",
             ApiKind::Vertex => "vertex",
+            ApiKind::VertexOpenAi => "vertex-openai",
         }
     }
 }

@@ -238,7 +238,7 @@ pub async fn run(
                 status: None,
                 retry_after_s: None,
             }
-        } else if provider.api == ApiKind::Vertex {
+        } else if matches!(provider.api, ApiKind::Vertex | ApiKind::VertexOpenAi) {
             vertex_exchange(
                 shared,
                 provider,
@@ -916,7 +916,10 @@ async fn relay(
     // A translated whole answer, or an error whose shape is not the client's (another family,
     // or Bedrock's own `{"message"}`): read whole and re-shaped.
     if (served.translation.is_some() && (!is_sse || !success))
-        || (matches!(provider.api, ApiKind::Bedrock | ApiKind::Vertex) && !success)
+        || (matches!(
+            provider.api,
+            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
+        ) && !success)
     {
         let up = Upstream {
             session: upstream,

@@ -1022,6 +1022,33 @@ impl MockProvider {
                 json!({"error": {"code": 401, "message": "Request had invalid authentication credentials. Expected OAuth 2 access token.", "status": "UNAUTHENTICATED"}}),
             );
         }
+        if path.ends_with("/endpoints/openapi/chat/completions") {
+            // Vertex's OpenAI-compatible surface: Model Garden IDs are publisher/model.
+            let model = parsed["model"].as_str().unwrap_or_default().to_string();
+            if !model.contains('/') {
+                return json_answer(
+                    400,
+                    json!([{"error": {"code": 400, "message": format!("Invalid model {model:?}: use publisher/model, e.g. google/gemini-2.5-flash"), "status": "INVALID_ARGUMENT"}}]),
+                );
+            }
+            if let Err(m) = validate("/v1/chat/completions", &parsed) {
+                return json_answer(
+                    400,
+                    json!([{"error": {"code": 400, "message": m, "status": "INVALID_ARGUMENT"}}]),
+                );
+            }
+            let name = self.lock().name.clone();
+            let stream = parsed["stream"].as_bool().unwrap_or(false);
+            return Ok(answer(
+                &name,
+                &model,
+                path,
+                false,
+                stream,
+                (5, Duration::from_millis(5)),
+                None,
+            ));
+        }
         let Some((model_part, op)) = path.rsplit_once(':') else {
             return json_answer(
                 404,

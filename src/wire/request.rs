@@ -59,6 +59,10 @@ pub fn upstream_path(
             ),
             None => format!("{}/", provider.base.path),
         },
+        ApiKind::VertexOpenAi => match &provider.gcp {
+            Some(g) => vertex::openai_path(&provider.base.path, &g.project, &g.location),
+            None => format!("{}/", provider.base.path),
+        },
         ApiKind::OpenAi | ApiKind::Anthropic => {
             let root = if provider.base.path.is_empty() {
                 "/v1"
@@ -115,7 +119,7 @@ fn authorize(
         // Signed over the final body by the caller (`bedrock::sign`).
         ApiKind::Bedrock => Ok(()),
         // The caller adds the current access token (`serve::credentials`).
-        ApiKind::Vertex => Ok(()),
+        ApiKind::Vertex | ApiKind::VertexOpenAi => Ok(()),
     }
 }
 
@@ -132,7 +136,7 @@ pub fn probe_path(provider: &Provider) -> String {
         ApiKind::Azure => azure::listing_path(base, &provider.azure_api_version),
         // Bedrock Runtime has no free listing: its probe is off by default (passive health
         // only); an operator who enables it names a path.
-        ApiKind::Bedrock | ApiKind::Vertex => format!("{base}/"),
+        ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi => format!("{base}/"),
     }
 }
 

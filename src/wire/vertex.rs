@@ -37,6 +37,13 @@ pub fn path(base_path: &str, project: &str, location: &str, model: &str, stream:
     format!("{base_path}/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{model}:{op}")
 }
 
+/// The OpenAI-compatible chat completions path (Gemini: model `google/gemini-2.5-flash`).
+pub fn openai_path(base_path: &str, project: &str, location: &str) -> String {
+    format!(
+        "{base_path}/v1/projects/{project}/locations/{location}/endpoints/openapi/chat/completions"
+    )
+}
+
 /// An Anthropic Messages body as Vertex's rawPredict body.
 pub fn envelope(messages_body: &Value) -> Vec<u8> {
     let mut map = messages_body.as_object().cloned().unwrap_or_default();
