@@ -764,7 +764,13 @@ async fn claude_fails_over_anthropic_then_bedrock_then_vertex() {
         .any(|r| r.path == "/v1/projects/my-proj/locations/global/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict"));
     // No token, signature or key reaches the log (at debug level, as the tests run).
     let logs = t.logs();
-    for leak in ["ya29.", "Signature=", "AWS4-HMAC-SHA256", "BEGIN PRIVATE KEY", "assertion="] {
+    for leak in [
+        "ya29.",
+        "Signature=",
+        "AWS4-HMAC-SHA256",
+        "BEGIN PRIVATE KEY",
+        "assertion=",
+    ] {
         assert!(!logs.contains(leak), "{leak} in the log");
     }
 }

@@ -483,3 +483,33 @@ async fn get_models_lists_the_catalog_in_both_shapes() {
     let r = client::get(&t.url("/v1/models/nope")).await.unwrap();
     assert_eq!(r.status, 404);
 }
+
+/// An offering declares what it lacks (`lacks: [images]`, a host without vision): requests
+/// using it skip that offering, or get a 400 naming it when nothing else is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offerings_that_lack_a_feature_are_skipped_for_requests_using_it() {
+    let models = "  - name: gpt-4o\n    offerings:\n      - {provider: oa, model: text-only, lacks: [images]}\n      - {provider: anthropic, model: claude-sonnet-4-5-20250929}\n  - name: no-tools\n    offerings: [{provider: oa, model: plain, lacks: [tools]}]\n";
+    let (an, oa, t) = setup(models).await;
+    let image = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]});
+    let r = t.chat(&image, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("anthropic"));
+    assert_eq!(oa.request_count(), 0);
+    assert_eq!(
+        an.requests()[0].json()["messages"][0]["content"][1]["type"],
+        "image"
+    );
+    let r = t.chat(&chat_body("gpt-4o"), &[]).await;
+    assert_eq!(r.header("x-twinroute-provider"), Some("oa"));
+    let tools = json!({"model": "no-tools", "messages": [{"role": "user", "content": "Hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
+    let r = t.chat(&tools, &[]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tools"));
+    assert_eq!(oa.request_count(), 1);
+}

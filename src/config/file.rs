@@ -179,6 +179,10 @@ pub struct FileOffering {
     pub drop_params: Vec<String>,
     #[serde(default)]
     pub unsupported_params: Vec<String>,
+    /// Request features this offering cannot honour although its format can carry them
+    /// (`images`, `tools`): a request using one skips it.
+    #[serde(default)]
+    pub lacks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

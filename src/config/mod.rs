@@ -6,7 +6,7 @@
 
 pub mod file;
 
-use crate::model::catalog::{Catalog, Equivalent, Model, Offering, Price};
+use crate::model::catalog::{Catalog, Equivalent, Feature, Model, Offering, Price};
 pub use crate::model::ConfigError;
 use crate::model::{
     ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, Config, GcpConf,
@@ -837,6 +837,15 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
                     "must be greater than 0",
                 ));
             }
+            let mut lacks = Vec::new();
+            for (li, l) in o.lacks.iter().enumerate() {
+                lacks.push(Feature::parse(l).ok_or_else(|| {
+                    err(
+                        format!("{opath}.lacks[{li}]"),
+                        format!("unknown feature {l:?} (expected images or tools)"),
+                    )
+                })?);
+            }
             offerings.push(Offering {
                 provider: provider.id,
                 model_id: o.model.clone(),
@@ -845,6 +854,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
                 context_tokens: o.context_tokens,
                 drop_params: o.drop_params.clone(),
                 unsupported_params: o.unsupported_params.clone(),
+                lacks,
             });
         }
         let mut equivalents = Vec::new();

@@ -4,7 +4,7 @@
 //! caller took once for the request, so the same inputs always give the same order and every
 //! rule is unit-testable.
 
-use crate::model::catalog::Catalog;
+use crate::model::catalog::{Catalog, Feature};
 use crate::model::endpoint::Endpoint;
 use crate::model::{ModelId, OfferingIdx, ProviderId};
 use crate::model::{OnCeiling, Policy, Provider, Strategy};
@@ -147,6 +147,9 @@ pub struct RequestConstraints {
     /// What of the request the other wire format cannot carry (`wire::translate::untranslatable`);
     /// offerings reached only through translation are skipped unless their `drop_params` cut it.
     pub untranslatable: Vec<String>,
+    /// Features the request uses (`wire::translate::features`); an offering that `lacks` one
+    /// is skipped.
+    pub features: Vec<Feature>,
     /// A uniform draw in [0, 1) for `strategy: weighted`; the caller owns the randomness so this
     /// function stays pure.
     pub draw: f64,
@@ -171,6 +174,8 @@ pub struct Candidate {
 pub enum NoRoute {
     /// No offering of the model speaks the endpoint's wire format, natively or translated.
     WrongApi,
+    /// Every offering left lacks a feature the request uses.
+    Lacks(Vec<String>),
     /// Every provider that could serve it has no credential (`credential_missing`).
     NoCredentials(Vec<String>),
     /// Only offerings of the other wire format are left, and the request uses what that format
@@ -190,6 +195,10 @@ pub enum NoRoute {
 impl NoRoute {
     pub fn message(&self, model: &str, endpoint: Endpoint) -> String {
         match self {
+            NoRoute::Lacks(features) => format!(
+                "no provider of model {model:?} supports what this request uses: {}",
+                features.join(", ")
+            ),
             NoRoute::NoCredentials(reasons) => format!(
                 "no provider of model {model:?} has a credential configured: {}",
                 reasons.join("; ")
@@ -346,6 +355,27 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
         });
         if pool.is_empty() {
             return Err(NoRoute::Untranslatable(constraints.untranslatable.clone()));
+        }
+    }
+    if !constraints.features.is_empty() {
+        let lacking: Vec<String> = constraints
+            .features
+            .iter()
+            .filter(|f| {
+                pool.iter()
+                    .any(|o| catalog.offering(o.model, o.offering).lacks.contains(f))
+            })
+            .map(|f| f.as_str().to_string())
+            .collect();
+        pool.retain(|o| {
+            !catalog
+                .offering(o.model, o.offering)
+                .lacks
+                .iter()
+                .any(|f| constraints.features.contains(f))
+        });
+        if pool.is_empty() {
+            return Err(NoRoute::Lacks(lacking));
         }
     }
     if let Some(pin) = constraints.pin {

@@ -6,6 +6,30 @@ use crate::model::ids::{ModelId, OfferingIdx, ProviderId};
 use crate::model::{ConfigError, Policy};
 use std::collections::HashMap;
 
+/// A request feature an offering can declare it lacks (a host without vision or tool calling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    Images,
+    Tools,
+}
+
+impl Feature {
+    pub fn parse(s: &str) -> Option<Feature> {
+        match s {
+            "images" => Some(Feature::Images),
+            "tools" => Some(Feature::Tools),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::Images => "images",
+            Feature::Tools => "tools",
+        }
+    }
+}
+
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
@@ -39,6 +63,8 @@ pub struct Offering {
     pub drop_params: Vec<String>,
     /// Parameters this offering ignores or rejects; only `x-twinroute-require-parameters` reads it.
     pub unsupported_params: Vec<String>,
+    /// Request features it cannot honour (`images`, `tools`): requests using one skip it.
+    pub lacks: Vec<Feature>,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +207,7 @@ mod tests {
                     context_tokens: None,
                     drop_params: vec![],
                     unsupported_params: vec![],
+                    lacks: vec![],
                 })
                 .collect(),
             equivalents: vec![],

@@ -378,14 +378,28 @@ impl Proxy {
         // the other wire format; same-format traffic keeps the splice path untouched.
         let mut json = None;
         let mut include_usage = false;
+        // An offering that declares it lacks a feature also needs the body looked at.
+        let lacks_declared = model
+            .offerings
+            .iter()
+            .chain(
+                model
+                    .equivalents
+                    .iter()
+                    .flat_map(|e| cfg.catalog.model(e.id).offerings.iter()),
+            )
+            .any(|o| !o.lacks.is_empty());
         if let Some(dir) = Direction::from_client(endpoint) {
             let reachable_only_translated = relevant
                 .clone()
                 .any(|p| endpoint.rebuilt_for(cfg.providers[p].api));
-            if reachable_only_translated {
+            if reachable_only_translated || lacks_declared {
                 match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
                     Ok(v) => {
-                        constraints.untranslatable = translate::untranslatable(dir, &v);
+                        if reachable_only_translated {
+                            constraints.untranslatable = translate::untranslatable(dir, &v);
+                        }
+                        constraints.features = translate::features(&v);
                         include_usage = v.pointer("/stream_options/include_usage")
                             == Some(&serde_json::Value::Bool(true));
                         json = Some(v);

@@ -216,6 +216,38 @@ fn tool_use_blocks(
     Ok(out)
 }
 
+/// The features of a request (either family) an offering may declare it `lacks`: images in any
+/// message, and tool definitions.
+pub fn features(body: &serde_json::Value) -> Vec<crate::model::catalog::Feature> {
+    use crate::model::catalog::Feature;
+    use serde_json::Value;
+    let mut out = Vec::new();
+    let images = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .any(|part| {
+            matches!(
+                part.get("type").and_then(Value::as_str),
+                Some("image_url" | "image")
+            )
+        });
+    if images {
+        out.push(Feature::Images);
+    }
+    if body
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+    {
+        out.push(Feature::Tools);
+    }
+    out
+}
+
 /// Seconds since the epoch, for OpenAI's `created`.
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
