@@ -281,6 +281,25 @@ fn rsa_key() -> String {
 
 const SA_EMAIL: &str = "twinroute-test@my-proj.iam.gserviceaccount.com";
 
+/// A scratch dir holding a service-account key file for `key` whose token endpoint is `gg`.
+fn service_account_file(
+    prefix: &str,
+    key: &str,
+    gg: &MockProvider,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sa = dir.join("sa.json");
+    std::fs::write(
+        &sa,
+        json!({"type": "service_account", "private_key": key, "client_email": SA_EMAIL,
+               "token_uri": format!("{}/token", gg.base_url())})
+        .to_string(),
+    )
+    .unwrap();
+    (dir, sa)
+}
+
 /// `anthropic` then `vertex` for Claude; the Google mock plays the token endpoint (checking
 /// the JWT with the service account's public key) and Vertex. `credentials` is `sa` (a key
 /// file) or `metadata` (GCE_METADATA_HOST pointing at the mock).
@@ -710,16 +729,7 @@ async fn claude_fails_over_anthropic_then_bedrock_then_vertex() {
         private_key_pem: key.clone(),
         token_ttl: std::time::Duration::from_secs(3600),
     });
-    let dir = std::env::temp_dir().join(format!("twinroute-chain-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sa = dir.join("sa.json");
-    std::fs::write(
-        &sa,
-        json!({"type": "service_account", "private_key": key, "client_email": SA_EMAIL,
-               "token_uri": format!("{}/token", gg.base_url())})
-        .to_string(),
-    )
-    .unwrap();
+    let (_dir, sa) = service_account_file("twinroute-chain", &key, &gg);
     let yaml = format!(
         "providers:\n  - {{name: anthropic, api: anthropic, base_url: \"{}\", probe: {{enabled: false}}}}\n  - {{name: bedrock, api: bedrock, aws_region: us-east-1, base_url: \"{}\"}}\n  - {{name: vertex, api: vertex, gcp_project: my-proj, gcp_location: global, base_url: \"{}\", gcp_credentials_file: \"{}\"}}\nmodels:\n  - name: claude-sonnet-4-5\n    offerings:\n      - {{provider: anthropic, model: claude-sonnet-4-5-20250929}}\n      - {{provider: bedrock, model: \"{BEDROCK_ID}\"}}\n      - {{provider: vertex, model: \"claude-sonnet-4-5@20250929\"}}\npolicy: {{backoff: {{base_ms: 1, max_ms: 5}}}}\n",
         an.base_url(),
@@ -792,16 +802,7 @@ async fn check_live_tries_each_cloud_credential_once() {
         container_token: "x".into(),
         ttl: std::time::Duration::from_secs(3600),
     });
-    let dir = std::env::temp_dir().join(format!("twinroute-live-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sa = dir.join("sa.json");
-    std::fs::write(
-        &sa,
-        json!({"type": "service_account", "private_key": key, "client_email": SA_EMAIL,
-               "token_uri": format!("{}/token", gg.base_url())})
-        .to_string(),
-    )
-    .unwrap();
+    let (dir, sa) = service_account_file("twinroute-live", &key, &gg);
     let token_file = dir.join("token");
     std::fs::write(&token_file, "a-wrong-token").unwrap();
     let cfg = dir.join("twinroute.yaml");
@@ -850,16 +851,7 @@ async fn gemini_on_vertex_through_the_openai_compatible_endpoint() {
         private_key_pem: key.clone(),
         token_ttl: std::time::Duration::from_secs(3600),
     });
-    let dir = std::env::temp_dir().join(format!("twinroute-vgem-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sa = dir.join("sa.json");
-    std::fs::write(
-        &sa,
-        json!({"type": "service_account", "private_key": key, "client_email": SA_EMAIL,
-               "token_uri": format!("{}/token", gg.base_url())})
-        .to_string(),
-    )
-    .unwrap();
+    let (_dir, sa) = service_account_file("twinroute-vgem", &key, &gg);
     let yaml = format!(
         "providers:\n  - {{name: vertex-gemini, api: vertex, vertex_api: openai, gcp_project: my-proj, gcp_location: us-central1, base_url: \"{}\", gcp_credentials_file: \"{}\"}}\nmodels:\n  - name: gemini-2.5-flash\n    offerings: [{{provider: vertex-gemini, model: google/gemini-2.5-flash}}]\n",
         gg.base_url(),

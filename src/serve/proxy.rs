@@ -363,32 +363,21 @@ impl Proxy {
         let model = cfg.catalog.model(model_id);
         ctx.model = Some(model.name.clone());
         let policy = cfg.policy_for(route, model_id);
-        // Only the providers this request could use: the model's and its equivalents'.
-        let relevant = model
-            .offerings
-            .iter()
-            .chain(
-                model
-                    .equivalents
-                    .iter()
-                    .flat_map(|e| cfg.catalog.model(e.id).offerings.iter()),
-            )
-            .map(|o| o.provider);
+        // Only the offerings (and providers) this request could use: the model's and its
+        // equivalents'.
+        let offerings = model.offerings.iter().chain(
+            model
+                .equivalents
+                .iter()
+                .flat_map(|e| cfg.catalog.model(e.id).offerings.iter()),
+        );
+        let relevant = offerings.clone().map(|o| o.provider);
         // Translation: the body is parsed only when a provider this request could use speaks
         // the other wire format; same-format traffic keeps the splice path untouched.
         let mut json = None;
         let mut include_usage = false;
         // An offering that declares it lacks a feature also needs the body looked at.
-        let lacks_declared = model
-            .offerings
-            .iter()
-            .chain(
-                model
-                    .equivalents
-                    .iter()
-                    .flat_map(|e| cfg.catalog.model(e.id).offerings.iter()),
-            )
-            .any(|o| !o.lacks.is_empty());
+        let lacks_declared = offerings.clone().any(|o| !o.lacks.is_empty());
         if let Some(dir) = Direction::from_client(endpoint) {
             let reachable_only_translated = relevant
                 .clone()

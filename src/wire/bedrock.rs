@@ -404,44 +404,14 @@ impl EventStreamToSse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_smithy_eventstream::frame::write_message_to;
-    use aws_smithy_types::event_stream::Header;
     use std::time::Duration;
 
     fn chunk(event: &Value) -> Vec<u8> {
-        let payload =
-            json!({"bytes": base64::engine::general_purpose::STANDARD.encode(event.to_string())});
-        let m = Message::new(payload.to_string().into_bytes())
-            .add_header(Header::new(
-                ":message-type",
-                HeaderValue::String("event".into()),
-            ))
-            .add_header(Header::new(
-                ":event-type",
-                HeaderValue::String("chunk".into()),
-            ))
-            .add_header(Header::new(
-                ":content-type",
-                HeaderValue::String("application/json".into()),
-            ));
-        let mut out = Vec::new();
-        write_message_to(&m, &mut out).unwrap();
-        out
+        crate::testkit::mock::bedrock_chunk(event).to_vec()
     }
 
     fn exception(kind: &str, message: &str) -> Vec<u8> {
-        let m = Message::new(json!({"message": message}).to_string().into_bytes())
-            .add_header(Header::new(
-                ":message-type",
-                HeaderValue::String("exception".into()),
-            ))
-            .add_header(Header::new(
-                ":exception-type",
-                HeaderValue::String(kind.to_string().into()),
-            ));
-        let mut out = Vec::new();
-        write_message_to(&m, &mut out).unwrap();
-        out
+        crate::testkit::mock::bedrock_exception(kind, message).to_vec()
     }
 
     fn stream() -> Vec<u8> {

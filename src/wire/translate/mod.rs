@@ -278,8 +278,17 @@ pub fn stop_reason(finish_reason: &str) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A golden fixture of tests/fixtures/translate, parsed.
+    pub(crate) fn fixture(name: &str) -> serde_json::Value {
+        let path = format!(
+            "{}/tests/fixtures/translate/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
 
     #[test]
     fn directions() {

@@ -523,13 +523,7 @@ pub fn anthropic_to_openai(body: &Value, model_id: &str) -> Result<Value, Transl
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> Value {
-        let path = format!(
-            "{}/tests/fixtures/translate/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
+    use super::super::tests::fixture;
 
     #[test]
     fn openai_request_with_tools_and_results_becomes_anthropic() {

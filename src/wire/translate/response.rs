@@ -171,13 +171,7 @@ pub fn error(client: crate::model::endpoint::Family, status: u16, body: &[u8]) -
 mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> Value {
-        let path = format!(
-            "{}/tests/fixtures/translate/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
+    use super::super::tests::fixture;
 
     #[test]
     fn openai_tool_call_answer_becomes_an_anthropic_message() {
