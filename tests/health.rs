@@ -413,3 +413,47 @@ async fn an_insufficient_quota_429_is_an_account_problem_not_a_rate_limit() {
     b.set_behavior(Behavior::Ok);
     assert_eq!(served_by(&t).await, "b");
 }
+
+/// `same_offering_retries: 1`: a 500-once offering answers on the retry, the twin is never
+/// called; `max_retry_after_wait_ms: 3000`: a 429 with Retry-After 1 is waited out on the same
+/// offering, one with Retry-After 10 goes to the twin at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_blips_are_retried_on_the_same_offering_when_the_policy_asks() {
+    let (a, b, t) = setup(
+        NO_PROBE,
+        NO_PROBE,
+        ", same_offering_retries: 1, max_retry_after_wait_ms: 3000, request_timeout_ms: 5000",
+    )
+    .await;
+    a.push_once(Behavior::status(500));
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("a"));
+    assert_eq!(r.header("x-twinroute-attempts"), Some("2"));
+    assert_eq!((a.request_count(), b.request_count()), (2, 0));
+
+    a.push_once(Behavior::Status {
+        status: 429,
+        body: r#"{"error":{"message":"Rate limit reached","type":"requests"}}"#.into(),
+        retry_after: Some(1),
+    });
+    let started = std::time::Instant::now();
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.header("x-twinroute-provider"), Some("a"), "{}", r.text());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    assert_eq!(b.request_count(), 0);
+
+    a.push_once(Behavior::Status {
+        status: 429,
+        body: r#"{"error":{"message":"Rate limit reached","type":"requests"}}"#.into(),
+        retry_after: Some(10),
+    });
+    let started = std::time::Instant::now();
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.header("x-twinroute-provider"), Some("b"));
+    assert!(started.elapsed() < Duration::from_millis(500));
+}

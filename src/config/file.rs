@@ -213,6 +213,12 @@ pub struct FilePolicy {
     pub on_ceiling: Option<String>,
     /// How long an offering that answered "model unavailable" stays out.
     pub offering_cooldown_ms: Option<u64>,
+    /// Retry a transient failure (5xx, 529, reset) this many times on the same offering before
+    /// the next twin (default 0).
+    pub same_offering_retries: Option<u32>,
+    /// A 429 whose Retry-After is at most this is waited out on the same offering (default 0:
+    /// never wait, fail over at once).
+    pub max_retry_after_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

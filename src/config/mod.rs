@@ -220,6 +220,18 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
     if let Some(ms) = p.offering_cooldown_ms {
         out.offering_cooldown = nonzero_ms(&format!("{path}.offering_cooldown_ms"), Some(ms), 0)?;
     }
+    if let Some(n) = p.same_offering_retries {
+        if n > 5 {
+            return Err(err(
+                format!("{path}.same_offering_retries"),
+                "must be between 0 and 5",
+            ));
+        }
+        out.same_offering_retries = n;
+    }
+    if let Some(ms) = p.max_retry_after_wait_ms {
+        out.max_retry_after_wait = Duration::from_millis(ms);
+    }
     Ok(out)
 }
 

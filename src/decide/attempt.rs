@@ -68,6 +68,12 @@ pub enum Step {
     Next(FailoverReason),
     /// No further attempt: the deadline ran out.
     Stop(FailoverReason),
+    /// Try the same offering again after this wait (`same_offering_retries`, or a short
+    /// Retry-After within `max_retry_after_wait`).
+    Again {
+        reason: FailoverReason,
+        wait: Duration,
+    },
 }
 
 /// What an attempt tells health about the endpoint or offering it went to; `health::Health::apply`
@@ -134,6 +140,10 @@ pub struct Attempts {
     deadline_hit: bool,
     /// A candidate was passed over for being at its `max_connections`.
     saturated: bool,
+    same_offering_retries: u32,
+    max_retry_after_wait: Duration,
+    /// Same-offering retries used on the current candidate.
+    retried_here: u32,
 }
 
 impl Attempts {
@@ -152,6 +162,9 @@ impl Attempts {
             min_context: 0,
             deadline_hit: false,
             saturated: false,
+            same_offering_retries: policy.same_offering_retries,
+            max_retry_after_wait: policy.max_retry_after_wait,
+            retried_here: 0,
         }
     }
 
@@ -304,10 +317,49 @@ impl Attempts {
         let step = if reason == FailoverReason::Deadline {
             self.deadline_hit = true;
             Step::Stop(reason)
+        } else if let Some(wait) = self.again(reason, status, retry_after_s) {
+            self.retried_here += 1;
+            Step::Again { reason, wait }
         } else {
+            self.retried_here = 0;
             Step::Next(reason)
         };
         Verdict { step, signals }
+    }
+
+    /// Whether (and after how long) to retry the same offering: a 429 whose Retry-After fits
+    /// `max_retry_after_wait`, or a transient failure while `same_offering_retries` last; never
+    /// past the deadline or the attempts.
+    fn again(
+        &self,
+        reason: FailoverReason,
+        status: Option<u16>,
+        retry_after_s: Option<u64>,
+    ) -> Option<Duration> {
+        if self.started >= self.max_attempts {
+            return None;
+        }
+        let wait = match (reason, retry_after_s) {
+            (FailoverReason::Status429, Some(s))
+                if Duration::from_secs(s) <= self.max_retry_after_wait
+                    && self.retried_here < self.max_attempts =>
+            {
+                Duration::from_secs(s)
+            }
+            (FailoverReason::Status5xx | FailoverReason::Reset, _)
+                if self.retried_here < self.same_offering_retries && status != Some(429) =>
+            {
+                backoff::delay_from(&self.backoff, self.retried_here, 0.5)
+            }
+            _ => return None,
+        };
+        Some(wait)
+    }
+
+    /// Whether waiting `wait` from `now` still leaves the deadline room for another attempt
+    /// (the executor asks before a same-offering retry; no: move on to the next twin).
+    pub fn fits(&self, now: Instant, wait: Duration) -> bool {
+        now + wait < self.deadline
     }
 
     /// The error the client gets when no attempt produced the answer.
@@ -671,6 +723,65 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn same_offering_retries_and_short_retry_afters_stay_on_the_offering() {
+        let now = Instant::now();
+        let mut p = policy(4, None);
+        p.same_offering_retries = 1;
+        p.max_retry_after_wait = Duration::from_millis(3000);
+        let mut a = Attempts::new(&p, false, Duration::from_millis(500), now);
+        a.begin(now);
+        // A 500: once more on the same offering, then the next twin.
+        let v = a.record(
+            &facts(0, 0),
+            failed(FailoverReason::Status5xx, Some(500), None),
+        );
+        assert!(matches!(
+            v.step,
+            Step::Again {
+                reason: FailoverReason::Status5xx,
+                ..
+            }
+        ));
+        a.begin(now);
+        let v = a.record(
+            &facts(0, 0),
+            failed(FailoverReason::Status5xx, Some(500), None),
+        );
+        assert_eq!(v.step, Step::Next(FailoverReason::Status5xx));
+        // A 429 with Retry-After: 1 is waited out; Retry-After: 10 is not.
+        a.begin(now);
+        let v = a.record(
+            &facts(1, 0),
+            failed(FailoverReason::Status429, Some(429), Some(1)),
+        );
+        assert_eq!(
+            v.step,
+            Step::Again {
+                reason: FailoverReason::Status429,
+                wait: Duration::from_secs(1)
+            }
+        );
+        let mut b = Attempts::new(&p, false, Duration::from_millis(500), now);
+        b.begin(now);
+        let v = b.record(
+            &facts(1, 0),
+            failed(FailoverReason::Status429, Some(429), Some(10)),
+        );
+        assert_eq!(v.step, Step::Next(FailoverReason::Status429));
+        // Off by default: the next twin at once.
+        let mut c = Attempts::new(&policy(4, None), false, Duration::from_millis(500), now);
+        c.begin(now);
+        let v = c.record(
+            &facts(0, 0),
+            failed(FailoverReason::Status5xx, Some(500), None),
+        );
+        assert_eq!(v.step, Step::Next(FailoverReason::Status5xx));
+        // A wait past the deadline does not fit.
+        assert!(a.fits(now, Duration::from_millis(100)));
+        assert!(!a.fits(now, Duration::from_secs(60)));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Policy {
     pub on_ceiling: OnCeiling,
     /// How long an offering that answered "model unavailable" stays out of rotation.
     pub offering_cooldown: Duration,
+    /// Transient failures retried on the same offering before the next twin.
+    pub same_offering_retries: u32,
+    /// A 429's Retry-After up to this is waited out on the same offering.
+    pub max_retry_after_wait: Duration,
 }
 
 impl Default for Policy {
@@ -84,6 +88,8 @@ impl Default for Policy {
             },
             on_ceiling: OnCeiling::Fail,
             offering_cooldown: Duration::from_secs(600),
+            same_offering_retries: 0,
+            max_retry_after_wait: Duration::ZERO,
         }
     }
 }

@@ -118,7 +118,10 @@ pub async fn run(
     let mut previous: Option<ProviderId> = None;
     ctx.zero_retention |= plan.zero_retention;
 
-    while let Some(wait) = attempts.next_wait(Instant::now(), rand::random::<f64>()) {
+    // A same-offering retry the last attempt asked for: (candidate, endpoint, wait).
+    let mut again: Option<(Candidate, usize, Duration)> = None;
+    while let Some(backoff) = attempts.next_wait(Instant::now(), rand::random::<f64>()) {
+        let wait = again.as_ref().map_or(backoff, |(_, _, w)| *w);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -131,7 +134,15 @@ pub async fn run(
             endpoint: ep,
             probation,
             slot: _slot,
-        }) = pick(rt, plan, &mut cursor, now, &mut attempts)
+        }) = (match again.take() {
+            Some((candidate, endpoint, _)) => Some(Pick {
+                candidate,
+                endpoint,
+                probation: false,
+                slot: None,
+            }),
+            None => pick(rt, plan, &mut cursor, now, &mut attempts),
+        })
         else {
             break;
         };
@@ -146,7 +157,10 @@ pub async fn run(
         if plan.zero_retention || provider.zero_retention {
             ctx.zero_retention = true;
         }
-        if let (Some(prev), Some(f)) = (previous, attempts.failures().last()) {
+        if let (Some(prev), Some(f)) = (
+            previous.filter(|p| *p != cand.provider),
+            attempts.failures().last(),
+        ) {
             METRICS
                 .failovers
                 .with_label_values(&[
@@ -320,8 +334,13 @@ pub async fn run(
         };
         let reason = match verdict.step {
             Step::Deliver => None,
-            Step::Next(r) | Step::Stop(r) => Some(r),
+            Step::Next(r) | Step::Stop(r) | Step::Again { reason: r, .. } => Some(r),
         };
+        if let Step::Again { wait, .. } = verdict.step {
+            if attempts.fits(Instant::now(), wait) {
+                again = Some((cand.clone(), ep, wait));
+            }
+        }
         METRICS
             .attempts
             .with_label_values(&[provider.name.as_str(), reason.map_or("ok", |r| r.as_str())])

@@ -49,15 +49,17 @@ impl Twinroute {
         // Ports come from bind(0)-and-release, so another test can take one before twinroute
         // binds it; then our process exits (and another's admin port may even answer our
         // readiness check). Detect that and start again on new ports.
+        let mut last_log = String::new();
         for _ in 0..3 {
-            if let Some(t) = Self::start_once(body, env).await {
-                return t;
+            match Self::start_once(body, env).await {
+                Ok(t) => return t,
+                Err(log) => last_log = log,
             }
         }
-        panic!("twinroute did not start in three tries (ports taken?)");
+        panic!("twinroute did not start in three tries; last log:\n{last_log}");
     }
 
-    async fn start_once(body: &str, env: &[(&str, &str)]) -> Option<Twinroute> {
+    async fn start_once(body: &str, env: &[(&str, &str)]) -> Result<Twinroute, String> {
         let dir = scratch_dir();
         let listen = free_port();
         let admin = free_port();
@@ -106,7 +108,7 @@ impl Twinroute {
         let mut t = t;
         for _ in 0..500 {
             if t.child.try_wait().ok().flatten().is_some() {
-                return None;
+                return Err(t.logs());
             }
             if let Ok(r) = client::get(&format!("{}/readyz", t.admin)).await {
                 if r.status == 200 {
@@ -114,9 +116,9 @@ impl Twinroute {
                     // exits at once).
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     if t.child.try_wait().ok().flatten().is_some() {
-                        return None;
+                        return Err(t.logs());
                     }
-                    return Some(t);
+                    return Ok(t);
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
