@@ -202,15 +202,7 @@ pub async fn run(
                                 provider.name
                             ),
                         );
-                        ctx.status = e.kind.status();
-                        ctx.error = Some(e.message.clone());
-                        return e
-                            .send(
-                                session,
-                                plan.endpoint.family(),
-                                &[("x-twinroute-request-id", ctx.request_id.clone())],
-                            )
-                            .await;
+                        return send_error(session, ctx, e, plan.endpoint.family(), vec![]).await;
                     }
                 }
             }
@@ -429,19 +421,31 @@ pub async fn run(
     }
 
     let e = attempts.final_error();
-    ctx.status = e.kind.status();
-    ctx.error = Some(e.message.clone());
-    session.set_keepalive(None);
     let tried = attempts.failures().len().to_string();
-    e.send(
+    send_error(
         session,
+        ctx,
+        e,
         plan.endpoint.family(),
-        &[
-            ("x-twinroute-attempts", tried),
-            ("x-twinroute-request-id", ctx.request_id.clone()),
-        ],
+        vec![("x-twinroute-attempts", tried)],
     )
     .await
+}
+
+/// Answer the client with twinroute's own error: recorded in the access line (unless a more
+/// precise cause already is), the connection not reused, the request id among the headers.
+async fn send_error(
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    e: GatewayError,
+    family: Family,
+    mut extra: Vec<(&'static str, String)>,
+) -> Result<()> {
+    ctx.status = e.kind.status();
+    ctx.error.get_or_insert_with(|| e.message.clone());
+    session.set_keepalive(None);
+    extra.push(("x-twinroute-request-id", ctx.request_id.clone()));
+    e.send(session, family, &extra).await
 }
 
 /// The candidate one attempt goes to.
@@ -1119,10 +1123,7 @@ async fn relay_whole(
                         provider.name
                     ),
                 );
-                ctx.status = e.kind.status();
-                ctx.error = Some(e.message.clone());
-                session.set_keepalive(None);
-                return e.send(session, served.family, &[]).await;
+                return send_error(session, ctx, e, served.family, vec![]).await;
             }
             Ok(None) => break,
             Err(e) => {
@@ -1134,9 +1135,7 @@ async fn relay_whole(
                     ErrorKind::UpstreamFailed,
                     format!("provider {} broke its answer mid-body", provider.name),
                 );
-                ctx.status = g.kind.status();
-                session.set_keepalive(None);
-                return g.send(session, served.family, &[]).await;
+                return send_error(session, ctx, g, served.family, vec![]).await;
             }
         }
     }
@@ -1153,9 +1152,7 @@ async fn relay_whole(
                         provider.name
                     ),
                 );
-                ctx.status = g.kind.status();
-                ctx.error = Some(g.message.clone());
-                return g.send(session, served.family, &[]).await;
+                return send_error(session, ctx, g, served.family, vec![]).await;
             }
         }
     } else {

@@ -541,23 +541,10 @@ impl MockProvider {
                 .header("x-mock-provider", name)
                 .body(full(body))
                 .map_err(std::io::Error::other),
-            Behavior::Sse(events) => {
-                let (tx, rx) = mpsc::channel(16);
-                tokio::spawn(async move {
-                    for ev in events {
-                        if tx.send(Ok(Bytes::from(ev))).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                });
-                Response::builder()
-                    .status(200)
-                    .header("content-type", "text/event-stream")
-                    .header("x-mock-provider", name)
-                    .body(BoxBody::new(ChannelBody(rx)))
-                    .map_err(std::io::Error::other)
-            }
+            Behavior::Sse(events) => Ok(paced(
+                events.into_iter().map(Bytes::from).collect(),
+                "text/event-stream",
+            )),
             Behavior::Hang => {
                 std::future::pending::<()>().await;
                 Err(std::io::Error::other("unreachable"))
@@ -848,21 +835,7 @@ impl MockProvider {
                 if let Some(kind) = exception {
                     frames.push(bedrock_exception(&kind, "The model stream failed."));
                 }
-                let (tx, rx) = mpsc::channel(16);
-                tokio::spawn(async move {
-                    for f in frames {
-                        if tx.send(Ok(f)).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                });
-                Response::builder()
-                    .status(200)
-                    .header("content-type", "application/vnd.amazon.eventstream")
-                    .header("x-amzn-bedrock-content-type", "application/json")
-                    .body(BoxBody::new(ChannelBody(rx)))
-                    .map_err(std::io::Error::other)
+                Ok(paced(frames, "application/vnd.amazon.eventstream"))
             }
             other => Err(std::io::Error::other(format!(
                 "mock bedrock does not play {other:?}"
@@ -1118,20 +1091,10 @@ impl MockProvider {
                 )
             })
             .collect();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            for ev in events {
-                if tx.send(Ok(Bytes::from(ev))).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        Response::builder()
-            .status(200)
-            .header("content-type", "text/event-stream")
-            .body(BoxBody::new(ChannelBody(rx)))
-            .map_err(std::io::Error::other)
+        Ok(paced(
+            events.into_iter().map(Bytes::from).collect(),
+            "text/event-stream",
+        ))
     }
 }
 
@@ -1194,6 +1157,24 @@ fn check_jwt(jwt: &str, g: &GoogleMock, aud: &str) -> Result<(), String> {
         return Err("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.".into());
     }
     Ok(())
+}
+
+/// A 200 streaming `chunks` 5 ms apart (a scripted SSE or event stream).
+fn paced(chunks: Vec<Bytes>, content_type: &str) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(Ok(c)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .body(BoxBody::new(ChannelBody(rx)))
+        .unwrap_or_else(|_| Response::new(full("")))
 }
 
 /// A realistic Anthropic stream (the shape of the Messages API docs): message_start, one text
