@@ -41,6 +41,15 @@ async fn setup(secret_in_mock: &str) -> (MockProvider, MockProvider, Twinroute) 
     (an, bd, t)
 }
 
+/// An Anthropic-SDK-style call (`/v1/messages` with `anthropic-version`) plus `extra` headers.
+async fn anthropic(t: &Twinroute, extra: &[(&str, &str)], body: &Value) -> client::Reply {
+    let mut headers = vec![("anthropic-version", "2023-06-01")];
+    headers.extend_from_slice(extra);
+    client::post_json(&t.url("/v1/messages"), &headers, body)
+        .await
+        .unwrap()
+}
+
 fn overloaded() -> Behavior {
     Behavior::Status {
         status: 529,
@@ -59,13 +68,7 @@ fn messages(stream: bool) -> Value {
 async fn an_anthropic_client_fails_over_to_bedrock_with_a_valid_sigv4_signature() {
     let (an, bd, t) = setup(SECRET).await;
     an.set_behavior(overloaded());
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(false),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-twinroute-provider"), Some("bedrock"));
     assert_eq!(r.header("x-twinroute-attempts"), Some("2"));
@@ -98,13 +101,7 @@ async fn an_anthropic_client_fails_over_to_bedrock_with_a_valid_sigv4_signature(
 async fn a_bedrock_stream_arrives_as_anthropic_sse_and_an_exception_frame_as_an_error_event() {
     let (an, bd, t) = setup(SECRET).await;
     an.set_behavior(overloaded());
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(true),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(true)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r
         .header("content-type")
@@ -137,13 +134,7 @@ async fn a_bedrock_stream_arrives_as_anthropic_sse_and_an_exception_frame_as_an_
         after: 3,
         kind: "modelStreamErrorException".into(),
     });
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(true),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(true)).await;
     let text = r.text();
     assert!(text.contains("event: message_start"), "{text}");
     let last = text.trim_end().rsplit("\n\n").next().unwrap();
@@ -200,16 +191,7 @@ async fn an_openai_client_of_claude_is_served_by_bedrock_through_translation() {
 async fn a_bad_signature_is_refused_by_the_mock_and_fails_over() {
     // The mock holds another secret: every signature twinroute makes is wrong there.
     let (an, bd, t) = setup("some-other-secret").await;
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[
-            ("anthropic-version", "2023-06-01"),
-            ("x-twinroute-provider", "bedrock"),
-        ],
-        &messages(false),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[("x-twinroute-provider", "bedrock")], &messages(false)).await;
     // 403 not about a model: the injected credential was refused (auth_failed), in the
     // client's shape.
     assert_eq!(r.status, 502, "{}", r.text());
@@ -221,13 +203,7 @@ async fn a_bad_signature_is_refused_by_the_mock_and_fails_over() {
     );
     assert_eq!(bd.request_count(), 1);
     // Unpinned, the Anthropic twin answers.
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(false),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(false)).await;
     assert_eq!(r.header("x-twinroute-provider"), Some("anthropic"));
     let _ = an;
 }
@@ -348,13 +324,7 @@ async fn vertex_setup(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claude_fails_over_to_vertex_with_a_token_minted_from_a_signed_jwt() {
     let (_an, gg, t, _) = vertex_setup("sa", std::time::Duration::from_secs(3600)).await;
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(false),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-twinroute-provider"), Some("vertex"));
     assert_eq!(r.json()["content"][0]["text"], "hello from gg");
@@ -383,13 +353,7 @@ async fn claude_fails_over_to_vertex_with_a_token_minted_from_a_signed_jwt() {
     ));
     assert!(gg.tokens_issued() >= 1);
     // Streamed: Vertex's SSE reaches the Anthropic client as it is.
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(true),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(true)).await;
     let text = r.text();
     assert!(text.starts_with("event: message_start"), "{text}");
     assert!(
@@ -453,13 +417,7 @@ async fn expiring_and_revoked_tokens_are_replaced_without_a_failed_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_identity_tokens_come_from_the_metadata_server() {
     let (_an, gg, t, _) = vertex_setup("metadata", std::time::Duration::from_secs(3600)).await;
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(false),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-twinroute-provider"), Some("vertex"));
     // The metadata server is asked with GET (the mock files GETs under probes).
@@ -494,16 +452,7 @@ async fn a_key_the_token_endpoint_refuses_takes_only_vertex_out() {
     let _ = sa_file;
     // (The refresher may have minted a good token at start; revoke it.)
     gg.revoke_tokens();
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[
-            ("anthropic-version", "2023-06-01"),
-            ("x-twinroute-provider", "vertex"),
-        ],
-        &messages(false),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[("x-twinroute-provider", "vertex")], &messages(false)).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("vertex: auth_failed"), "{}", r.text());
     t.wait_for_log("cannot mint an access token").await;
@@ -745,13 +694,7 @@ async fn claude_fails_over_anthropic_then_bedrock_then_vertex() {
         ],
     )
     .await;
-    let r = client::post_json(
-        &t.url("/v1/messages"),
-        &[("anthropic-version", "2023-06-01")],
-        &messages(false),
-    )
-    .await
-    .unwrap();
+    let r = anthropic(&t, &[], &messages(false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-twinroute-provider"), Some("vertex"));
     assert_eq!(r.header("x-twinroute-attempts"), Some("3"));
