@@ -26,13 +26,6 @@ async fn setup(
     (a, b, Twinroute::start(&yaml, &[]).await)
 }
 
-fn count_model(m: &MockProvider, model: &str) -> usize {
-    m.requests()
-        .iter()
-        .filter(|r| r.json()["model"] == model)
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_not_found_takes_out_the_offering_not_the_provider() {
     let (a, b, t) = setup(
@@ -70,7 +63,7 @@ async fn model_not_found_takes_out_the_offering_not_the_provider() {
     let r = t.chat(&chat_body("n"), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-twinroute-provider"), Some("a"));
-    t.wait_for_log("skipped=\"a:model_unavailable\"").await;
+    t.wait_for_log("skipped=\"a/a-m:model_unavailable\"").await;
 
     let s = t.status().await;
     let out = s["offerings_out"].as_array().unwrap();

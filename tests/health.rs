@@ -43,6 +43,18 @@ fn provider_status(s: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// The `/status` entry of one offering whose own health holds something against it (`Null` when
+/// nothing does).
+fn offering_status(s: &serde_json::Value, provider: &str, model: &str) -> serde_json::Value {
+    s["offerings_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["provider"] == provider && o["model"] == model)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
 const NO_PROBE: &str = ", probe: {enabled: false}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,13 +111,18 @@ async fn breaker_opens_after_failures_then_admits_exactly_one_probation_request(
         assert_eq!(served_by(&t).await, "b");
     }
     assert_eq!(a.request_count(), 3);
-    assert_eq!(provider_status(&t.status().await, "a")["breaker"], "open");
+    // 500s are the model's trouble there: the offering's breaker opens, not the provider's.
+    let s = t.status().await;
+    assert_eq!(offering_status(&s, "a", "a-m")["breaker"], "open", "{s}");
+    assert_eq!(offering_status(&s, "a", "a-m")["reason"], "breaker_open");
+    assert_eq!(provider_status(&s, "a")["breaker"], "closed");
+    assert_eq!(provider_status(&s, "a")["healthy"], true);
     let _ = t.chat(&chat_body("m"), &[]).await;
-    t.wait_for_log("skipped=\"a:breaker_open\"").await;
-    assert!(t
-        .metrics()
-        .await
-        .contains("twinroute_breaker_state{provider=\"a\"} 2"));
+    t.wait_for_log("skipped=\"a/a-m:breaker_open\"").await;
+    let metrics = t.metrics().await;
+    assert!(metrics.contains("twinroute_offering_breaker_state{model=\"a-m\",provider=\"a\"} 2"));
+    assert!(metrics.contains("twinroute_offering_healthy{model=\"a-m\",provider=\"a\"} 0"));
+    assert!(metrics.contains("twinroute_breaker_state{provider=\"a\"} 0"));
     // Open: a sees nothing, and requests pay no failover cost (one attempt).
     for _ in 0..5 {
         let r = t.chat(&chat_body("m"), &[]).await;
@@ -126,7 +143,7 @@ async fn breaker_opens_after_failures_then_admits_exactly_one_probation_request(
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        provider_status(&t.status().await, "a")["breaker"],
+        offering_status(&t.status().await, "a", "a-m")["breaker"],
         "half_open"
     );
     for r in reqs {
@@ -138,8 +155,15 @@ async fn breaker_opens_after_failures_then_admits_exactly_one_probation_request(
         "exactly one probation request"
     );
     // The probation succeeded: closed, a serves again.
-    assert_eq!(provider_status(&t.status().await, "a")["breaker"], "closed");
+    assert_eq!(
+        offering_status(&t.status().await, "a", "a-m"),
+        serde_json::Value::Null
+    );
     assert_eq!(served_by(&t).await, "a");
+    assert!(t
+        .metrics()
+        .await
+        .contains("twinroute_offering_breaker_state{model=\"a-m\",provider=\"a\"} 0"));
     let _ = b;
 }
 
@@ -177,12 +201,13 @@ async fn retry_after_is_honoured_to_the_second_without_tripping_the_breaker() {
     });
     let started = std::time::Instant::now();
     assert_eq!(served_by(&t).await, "b");
-    let s = provider_status(&t.status().await, "a");
+    let s = offering_status(&t.status().await, "a", "a-m");
     assert_eq!(
         s["breaker"], "closed",
         "a Retry-After is not a breaker failure"
     );
-    assert!(s["cooldown_remaining_ms"].as_u64().unwrap() > 800);
+    assert_eq!(s["reason"], "cooldown");
+    assert!(s["remaining_ms"].as_u64().unwrap() > 800, "{s}");
     while started.elapsed() < Duration::from_millis(850) {
         assert_eq!(served_by(&t).await, "b");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -211,7 +236,7 @@ async fn a_shorter_retry_after_never_shortens_a_longer_one() {
         .chat(&chat_body("m"), &[("x-twinroute-provider", "a")])
         .await;
     assert_eq!(r.status, 429);
-    let remaining = provider_status(&t.status().await, "a")["cooldown_remaining_ms"]
+    let remaining = offering_status(&t.status().await, "a", "a-m")["remaining_ms"]
         .as_u64()
         .unwrap();
     assert!(remaining > 1500, "shortened to {remaining} ms");
@@ -277,7 +302,7 @@ async fn drain_and_undrain() {
     assert_eq!(r.status, 200);
     let r = t.chat(&chat_body("m"), &[]).await;
     assert_eq!(r.status, 200);
-    t.wait_for_log("panic_mode=true").await;
+    t.wait_for_log("fail_open=true").await;
     for p in ["a", "b"] {
         let r = client::send(
             "POST",
@@ -329,7 +354,8 @@ async fn a_reload_keeps_the_health_of_providers_it_did_not_change() {
         )
     };
     let t = Twinroute::start(&yaml("us", 1000), &[]).await;
-    a.set_behavior(Behavior::status(500));
+    // A reset before any answer: the endpoint's breaker opens.
+    a.set_behavior(Behavior::Reset);
     assert_eq!(served_by(&t).await, "b");
     assert_eq!(provider_status(&t.status().await, "a")["breaker"], "open");
     a.set_behavior(Behavior::Ok);

@@ -94,7 +94,7 @@ async fn each_endpoint_has_its_own_breaker() {
     let (a1, a2, _b, t) =
         setup("    probe: {enabled: false}\n    breaker: {failures: 1, cooldown_ms: 60000}\n")
             .await;
-    a2.set_behavior(Behavior::status(500));
+    a2.set_behavior(Behavior::Reset);
     // Round robin reaches a2 within two requests; its failure opens only its breaker.
     for _ in 0..2 {
         let r = t.chat(&chat_body("m"), &[]).await;
@@ -114,4 +114,34 @@ async fn each_endpoint_has_its_own_breaker() {
     }
     assert_eq!(a1.request_count(), 6);
     assert_eq!(a2.request_count(), 1);
+}
+
+/// A model failing at one endpoint of a pool (a deployment down in one region) is held out
+/// there only: the other endpoint keeps serving it, and both hosts stay in for other models.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_breaker_at_one_endpoint_leaves_the_others_serving_it() {
+    let (a1, a2, _b, t) =
+        setup("    probe: {enabled: false}\n    breaker: {failures: 1, cooldown_ms: 60000}\n")
+            .await;
+    a2.set_behavior(Behavior::status(500));
+    for _ in 0..2 {
+        let r = t.chat(&chat_body("m"), &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(a2.request_count(), 1);
+    let s = t.status().await;
+    // The host answered: its breaker stays closed; the model is held out at a2 alone.
+    assert_eq!(endpoint(&s, 1)["breaker"], "closed", "{s}");
+    let out = &s["offerings_out"][0];
+    assert_eq!(out["model"], "a-m", "{s}");
+    assert_eq!(out["reason"], serde_json::Value::Null, "not out everywhere");
+    assert_eq!(out["held_out_at"].as_array().unwrap().len(), 1);
+    assert_eq!(out["held_out_at"][0], endpoint(&s, 1)["url"]);
+    a1.clear();
+    for _ in 0..6 {
+        let r = t.chat(&chat_body("m"), &[]).await;
+        assert_eq!(r.header("x-twinroute-provider"), Some("a"));
+        assert_eq!(r.header("x-twinroute-attempts"), Some("1"));
+    }
+    assert_eq!((a1.request_count(), a2.request_count()), (6, 1));
 }

@@ -606,11 +606,24 @@ fn build_provider(
         return Err(err(format!("{path}.probe.path"), "must start with '/'"));
     }
     let br = p.breaker.as_ref();
+    // A short first cooldown and a 30 s cap: an outage's probations come at most every 30 s
+    // (jittered), so a recovered twin is back within 30 s of its recovery.
     let cooldown = nonzero_ms(
         &format!("{path}.breaker.cooldown_ms"),
         br.and_then(|b| b.cooldown_ms),
-        30_000,
+        5_000,
     )?;
+    let max_cooldown = nonzero_ms(
+        &format!("{path}.breaker.max_cooldown_ms"),
+        br.and_then(|b| b.max_cooldown_ms),
+        (cooldown.as_millis() as u64).max(30_000),
+    )?;
+    if max_cooldown < cooldown {
+        return Err(err(
+            format!("{path}.breaker.max_cooldown_ms"),
+            "must be at least breaker.cooldown_ms",
+        ));
+    }
     let breaker = BreakerConf {
         failures: match br.and_then(|b| b.failures) {
             Some(0) => {
@@ -623,13 +636,7 @@ fn build_provider(
             None => 5,
         },
         cooldown,
-        max_cooldown: nonzero_ms(
-            &format!("{path}.breaker.max_cooldown_ms"),
-            br.and_then(|b| b.max_cooldown_ms),
-            (cooldown.as_millis() as u64)
-                .saturating_mul(10)
-                .max(300_000),
-        )?,
+        max_cooldown,
     };
     let mut extra_headers = Vec::new();
     for (k, v) in p.headers.iter().flatten() {

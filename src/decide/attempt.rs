@@ -9,6 +9,7 @@
 //! applies, the way linkerd2-proxy's breaker consumes classified outcomes.
 
 use crate::decide::backoff;
+use crate::decide::outcome::{self, Grain};
 use crate::model::error::{ErrorKind, GatewayError};
 use crate::model::outcome::FailoverReason;
 use crate::model::{Backoff, Policy, ProviderId};
@@ -49,8 +50,8 @@ pub struct AttemptFacts<'a> {
     pub provider_name: &'a str,
     /// Index of the endpoint within the provider's pool.
     pub endpoint: usize,
-    /// This request was the one probation request of a breaker that had opened.
-    pub probation: bool,
+    /// Which breakers (the endpoint's, the offering's) admitted this as their probation request.
+    pub probation: Probation,
     /// The context window of the offering tried (its own, else its model's).
     pub context_tokens: Option<u64>,
     /// Some candidate of this request has a larger window than `context_tokens`.
@@ -76,33 +77,59 @@ pub enum Step {
     },
 }
 
-/// What an attempt tells health about the endpoint or offering it went to; `health::Health::apply`
-/// is the one consumer.
+/// What an attempt tells health about the endpoint or the offering (the model on that provider)
+/// it went to; `health::Health::apply` is the one consumer. Which grain a failure is about is
+/// `decide::outcome::grain`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HealthSignal {
     /// The endpoint answered: close its breaker, feed the latency score.
     Success { ttfb: Duration },
-    /// A failure of the endpoint. Only the first failure of one request on one endpoint counts
-    /// for its breaker; later ones only record the error.
+    /// The endpoint answered with an error about the model: the host is up (close its breaker),
+    /// but an error answer's timing is not a latency sample.
+    EndpointAnswered,
+    /// A failure of the endpoint or of the offering. Only the first failure of one request on one
+    /// endpoint counts for a breaker; later ones only record the error.
     Failure {
         reason: FailoverReason,
+        grain: Grain,
         count_for_breaker: bool,
     },
-    /// The answer said when to come back: hold the endpoint at least that long (never shortened).
-    RetryAfter(Duration),
-    /// A probation request ended without a verdict either way: free the probation slot.
-    ProbationAbandoned,
+    /// The answer said when to come back: hold that grain at least that long (never shortened).
+    RetryAfter { after: Duration, grain: Grain },
+    /// A probation request of this grain's breaker ended without a verdict on it: free the slot.
+    ProbationAbandoned(Grain),
     /// The provider says this model is gone there: take the offering out for this long.
     OfferingUnavailable(Duration),
-    /// The offering answered: whatever marked it out is over.
+    /// The offering answered: close its breaker; whatever marked it out is over.
     OfferingAnswered,
     /// The provider's account cannot pay (credits, quota): keep the endpoint out for this long.
     AccountProblem(Duration),
 }
 
-/// At most three signals per attempt; a fixed array keeps the success path allocation-free.
+impl HealthSignal {
+    /// Whether this signal is a verdict on `grain`'s breaker (so a probation of it is settled).
+    fn settles(&self, grain: Grain) -> bool {
+        match (self, grain) {
+            (HealthSignal::Success { .. } | HealthSignal::EndpointAnswered, Grain::Endpoint) => {
+                true
+            }
+            (HealthSignal::OfferingAnswered, Grain::Offering) => true,
+            (
+                HealthSignal::Failure {
+                    grain: g,
+                    count_for_breaker: true,
+                    ..
+                },
+                _,
+            ) => *g == grain,
+            _ => false,
+        }
+    }
+}
+
+/// At most five signals per attempt; a fixed array keeps the success path allocation-free.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Signals([Option<HealthSignal>; 3]);
+pub struct Signals([Option<HealthSignal>; 5]);
 
 impl Signals {
     fn push(&mut self, s: HealthSignal) {
@@ -114,6 +141,21 @@ impl Signals {
     pub fn iter(&self) -> impl Iterator<Item = HealthSignal> + '_ {
         self.0.iter().flatten().copied()
     }
+
+    /// A probation of `grain` that this attempt gave no verdict on is abandoned, so the next
+    /// request can be the probe instead of the breaker staying half-open forever.
+    fn settle_probation(&mut self, grain: Grain, was_probation: bool) {
+        if was_probation && !self.iter().any(|s| s.settles(grain)) {
+            self.push(HealthSignal::ProbationAbandoned(grain));
+        }
+    }
+}
+
+/// Which breakers admitted this attempt as their one probation request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Probation {
+    pub endpoint: bool,
+    pub offering: bool,
 }
 
 /// `record`'s answer: the next step and what to tell health.
@@ -259,6 +301,7 @@ impl Attempts {
                 match reason {
                     FailoverReason::AuthFailed => signals.push(HealthSignal::Failure {
                         reason,
+                        grain: Grain::Endpoint,
                         count_for_breaker: first_failure_here,
                     }),
                     // The provider is up and said something precise about this model.
@@ -271,6 +314,8 @@ impl Attempts {
                     FailoverReason::ProviderAccount => {
                         signals.push(HealthSignal::AccountProblem(a.offering_cooldown))
                     }
+                    // The model answered (the prompt is too long for it): it works.
+                    FailoverReason::ContextLength => signals.push(HealthSignal::OfferingAnswered),
                     _ => {}
                 }
                 (reason, Some(status), None)
@@ -280,33 +325,46 @@ impl Attempts {
                 status,
                 retry_after_s,
             } => {
+                let grain = outcome::grain(reason);
                 // A 429/503 that says when to come back is a cooldown, not a breaker failure.
                 let cooldown = retry_after_s.filter(|_| matches!(status, Some(429) | Some(503)));
                 if reason == FailoverReason::ProviderAccount {
                     signals.push(HealthSignal::AccountProblem(a.offering_cooldown));
                     signals.push(HealthSignal::Failure {
                         reason,
+                        grain: Grain::Endpoint,
                         count_for_breaker: false,
                     });
                 } else if let Some(secs) = cooldown {
-                    signals.push(HealthSignal::RetryAfter(Duration::from_secs(secs)));
+                    signals.push(HealthSignal::RetryAfter {
+                        after: Duration::from_secs(secs),
+                        grain,
+                    });
                     signals.push(HealthSignal::Failure {
                         reason,
+                        grain,
                         count_for_breaker: false,
                     });
-                }
-                if a.probation && (reason == FailoverReason::Deadline || cooldown.is_some()) {
-                    // No verdict on the endpoint's health.
-                    signals.push(HealthSignal::ProbationAbandoned);
-                } else if cooldown.is_none() && reason != FailoverReason::ProviderAccount {
+                } else {
+                    // The request's own deadline cutting a probation short says nothing either
+                    // way about the probed grain.
+                    let no_verdict = reason == FailoverReason::Deadline
+                        && (a.probation.endpoint || a.probation.offering);
                     signals.push(HealthSignal::Failure {
                         reason,
-                        count_for_breaker: first_failure_here,
+                        grain,
+                        count_for_breaker: first_failure_here && !no_verdict,
                     });
+                }
+                if grain == Grain::Offering && status.is_some() {
+                    // A status about the model came from a host that is up.
+                    signals.push(HealthSignal::EndpointAnswered);
                 }
                 (reason, status, retry_after_s)
             }
         };
+        signals.settle_probation(Grain::Endpoint, a.probation.endpoint);
+        signals.settle_probation(Grain::Offering, a.probation.offering);
         self.failed_once.push((a.provider, a.endpoint));
         self.failures.push(Failure {
             provider: a.provider_name.to_string(),
@@ -449,7 +507,7 @@ mod tests {
             provider: ProviderId(provider),
             provider_name: ["a", "b", "c"][provider],
             endpoint,
-            probation: false,
+            probation: Probation::default(),
             context_tokens: Some(8000),
             larger_window_exists: false,
             offering_cooldown: Duration::from_secs(600),
@@ -539,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_cools_the_endpoint_without_tripping_its_breaker() {
+    fn retry_after_cools_the_offering_without_tripping_its_breaker() {
         let now = Instant::now();
         let mut a = Attempts::new(&policy(3, None), false, Duration::from_millis(500), now);
         a.begin(now);
@@ -550,14 +608,20 @@ mod tests {
         assert_eq!(
             signals(&v),
             vec![
-                HealthSignal::RetryAfter(Duration::from_secs(7)),
+                HealthSignal::RetryAfter {
+                    after: Duration::from_secs(7),
+                    grain: Grain::Offering
+                },
                 HealthSignal::Failure {
                     reason: FailoverReason::Status429,
+                    grain: Grain::Offering,
                     count_for_breaker: false
-                }
+                },
+                HealthSignal::EndpointAnswered,
             ]
         );
-        // A Retry-After on a 500 is not a cooldown: an ordinary breaker failure.
+        // A Retry-After on a 500 is not a cooldown: an ordinary failure of the offering; the
+        // host that answered it is up.
         a.begin(now);
         let v = a.record(
             &facts(1, 0),
@@ -565,10 +629,14 @@ mod tests {
         );
         assert_eq!(
             signals(&v),
-            vec![HealthSignal::Failure {
-                reason: FailoverReason::Status5xx,
-                count_for_breaker: true
-            }]
+            vec![
+                HealthSignal::Failure {
+                    reason: FailoverReason::Status5xx,
+                    grain: Grain::Offering,
+                    count_for_breaker: true
+                },
+                HealthSignal::EndpointAnswered,
+            ]
         );
         // Every failure a 429: a 429 with the smallest Retry-After.
         a.begin(now);
@@ -586,6 +654,43 @@ mod tests {
     }
 
     #[test]
+    fn each_reason_costs_its_grain() {
+        use FailoverReason as R;
+        let now = Instant::now();
+        let cases = [
+            (R::ConnectFailure, None, Grain::Endpoint),
+            (R::ConnectTimeout, None, Grain::Endpoint),
+            (R::Reset, None, Grain::Endpoint),
+            (R::FirstByteTimeout, None, Grain::Offering),
+            (R::Status408, Some(408), Grain::Offering),
+            (R::Status409, Some(409), Grain::Offering),
+            (R::Status429, Some(429), Grain::Offering),
+            (R::Status5xx, Some(503), Grain::Offering),
+            (R::Status5xx, Some(529), Grain::Offering),
+        ];
+        for (reason, status, grain) in cases {
+            let mut a = Attempts::new(&policy(3, None), false, Duration::from_millis(500), now);
+            a.begin(now);
+            let v = a.record(&facts(0, 0), failed(reason, status, None));
+            assert_eq!(
+                signals(&v)[0],
+                HealthSignal::Failure {
+                    reason,
+                    grain,
+                    count_for_breaker: true
+                },
+                "{reason}"
+            );
+            // Only an answer with a status proves the host up.
+            assert_eq!(
+                signals(&v).contains(&HealthSignal::EndpointAnswered),
+                status.is_some(),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
     fn only_the_first_failure_of_an_endpoint_counts_for_its_breaker() {
         let now = Instant::now();
         let mut a = Attempts::new(&policy(3, None), false, Duration::from_millis(500), now);
@@ -596,6 +701,7 @@ mod tests {
                 signals(&v),
                 vec![HealthSignal::Failure {
                     reason: FailoverReason::Reset,
+                    grain: Grain::Endpoint,
                     count_for_breaker: expected
                 }]
             );
@@ -615,19 +721,60 @@ mod tests {
     #[test]
     fn probation_without_a_verdict_is_abandoned() {
         let now = Instant::now();
-        let mut a = Attempts::new(&policy(3, None), false, Duration::from_millis(500), now);
-        a.begin(now);
-        let f = AttemptFacts {
-            probation: true,
+        let both = AttemptFacts {
+            probation: Probation {
+                endpoint: true,
+                offering: true,
+            },
             ..facts(0, 0)
         };
-        let v = a.record(&f, failed(FailoverReason::Deadline, None, None));
-        assert_eq!(signals(&v), vec![HealthSignal::ProbationAbandoned]);
-        assert_eq!(v.step, Step::Stop(FailoverReason::Deadline));
-        let mut a = Attempts::new(&policy(3, None), false, Duration::from_millis(500), now);
-        a.begin(now);
-        let v = a.record(&f, failed(FailoverReason::Status5xx, Some(503), Some(2)));
-        assert_eq!(signals(&v).last(), Some(&HealthSignal::ProbationAbandoned));
+        let fresh = || {
+            let mut a = Attempts::new(&policy(3, None), false, Duration::from_millis(500), now);
+            a.begin(now);
+            a
+        };
+        // The request's deadline: no verdict on either grain.
+        let v = fresh().record(&both, failed(FailoverReason::Deadline, None, None));
+        assert_eq!(
+            signals(&v),
+            vec![
+                HealthSignal::Failure {
+                    reason: FailoverReason::Deadline,
+                    grain: Grain::Offering,
+                    count_for_breaker: false
+                },
+                HealthSignal::ProbationAbandoned(Grain::Endpoint),
+                HealthSignal::ProbationAbandoned(Grain::Offering),
+            ]
+        );
+        // A 503 with Retry-After: the host answered (endpoint settled), the model asked for time.
+        let v = fresh().record(&both, failed(FailoverReason::Status5xx, Some(503), Some(2)));
+        assert!(signals(&v).contains(&HealthSignal::EndpointAnswered));
+        assert_eq!(
+            signals(&v).last(),
+            Some(&HealthSignal::ProbationAbandoned(Grain::Offering))
+        );
+        // A connect failure settles the endpoint (a failure) and says nothing of the model.
+        let v = fresh().record(&both, failed(FailoverReason::ConnectFailure, None, None));
+        assert_eq!(
+            signals(&v),
+            vec![
+                HealthSignal::Failure {
+                    reason: FailoverReason::ConnectFailure,
+                    grain: Grain::Endpoint,
+                    count_for_breaker: true
+                },
+                HealthSignal::ProbationAbandoned(Grain::Offering),
+            ]
+        );
+        // A 500 settles both: the host answered, the model failed.
+        let v = fresh().record(&both, failed(FailoverReason::Status5xx, Some(500), None));
+        assert!(!signals(&v)
+            .iter()
+            .any(|s| matches!(s, HealthSignal::ProbationAbandoned(_))));
+        // A success settles both.
+        let v = fresh().record(&both, answered(200, None));
+        assert_eq!(v.signals.iter().count(), 2);
     }
 
     #[test]
@@ -658,6 +805,7 @@ mod tests {
             signals(&v),
             vec![HealthSignal::Failure {
                 reason: FailoverReason::AuthFailed,
+                grain: Grain::Endpoint,
                 count_for_breaker: true
             }]
         );
@@ -719,6 +867,7 @@ mod tests {
                 HealthSignal::AccountProblem(Duration::from_secs(600)),
                 HealthSignal::Failure {
                     reason: FailoverReason::ProviderAccount,
+                    grain: Grain::Endpoint,
                     count_for_breaker: false
                 }
             ]

@@ -7,6 +7,47 @@
 pub use crate::model::outcome::FailoverReason;
 use pingora::ErrorType;
 
+/// Which grain of health an outcome is evidence about. Real providers limit and overload per
+/// model, so a model-level answer must cost that offering, not every model the provider serves;
+/// only what says the host itself is sick costs the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Grain {
+    /// The provider's endpoint: the host, its network path, the key twinroute injects.
+    Endpoint,
+    /// One model on one provider (an offering).
+    Offering,
+}
+
+impl Grain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grain::Endpoint => "endpoint",
+            Grain::Offering => "offering",
+        }
+    }
+}
+
+/// The grain a failure reason is evidence about: connect failures and timeouts, resets before a
+/// response and refused keys say the host (or the account) is sick; statuses, silence after the
+/// request was taken and "model gone" answers say the model is sick there.
+pub fn grain(reason: FailoverReason) -> Grain {
+    match reason {
+        FailoverReason::ConnectFailure
+        | FailoverReason::ConnectTimeout
+        | FailoverReason::Reset
+        | FailoverReason::AuthFailed
+        | FailoverReason::ProviderAccount => Grain::Endpoint,
+        FailoverReason::FirstByteTimeout
+        | FailoverReason::Status408
+        | FailoverReason::Status409
+        | FailoverReason::Status429
+        | FailoverReason::Status5xx
+        | FailoverReason::Deadline
+        | FailoverReason::ModelUnavailable
+        | FailoverReason::ContextLength => Grain::Offering,
+    }
+}
+
 /// What to do with an upstream response status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusClass {

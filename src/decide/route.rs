@@ -4,6 +4,7 @@
 //! caller took once for the request, so the same inputs always give the same order and every
 //! rule is unit-testable.
 
+pub use crate::decide::outcome::Grain;
 use crate::model::catalog::{Catalog, Feature};
 use crate::model::endpoint::Endpoint;
 use crate::model::{ModelId, OfferingIdx, ProviderId};
@@ -34,6 +35,42 @@ impl SkipReason {
             SkipReason::Drained => "drained",
             SkipReason::ModelUnavailable => "model_unavailable",
             SkipReason::ProbeModelMissing => "probe_model_missing",
+        }
+    }
+
+    /// How strong the evidence against a candidate is, weakest first: the fail-open order.
+    /// A listing that omits a model is a guess about real traffic; a failing probe tested the
+    /// host but not the request; a Retry-After is the provider asking for time while it still
+    /// answers; an open breaker is real requests failing in a row; "this model is gone" is the
+    /// provider's own word; a drain is the operator's, and only the operator lifts it.
+    pub fn evidence(self) -> u8 {
+        match self {
+            SkipReason::ProbeModelMissing => 0,
+            SkipReason::ProbeDown => 1,
+            SkipReason::Cooldown => 2,
+            SkipReason::BreakerOpen => 3,
+            SkipReason::ModelUnavailable => 4,
+            SkipReason::Drained => 5,
+        }
+    }
+}
+
+/// What health holds against one candidate: the reason, when it is expected back, and the grain
+/// the verdict is about (the whole provider endpoint, or this model there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    pub reason: SkipReason,
+    pub until: Instant,
+    pub grain: Grain,
+}
+
+impl Skip {
+    /// The stronger of two verdicts (by `SkipReason::evidence`, then the later return).
+    fn stronger(self, other: Skip) -> Skip {
+        if (other.reason.evidence(), other.until) > (self.reason.evidence(), self.until) {
+            other
+        } else {
+            self
         }
     }
 }
@@ -122,11 +159,25 @@ impl HealthSnapshot {
             .map(|o| o.skip)
     }
 
-    /// Why this offering takes no traffic now: its provider's reason first, else its own.
-    pub fn skip(&self, provider: ProviderId, model_id: &str) -> Option<(SkipReason, Instant)> {
-        self.provider(provider)
-            .skip
-            .or_else(|| self.offering_skip(provider, model_id))
+    /// Why this offering takes no traffic now: the strongest evidence either grain holds
+    /// against it (the provider's endpoints, or this model there).
+    pub fn skip(&self, provider: ProviderId, model_id: &str) -> Option<Skip> {
+        let endpoint = self.provider(provider).skip.map(|(reason, until)| Skip {
+            reason,
+            until,
+            grain: Grain::Endpoint,
+        });
+        let offering = self
+            .offering_skip(provider, model_id)
+            .map(|(reason, until)| Skip {
+                reason,
+                until,
+                grain: Grain::Offering,
+            });
+        match (endpoint, offering) {
+            (Some(e), Some(o)) => Some(e.stronger(o)),
+            (e, o) => e.or(o),
+        }
     }
 }
 
@@ -459,7 +510,7 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
 
     let strategy = constraints.strategy.unwrap_or(policy.strategy);
     let mut up: Vec<Candidate> = Vec::with_capacity(pool.len() + over.len());
-    let mut down: Vec<(bool, Instant, Candidate)> = Vec::new();
+    let mut down: Vec<(Skip, bool, Candidate)> = Vec::new();
     // Groups keep their relative order (twins, then each equivalent by grade); the strategy
     // orders offerings within a group.
     for (list, over_ceiling) in [(&mut pool, false), (&mut over, true)] {
@@ -483,14 +534,13 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
                     fail_open: None,
                     over_ceiling,
                 };
-                let skip = health.skip(off.provider, &off.model_id);
-                match skip {
+                match health.skip(off.provider, &off.model_id) {
                     None => healthy.push(c),
-                    Some((reason, until)) => down.push((
+                    Some(skip) => down.push((
+                        skip,
                         o.grade.is_some(),
-                        until,
                         Candidate {
-                            fail_open: Some(reason),
+                            fail_open: Some(skip.reason),
                             ..c
                         },
                     )),
@@ -515,8 +565,10 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
         return Ok(up);
     }
     // Fail open: every candidate looks down. An all-red board is as often a probe or breaker
-    // problem as an outage, so try them, twins before equivalents, soonest back first.
-    down.sort_by_key(|(eq, until, _)| (*eq, *until));
+    // problem as an outage, so try them all: the weakest evidence against a candidate first
+    // (`SkipReason::evidence`), then twins before equivalents, then soonest back. The sort is
+    // stable, so equal candidates keep the strategy's order.
+    down.sort_by_key(|(skip, eq, _)| (skip.reason.evidence(), *eq, skip.until));
     Ok(down.into_iter().map(|(_, _, c)| c).collect())
 }
 
@@ -817,21 +869,154 @@ models:
     }
 
     #[test]
-    fn panic_mode_tries_everyone_soonest_back_first() {
+    fn fail_open_tries_everyone_weakest_evidence_first() {
         let now = Instant::now();
         let mut h = FakeHealth::default();
         h.skip
-            .insert(0, (SkipReason::BreakerOpen, now + Duration::from_secs(9)));
+            .insert(0, (SkipReason::BreakerOpen, now + Duration::from_secs(1)));
         h.skip
-            .insert(1, (SkipReason::Cooldown, now + Duration::from_secs(1)));
+            .insert(1, (SkipReason::Cooldown, now + Duration::from_secs(9)));
         h.skip
             .insert(2, (SkipReason::ProbeDown, now + Duration::from_secs(5)));
         let got = full(CONF, &Default::default(), &h, Endpoint::ChatCompletions, 0).unwrap();
         assert_eq!(
             got.iter().map(|c| c.provider.0).collect::<Vec<_>>(),
-            vec![1, 2, 0]
+            vec![2, 1, 0]
         );
-        assert_eq!(got[0].fail_open, Some(SkipReason::Cooldown));
+        assert_eq!(got[0].fail_open, Some(SkipReason::ProbeDown));
+    }
+
+    const ALL_REASONS: [SkipReason; 6] = [
+        SkipReason::ProbeModelMissing,
+        SkipReason::ProbeDown,
+        SkipReason::Cooldown,
+        SkipReason::BreakerOpen,
+        SkipReason::ModelUnavailable,
+        SkipReason::Drained,
+    ];
+
+    /// Every pair of verdicts, at either grain, on two twins: the weaker evidence goes first
+    /// whichever twin holds it and whichever comes back sooner; equal evidence keeps the soonest
+    /// back first, then the strategy's order.
+    #[test]
+    fn fail_open_order_for_every_combination_of_evidence() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let sooner = now + Duration::from_secs(1);
+        for (ia, ra) in ALL_REASONS.iter().enumerate() {
+            for (ib, rb) in ALL_REASONS.iter().enumerate() {
+                for a_grain_offering in [false, true] {
+                    for b_grain_offering in [false, true] {
+                        let mut h = FakeHealth::default();
+                        // a comes back later than b, so only evidence can put a first.
+                        let mut put = |p: usize, id: &str, r: SkipReason, u, offering: bool| {
+                            if offering {
+                                h.offering.insert((p, id.to_string()), (r, u));
+                            } else {
+                                h.skip.insert(p, (r, u));
+                            }
+                        };
+                        put(0, "a-m", *ra, later, a_grain_offering);
+                        put(1, "b-m", *rb, sooner, b_grain_offering);
+                        // c, drained by hand, is the strongest evidence there is.
+                        h.skip.insert(2, (SkipReason::Drained, later));
+                        let got = full(CONF, &Default::default(), &h, Endpoint::ChatCompletions, 0)
+                            .unwrap();
+                        let order: Vec<usize> = got.iter().map(|c| c.provider.0).collect();
+                        let want = if ia < ib { vec![0, 1] } else { vec![1, 0] };
+                        assert_eq!(
+                            &order[..2],
+                            &want[..],
+                            "{ra:?} (offering: {a_grain_offering}) vs {rb:?} (offering: {b_grain_offering})"
+                        );
+                        assert!(got.iter().all(|c| c.fail_open.is_some()));
+                        assert_eq!(got[0].fail_open, Some(if ia < ib { *ra } else { *rb }));
+                        // Drained is last (a drained twin back as late keeps its file order).
+                        assert_eq!(order[2], 2);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An offering with verdicts at both grains is ranked by the stronger one.
+    #[test]
+    fn the_stronger_of_two_grains_decides() {
+        let now = Instant::now();
+        let t = now + Duration::from_secs(5);
+        for (i, weak) in ALL_REASONS.iter().enumerate() {
+            for strong in &ALL_REASONS[i..] {
+                let mut h = HealthSnapshot::all_up();
+                h.skip_provider(ProviderId(0), *weak, t);
+                h.skip_offering(ProviderId(0), "a-m", *strong, t);
+                assert_eq!(
+                    h.skip(ProviderId(0), "a-m").map(|s| s.reason),
+                    Some(*strong)
+                );
+                let mut h = HealthSnapshot::all_up();
+                h.skip_provider(ProviderId(0), *strong, t);
+                h.skip_offering(ProviderId(0), "a-m", *weak, t);
+                let s = h.skip(ProviderId(0), "a-m").unwrap();
+                assert_eq!(s.reason, *strong);
+                // Another model on the same provider sees only the endpoint's verdict.
+                assert_eq!(
+                    h.skip(ProviderId(0), "other").map(|s| (s.reason, s.grain)),
+                    Some((*strong, Grain::Endpoint))
+                );
+            }
+        }
+        // An offering's own verdict never reaches its provider's other models.
+        let mut h = HealthSnapshot::all_up();
+        h.skip_offering(ProviderId(0), "a-m", SkipReason::BreakerOpen, t);
+        assert_eq!(
+            h.skip(ProviderId(0), "a-m").map(|s| s.grain),
+            Some(Grain::Offering)
+        );
+        assert_eq!(h.skip(ProviderId(0), "b-m"), None);
+    }
+
+    #[test]
+    fn equal_evidence_puts_twins_before_equivalents_then_soonest_back() {
+        let now = Instant::now();
+        let mut h = FakeHealth::default();
+        for p in 0..4 {
+            h.skip.insert(
+                p,
+                (
+                    SkipReason::BreakerOpen,
+                    now + Duration::from_secs(10 - p as u64),
+                ),
+            );
+        }
+        let got = full(
+            &eq_policy(""),
+            &Default::default(),
+            &h,
+            Endpoint::ChatCompletions,
+            0,
+        )
+        .unwrap();
+        let order: Vec<(usize, bool)> = got
+            .iter()
+            .map(|c| (c.provider.0, c.grade.is_some()))
+            .collect();
+        // Twins a (back in 10 s) and b (9 s) first, soonest first; then d (7 s), c (8 s).
+        assert_eq!(order, vec![(1, false), (0, false), (3, true), (2, true)]);
+        // A twin with stronger evidence goes behind an equivalent with weaker.
+        h.skip
+            .insert(0, (SkipReason::Drained, now + Duration::from_secs(1)));
+        h.skip
+            .insert(2, (SkipReason::ProbeDown, now + Duration::from_secs(30)));
+        let got = full(
+            &eq_policy(""),
+            &Default::default(),
+            &h,
+            Endpoint::ChatCompletions,
+            0,
+        )
+        .unwrap();
+        let order: Vec<usize> = got.iter().map(|c| c.provider.0).collect();
+        assert_eq!(order, vec![2, 1, 3, 0]);
     }
 
     #[test]

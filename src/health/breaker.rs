@@ -1,11 +1,19 @@
-//! Passive circuit breaker for one provider: a small explicit state machine, after
-//! linkerd2-proxy's consecutive-failures breaker.
+//! Passive circuit breaker for one grain of health (an endpoint, or an offering: one model on one
+//! provider): a small explicit state machine, after linkerd2-proxy's consecutive-failures breaker.
 //!
 //! closed ──(`failures` consecutive retryable failures)──▶ open(cooldown)
 //! open ──(cooldown elapsed, one request admitted)──▶ half-open (probation)
 //! half-open ──success──▶ closed;  half-open ──failure──▶ open(2 × cooldown, capped)
 //!
-//! Time is passed in, never read here, so it is tested on tokio's paused clock.
+//! The cap (`max_cooldown`, 30 s by default) is what keeps recovery in step with the outage: a
+//! probation that lands inside a long outage can only push the next one out to the cap, so a
+//! twin that recovers is back within one capped cooldown. Each open period is jittered down to
+//! between 3/4 and all of its cooldown, so breakers that opened together (several offerings, or
+//! replicas behind one outage) do not send their probations in one burst; the jitter never
+//! lengthens a period past the cap.
+//!
+//! Time and the jitter draw are passed in, never read here, so it is tested on tokio's paused
+//! clock.
 
 use crate::model::BreakerConf;
 use std::time::Duration;
@@ -108,17 +116,19 @@ impl Breaker {
         };
     }
 
-    /// A retryable failure of real traffic (the caller counts at most one per request).
-    pub fn on_failure(&mut self, now: Instant) {
+    /// A retryable failure of real traffic (the caller counts at most one per request). `unit`
+    /// is a uniform draw in [0, 1) that jitters the open period when this failure opens it.
+    pub fn on_failure(&mut self, now: Instant, unit: f64) {
         self.state = match self.state {
             BreakerState::Closed {
                 consecutive_failures,
             } => {
                 let n = consecutive_failures + 1;
                 if n >= self.conf.failures {
+                    let cooldown = self.conf.cooldown.min(self.conf.max_cooldown);
                     BreakerState::Open {
-                        until: now + self.conf.cooldown,
-                        cooldown: self.conf.cooldown,
+                        until: now + jittered(cooldown, unit),
+                        cooldown,
                     }
                 } else {
                     BreakerState::Closed {
@@ -129,7 +139,7 @@ impl Breaker {
             BreakerState::HalfOpen { cooldown } => {
                 let next = (cooldown * 2).min(self.conf.max_cooldown);
                 BreakerState::Open {
-                    until: now + next,
+                    until: now + jittered(next, unit),
                     cooldown: next,
                 }
             }
@@ -150,6 +160,11 @@ impl Breaker {
     }
 }
 
+/// An open period of between 3/4 and all of `cooldown`, by the draw `unit` in [0, 1).
+fn jittered(cooldown: Duration, unit: f64) -> Duration {
+    cooldown.mul_f64(1.0 - 0.25 * unit.clamp(0.0, 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,13 +181,13 @@ mod tests {
     async fn opens_after_consecutive_failures_only() {
         let mut b = Breaker::new(conf());
         let now = Instant::now();
-        b.on_failure(now);
-        b.on_failure(now);
+        b.on_failure(now, 0.0);
+        b.on_failure(now, 0.0);
         b.on_success();
-        b.on_failure(now);
-        b.on_failure(now);
+        b.on_failure(now, 0.0);
+        b.on_failure(now, 0.0);
         assert_eq!(b.state().name(), "closed");
-        b.on_failure(now);
+        b.on_failure(now, 0.0);
         assert_eq!(b.state().name(), "open");
         assert_eq!(
             b.blocked(Instant::now()),
@@ -185,7 +200,7 @@ mod tests {
     async fn one_probation_after_cooldown_then_close() {
         let mut b = Breaker::new(conf());
         for _ in 0..3 {
-            b.on_failure(Instant::now());
+            b.on_failure(Instant::now(), 0.0);
         }
         tokio::time::sleep(Duration::from_millis(9_999)).await;
         assert!(b.blocked(Instant::now()).is_some());
@@ -206,13 +221,13 @@ mod tests {
     async fn failed_probation_doubles_cooldown_capped() {
         let mut b = Breaker::new(conf());
         for _ in 0..3 {
-            b.on_failure(Instant::now());
+            b.on_failure(Instant::now(), 0.0);
         }
         let mut expect = [20u64, 25, 25].into_iter();
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_secs(30)).await;
             assert_eq!(b.admit(Instant::now()), Admission::Probation);
-            b.on_failure(Instant::now());
+            b.on_failure(Instant::now(), 0.0);
             let BreakerState::Open { until, cooldown } = b.state() else {
                 panic!("not open")
             };
@@ -226,11 +241,38 @@ mod tests {
     async fn abandoned_probation_frees_the_slot() {
         let mut b = Breaker::new(conf());
         for _ in 0..3 {
-            b.on_failure(Instant::now());
+            b.on_failure(Instant::now(), 0.0);
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(b.admit(Instant::now()), Admission::Probation);
         b.on_abandoned(Instant::now());
         assert_eq!(b.admit(Instant::now()), Admission::Probation);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_shortens_open_periods_but_never_past_the_cap() {
+        for unit in [0.0, 0.5, 0.999_999] {
+            let mut b = Breaker::new(conf());
+            for _ in 0..3 {
+                b.on_failure(Instant::now(), unit);
+            }
+            let BreakerState::Open { until, cooldown } = b.state() else {
+                panic!("not open")
+            };
+            let open_for = until - Instant::now();
+            assert_eq!(cooldown, Duration::from_secs(10), "growth is not jittered");
+            assert!(open_for <= cooldown && open_for >= cooldown.mul_f64(0.75));
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                assert_eq!(b.admit(Instant::now()), Admission::Probation);
+                b.on_failure(Instant::now(), unit);
+                let BreakerState::Open { until, .. } = b.state() else {
+                    panic!("not open")
+                };
+                let open_for = until - Instant::now();
+                assert!(open_for <= Duration::from_secs(25), "{open_for:?}");
+                assert!(open_for >= Duration::from_secs(15), "{open_for:?}");
+            }
+        }
     }
 }

@@ -15,12 +15,12 @@ pub mod pool;
 pub mod probe;
 
 use crate::decide::attempt::HealthSignal;
+use crate::decide::outcome::Grain;
 use crate::decide::route::{HealthSnapshot, ProviderVerdict, SkipReason};
 use crate::model::outcome::FailoverReason;
-use crate::model::Provider;
-use crate::model::ProviderId;
+use crate::model::{BreakerConf, Provider, ProviderId};
 use crate::net::resolve::Resolver;
-use breaker::{Admission, BreakerState};
+use breaker::{Admission, Breaker, BreakerState};
 use bytes::Bytes;
 use ewma::{Ewma, PeakEwma};
 use pingora::connectors::http::Connector;
@@ -50,6 +50,8 @@ pub struct ProviderHealth {
     drained: AtomicBool,
     /// Upstream requests in flight, for `max_connections`.
     inflight: AtomicUsize,
+    /// Settings for the breakers of this provider's offerings (its endpoints' are in `pool`).
+    breaker_conf: BreakerConf,
 }
 
 /// One upstream request in flight to a provider; released on drop.
@@ -108,22 +110,90 @@ impl ProviderHealth {
     }
 }
 
-/// One offering (a model on a provider) out of rotation while its provider stays in.
+/// The health of one offering (a model on a provider), apart from its provider's: real
+/// providers limit and overload per model, so a model's 429s, 5xx and silences cost it alone.
 #[derive(Debug, Default, Clone)]
 struct OfferingState {
+    /// The model's own breaker and Retry-After hold at each of the provider's endpoints (grown
+    /// on first use): one region's trouble with a deployment is not another region's, so an
+    /// offering is held out only where it failed, and wholly only when it is out at every one.
+    at: Vec<OfferingAtEndpoint>,
     /// Set when the provider answered "model unavailable"; lifted when it passes.
     unavailable_until: Option<Instant>,
     /// The provider's last model listing did not include this model ID.
     missing_from_listing: bool,
+    last_error: Option<String>,
 }
 
-/// A point-in-time view of one offering that is out, for `/status`.
+#[derive(Debug, Default, Clone)]
+struct OfferingAtEndpoint {
+    /// Created at the offering's first failure there (with its provider's breaker settings).
+    breaker: Option<Breaker>,
+    /// Set by a Retry-After in this model's answer; only ever extended.
+    cooldown_until: Option<Instant>,
+}
+
+impl OfferingAtEndpoint {
+    /// Why the model takes no traffic at this endpoint now, and until when.
+    fn blocked(&self, now: Instant) -> Option<(SkipReason, Instant)> {
+        if let Some(until) = self.cooldown_until.filter(|u| *u > now) {
+            return Some((SkipReason::Cooldown, until));
+        }
+        let until = self.breaker.as_ref()?.blocked(now)?;
+        Some((SkipReason::BreakerOpen, until))
+    }
+}
+
+impl OfferingState {
+    fn at(&mut self, endpoint: usize) -> &mut OfferingAtEndpoint {
+        if self.at.len() <= endpoint {
+            self.at.resize(endpoint + 1, OfferingAtEndpoint::default());
+        }
+        &mut self.at[endpoint]
+    }
+
+    /// Held out at every one of `endpoints` endpoints: the soonest back of them.
+    fn blocked_everywhere(&self, endpoints: usize, now: Instant) -> Option<(SkipReason, Instant)> {
+        let mut soonest: Option<(SkipReason, Instant)> = None;
+        for i in 0..endpoints {
+            let b = self.at.get(i)?.blocked(now)?;
+            if soonest.is_none_or(|s| b.1 < s.1) {
+                soonest = Some(b);
+            }
+        }
+        soonest
+    }
+
+    /// The most permissive breaker state across endpoints (closed where none was created).
+    fn best_breaker(&self, endpoints: usize) -> BreakerState {
+        let closed = BreakerState::Closed {
+            consecutive_failures: 0,
+        };
+        (0..endpoints)
+            .map(|i| {
+                self.at
+                    .get(i)
+                    .and_then(|a| a.breaker.as_ref())
+                    .map_or(closed, |b| b.state())
+            })
+            .min_by_key(|s| s.gauge())
+            .unwrap_or(closed)
+    }
+}
+
+/// A point-in-time view of one offering that is out (or whose breaker is not closed), for
+/// `/status` and metrics.
 #[derive(Debug, Clone)]
 pub struct OfferingSnapshot {
     pub provider: String,
     pub model_id: String,
-    pub reason: SkipReason,
+    /// Why it takes no traffic now; `None` while its breaker lets a probation through.
+    pub reason: Option<SkipReason>,
     pub remaining_ms: Option<u64>,
+    pub breaker: BreakerState,
+    pub last_error: Option<String>,
+    /// URLs of the endpoints where this model is held out now (by its own breaker or cooldown).
+    pub held_out_at: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -208,6 +278,7 @@ impl ProviderHealth {
             urls: p.endpoints.iter().map(|e| e.url.clone()).collect(),
             drained: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            breaker_conf: p.breaker.clone(),
         }
     }
 }
@@ -221,17 +292,20 @@ impl Health {
         self.providers.is_empty()
     }
 
-    /// Choose the endpoint of `provider` for one attempt (weighted round robin over those probe,
-    /// breaker and cooldown allow, in `region` when pinned). `Probation` means this request is
-    /// the single test of an endpoint whose breaker cooldown ended; its result must be reported.
+    /// Choose the endpoint of `provider` for one attempt of `model_id` (weighted round robin
+    /// over those probe, breaker and cooldown allow, where the model is not held out, in
+    /// `region` when pinned). `Probation` means this request is the single test of an endpoint
+    /// whose breaker cooldown ended; its result must be reported.
     pub fn select_endpoint(
         &self,
         provider: ProviderId,
         region: Option<&str>,
+        model_id: &str,
         now: Instant,
     ) -> Option<(usize, Admission)> {
         let p = &self.providers[provider];
-        p.pool.select(region, &p.regions, now)
+        let model_out = self.endpoints_out_for(provider, model_id, now);
+        p.pool.select(region, &p.regions, &model_out, now)
     }
 
     /// An endpoint to use when health turned everything away (fail open): the one in `region`
@@ -280,8 +354,8 @@ impl Health {
         p.lock().passive_ttfb.observe(ttfb, now);
     }
 
-    /// A retryable failure. `count_for_breaker` is false for the second and later failures of the
-    /// same request on the same provider.
+    /// A retryable failure of the endpoint. `count_for_breaker` is false for the second and
+    /// later failures of the same request on the same endpoint.
     pub fn on_failure(
         &self,
         provider: ProviderId,
@@ -293,7 +367,7 @@ impl Health {
         let p = &self.providers[provider];
         let mut e = p.pool.state(endpoint);
         if count_for_breaker {
-            e.breaker.on_failure(now);
+            e.breaker.on_failure(now, rand::random::<f64>());
         }
         e.last_error = Some(reason.as_str().to_string());
         drop(e);
@@ -310,10 +384,7 @@ impl Health {
         now: Instant,
     ) {
         let mut e = self.providers[provider].pool.state(endpoint);
-        let until = now + after;
-        if e.cooldown_until.is_none_or(|u| u < until) {
-            e.cooldown_until = Some(until);
-        }
+        extend(&mut e.cooldown_until, now + after);
     }
 
     /// A probation request ended without an answer either way.
@@ -323,6 +394,118 @@ impl Health {
             .state(endpoint)
             .breaker
             .on_abandoned(now);
+    }
+
+    /// Change one offering's state (created on first use). Marks the map as in use, so routing
+    /// starts reading it.
+    fn with_offering<R>(
+        &self,
+        provider: ProviderId,
+        model_id: &str,
+        f: impl FnOnce(&mut OfferingState, &BreakerConf) -> R,
+    ) -> R {
+        let mut g = self.offerings();
+        let st = g.entry((provider, model_id.to_string())).or_default();
+        self.offerings_marked.store(true, Ordering::Relaxed);
+        f(st, &self.providers[provider].breaker_conf)
+    }
+
+    /// A failure of this model on this provider's endpoint (a 429, a 5xx, silence after the
+    /// request was taken): counts for the offering's breaker there, not the endpoint's.
+    pub fn on_offering_failure(
+        &self,
+        provider: ProviderId,
+        endpoint: usize,
+        model_id: &str,
+        reason: FailoverReason,
+        count_for_breaker: bool,
+        now: Instant,
+    ) {
+        self.with_offering(provider, model_id, |st, conf| {
+            if count_for_breaker {
+                st.at(endpoint)
+                    .breaker
+                    .get_or_insert_with(|| Breaker::new(conf.clone()))
+                    .on_failure(now, rand::random::<f64>());
+            }
+            st.last_error = Some(reason.as_str().to_string());
+        });
+        self.providers[provider].lock().last_error = Some(format!("{model_id}: {reason}"));
+    }
+
+    /// The model's answer said "come back in `after`": cool this offering at that endpoint.
+    pub fn on_offering_retry_after(
+        &self,
+        provider: ProviderId,
+        endpoint: usize,
+        model_id: &str,
+        after: Duration,
+        now: Instant,
+    ) {
+        self.with_offering(provider, model_id, |st, _| {
+            extend(&mut st.at(endpoint).cooldown_until, now + after)
+        });
+    }
+
+    /// Admit one request to this offering at `endpoint`: `Probation` when its breaker's cooldown
+    /// there just ended and this request is the one test; `Reject` while it is open or a
+    /// probation is out.
+    pub fn admit_offering(
+        &self,
+        provider: ProviderId,
+        endpoint: usize,
+        model_id: &str,
+        now: Instant,
+    ) -> Admission {
+        if !self.offerings_marked.load(Ordering::Relaxed) {
+            return Admission::Admit;
+        }
+        let mut g = self.offerings();
+        let Some(st) = g.get_mut(&(provider, model_id.to_string())) else {
+            return Admission::Admit;
+        };
+        match st.at.get_mut(endpoint) {
+            Some(a) if a.cooldown_until.is_some_and(|u| u > now) => Admission::Reject {
+                until: a.cooldown_until,
+            },
+            Some(OfferingAtEndpoint {
+                breaker: Some(b), ..
+            }) => b.admit(now),
+            _ => Admission::Admit,
+        }
+    }
+
+    /// Endpoints of `provider` where this model is held out now (empty: none), for selection.
+    fn endpoints_out_for(&self, provider: ProviderId, model_id: &str, now: Instant) -> Vec<bool> {
+        if !self.offerings_marked.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let g = self.offerings();
+        let Some(st) = g.get(&(provider, model_id.to_string())) else {
+            return Vec::new();
+        };
+        st.at.iter().map(|a| a.blocked(now).is_some()).collect()
+    }
+
+    /// A probation request of the offering at `endpoint` ended without a verdict on the model.
+    pub fn on_offering_abandoned(
+        &self,
+        provider: ProviderId,
+        endpoint: usize,
+        model_id: &str,
+        now: Instant,
+    ) {
+        if !self.offerings_marked.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut g = self.offerings();
+        if let Some(b) = g
+            .get_mut(&(provider, model_id.to_string()))
+            .and_then(|st| st.at.get_mut(endpoint))
+            .and_then(|a| a.breaker.as_mut())
+        {
+            b.on_abandoned(now);
+        }
     }
 
     /// Probe every endpoint of `provider` now. Returns the first successful listing body (for
@@ -426,23 +609,27 @@ impl Health {
         for_how_long: Duration,
         now: Instant,
     ) {
-        let until = now + for_how_long;
-        let mut g = self.offerings();
-        let st = g.entry((provider, model_id.to_string())).or_default();
-        if st.unavailable_until.is_none_or(|u| u < until) {
-            st.unavailable_until = Some(until);
-        }
-        self.offerings_marked.store(true, Ordering::Relaxed);
+        self.with_offering(provider, model_id, |st, _| {
+            extend(&mut st.unavailable_until, now + for_how_long);
+            st.last_error = Some(FailoverReason::ModelUnavailable.as_str().to_string());
+        });
     }
 
-    /// An offering answered: whatever marked it out was wrong or is over.
-    pub fn offering_answered(&self, provider: ProviderId, model_id: &str) {
+    /// An offering answered at `endpoint`: its breaker there closes at once, and whatever
+    /// marked the model out was wrong or is over.
+    pub fn offering_answered(&self, provider: ProviderId, endpoint: usize, model_id: &str) {
         if !self.offerings_marked.load(Ordering::Relaxed) {
             return;
         }
         let mut g = self.offerings();
         if let Some(st) = g.get_mut(&(provider, model_id.to_string())) {
             st.unavailable_until = None;
+            if let Some(a) = st.at.get_mut(endpoint) {
+                a.cooldown_until = None;
+                if let Some(b) = a.breaker.as_mut() {
+                    b.on_success();
+                }
+            }
         }
     }
 
@@ -472,7 +659,8 @@ impl Health {
         changed
     }
 
-    /// Offerings that are out right now.
+    /// Offerings that are out right now, held out at some endpoint, or whose breaker is not
+    /// closed.
     pub fn offering_snapshot(&self, now: Instant) -> Vec<OfferingSnapshot> {
         if !self.offerings_marked.load(Ordering::Relaxed) {
             return Vec::new();
@@ -481,12 +669,24 @@ impl Health {
         let mut out: Vec<OfferingSnapshot> = g
             .iter()
             .filter_map(|((p, id), st)| {
-                let (reason, remaining_ms) = offering_verdict(st, now)?;
+                let endpoints = self.providers[*p].pool.len();
+                let verdict = offering_verdict(st, endpoints, now);
+                let breaker = st.best_breaker(endpoints);
+                let held_out_at: Vec<String> = (0..endpoints)
+                    .filter(|i| st.at.get(*i).is_some_and(|a| a.blocked(now).is_some()))
+                    .map(|i| self.providers[*p].urls[i].clone())
+                    .collect();
+                if verdict.is_none() && breaker.gauge() == 0 && held_out_at.is_empty() {
+                    return None;
+                }
                 Some(OfferingSnapshot {
                     provider: self.providers[*p].name.clone(),
                     model_id: id.clone(),
-                    reason,
-                    remaining_ms,
+                    reason: verdict.map(|(r, _)| r),
+                    remaining_ms: verdict.and_then(|(_, ms)| ms),
+                    breaker,
+                    last_error: st.last_error.clone(),
+                    held_out_at,
                 })
             })
             .collect();
@@ -495,13 +695,27 @@ impl Health {
     }
 }
 
-/// Why an offering is out, and for how much longer when that is known.
-fn offering_verdict(st: &OfferingState, now: Instant) -> Option<(SkipReason, Option<u64>)> {
+/// Extend a hold to `until`; a shorter one never shortens a longer one.
+fn extend(hold: &mut Option<Instant>, until: Instant) {
+    if hold.is_none_or(|u| u < until) {
+        *hold = Some(until);
+    }
+}
+
+/// Why an offering is out (at every endpoint of its provider), and for how much longer when
+/// that is known. The provider's word that the model is gone comes first, then the model's own
+/// Retry-After or breaker, then the listing.
+fn offering_verdict(
+    st: &OfferingState,
+    endpoints: usize,
+    now: Instant,
+) -> Option<(SkipReason, Option<u64>)> {
+    let ms = |until: Instant| Some((until - now).as_millis() as u64);
     if let Some(until) = st.unavailable_until.filter(|u| *u > now) {
-        return Some((
-            SkipReason::ModelUnavailable,
-            Some((until - now).as_millis() as u64),
-        ));
+        return Some((SkipReason::ModelUnavailable, ms(until)));
+    }
+    if let Some((reason, until)) = st.blocked_everywhere(endpoints, now) {
+        return Some((reason, ms(until)));
     }
     if st.missing_from_listing {
         return Some((SkipReason::ProbeModelMissing, None));
@@ -532,12 +746,44 @@ impl Health {
     ) {
         match signal {
             HealthSignal::Success { ttfb } => self.on_success(provider, endpoint, ttfb, now),
+            HealthSignal::EndpointAnswered => {
+                self.providers[provider]
+                    .pool
+                    .state(endpoint)
+                    .breaker
+                    .on_success();
+            }
             HealthSignal::Failure {
                 reason,
+                grain: Grain::Endpoint,
                 count_for_breaker,
             } => self.on_failure(provider, endpoint, reason, count_for_breaker, now),
-            HealthSignal::RetryAfter(after) => self.on_retry_after(provider, endpoint, after, now),
-            HealthSignal::ProbationAbandoned => self.on_abandoned(provider, endpoint, now),
+            HealthSignal::Failure {
+                reason,
+                grain: Grain::Offering,
+                count_for_breaker,
+            } => self.on_offering_failure(
+                provider,
+                endpoint,
+                model_id,
+                reason,
+                count_for_breaker,
+                now,
+            ),
+            HealthSignal::RetryAfter {
+                after,
+                grain: Grain::Endpoint,
+            } => self.on_retry_after(provider, endpoint, after, now),
+            HealthSignal::RetryAfter {
+                after,
+                grain: Grain::Offering,
+            } => self.on_offering_retry_after(provider, endpoint, model_id, after, now),
+            HealthSignal::ProbationAbandoned(Grain::Endpoint) => {
+                self.on_abandoned(provider, endpoint, now)
+            }
+            HealthSignal::ProbationAbandoned(Grain::Offering) => {
+                self.on_offering_abandoned(provider, endpoint, model_id, now)
+            }
             HealthSignal::OfferingUnavailable(cooldown) => {
                 self.mark_offering_unavailable(provider, model_id, cooldown, now);
                 log::warn!(
@@ -546,7 +792,7 @@ impl Health {
                     cooldown.as_secs()
                 );
             }
-            HealthSignal::OfferingAnswered => self.offering_answered(provider, model_id),
+            HealthSignal::OfferingAnswered => self.offering_answered(provider, endpoint, model_id),
             HealthSignal::AccountProblem(cooldown) => {
                 self.on_retry_after(provider, endpoint, cooldown, now);
                 log::warn!(
@@ -582,7 +828,8 @@ impl Health {
         }
         if self.offerings_marked.load(Ordering::Relaxed) {
             for ((p, id), st) in self.offerings().iter() {
-                if let Some((reason, until)) = offering_until(st, now) {
+                let endpoints = self.providers[*p].pool.len();
+                if let Some((reason, until)) = offering_until(st, endpoints, now) {
                     snap.skip_offering(*p, id, reason, until);
                 }
             }
@@ -616,14 +863,19 @@ impl Health {
             return None;
         }
         let g = self.offerings();
-        offering_until(g.get(&(provider, model_id.to_string()))?, now)
+        let endpoints = self.providers[provider].pool.len();
+        offering_until(g.get(&(provider, model_id.to_string()))?, endpoints, now)
     }
 }
 
 /// An offering's verdict with an end time: a listing gap has none, so expect it back at the
 /// next probe, roughly.
-fn offering_until(st: &OfferingState, now: Instant) -> Option<(SkipReason, Instant)> {
-    let (reason, remaining) = offering_verdict(st, now)?;
+fn offering_until(
+    st: &OfferingState,
+    endpoints: usize,
+    now: Instant,
+) -> Option<(SkipReason, Instant)> {
+    let (reason, remaining) = offering_verdict(st, endpoints, now)?;
     Some((
         reason,
         now + remaining

@@ -213,12 +213,14 @@ impl Pool {
     }
 
     /// Pick an endpoint by weighted round robin among those whose probe, breaker and cooldown
-    /// allow it (and in `region`, when given). `Probation` means the breaker lets this one
+    /// allow it, that `excluded` does not mark (the request's model is held out there), and in
+    /// `region` when given. `Probation` means the breaker lets this one
     /// request test a recovering endpoint; its result must be reported.
     pub fn select(
         &self,
         region: Option<&str>,
         regions: &[Option<String>],
+        excluded: &[bool],
         now: Instant,
     ) -> Option<(usize, Admission)> {
         let admitted = std::cell::Cell::new(None);
@@ -227,7 +229,10 @@ impl Pool {
                 let Some(i) = index_of(b) else {
                     return false;
                 };
-                if !ready || region.is_some_and(|r| regions[i].as_deref() != Some(r)) {
+                if !ready
+                    || excluded.get(i).copied().unwrap_or(false)
+                    || region.is_some_and(|r| regions[i].as_deref() != Some(r))
+                {
                     return false;
                 }
                 let mut g = self.state(i);

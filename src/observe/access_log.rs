@@ -34,8 +34,10 @@ pub struct RequestLog {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
-    pub panic_mode: bool,
-    /// Offerings routing left out because of health, as `provider:reason`.
+    /// Health turned every candidate away and one was tried anyway.
+    pub fail_open: bool,
+    /// Candidates routing left out because of health, as `provider:reason` when the provider's
+    /// endpoints are out, `provider/model:reason` when only that model is out there.
     pub skipped: Vec<String>,
     /// The per-feature route the request matched.
     pub route: Option<String>,
@@ -68,7 +70,7 @@ impl RequestLog {
             input_tokens: None,
             output_tokens: None,
             cost_usd: None,
-            panic_mode: false,
+            fail_open: false,
             skipped: Vec::new(),
             route: None,
             degraded: None,
@@ -121,8 +123,8 @@ impl RequestLog {
                 if !self.skipped.is_empty() {
                     let _ = write!(s, " skipped={:?}", self.skipped.join(","));
                 }
-                if self.panic_mode {
-                    s.push_str(" panic_mode=true");
+                if self.fail_open {
+                    s.push_str(" fail_open=true");
                 }
                 if self.zero_retention {
                     s.push_str(" zero_retention=true");

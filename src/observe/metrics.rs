@@ -19,6 +19,8 @@ pub struct Metrics {
     pub upstream_ttfb: HistogramVec,
     pub provider_healthy: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
+    pub offering_breaker_state: IntGaugeVec,
+    pub offering_healthy: IntGaugeVec,
     pub probe_latency: GaugeVec,
     pub tokens: IntCounterVec,
     pub cost_usd: CounterVec,
@@ -91,6 +93,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["provider"],
     )?;
+    let offering_breaker_state = IntGaugeVec::new(
+        Opts::new(
+            "twinroute_offering_breaker_state",
+            "Circuit breaker of one model on one provider: 0 closed, 1 half-open, 2 open",
+        ),
+        &["provider", "model"],
+    )?;
+    let offering_healthy = IntGaugeVec::new(
+        Opts::new(
+            "twinroute_offering_healthy",
+            "1 when the model on this provider takes traffic by its own health (the provider's is twinroute_provider_healthy)",
+        ),
+        &["provider", "model"],
+    )?;
     let probe_latency = GaugeVec::new(
         Opts::new("twinroute_probe_latency_seconds", "Probe round-trip EWMA"),
         &["provider"],
@@ -139,6 +155,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(upstream_ttfb.clone()))?;
     registry.register(Box::new(provider_healthy.clone()))?;
     registry.register(Box::new(breaker_state.clone()))?;
+    registry.register(Box::new(offering_breaker_state.clone()))?;
+    registry.register(Box::new(offering_healthy.clone()))?;
     registry.register(Box::new(probe_latency.clone()))?;
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
@@ -154,6 +172,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         upstream_ttfb,
         provider_healthy,
         breaker_state,
+        offering_breaker_state,
+        offering_healthy,
         probe_latency,
         tokens,
         cost_usd,

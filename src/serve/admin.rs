@@ -52,6 +52,25 @@ pub fn update_health_gauges(rt: &Runtime) {
                 .set(ms / 1000.0);
         }
     }
+    // Every offering has a series (0 / 1 when nothing holds against it), so a recovered one
+    // reads closed and healthy rather than vanishing.
+    let out = rt.health.offering_snapshot(now);
+    for (_, m) in rt.config.catalog.iter() {
+        for o in &m.offerings {
+            let provider = &rt.config.providers[o.provider].name;
+            let s = out
+                .iter()
+                .find(|s| &s.provider == provider && s.model_id == o.model_id);
+            METRICS
+                .offering_breaker_state
+                .with_label_values(&[provider, &o.model_id])
+                .set(s.map_or(0, |s| s.breaker.gauge()));
+            METRICS
+                .offering_healthy
+                .with_label_values(&[provider, &o.model_id])
+                .set(s.is_none_or(|s| s.reason.is_none()) as i64);
+        }
+    }
 }
 
 pub fn status_json(rt: &Runtime, tokens: &crate::serve::credentials::Tokens) -> Value {
@@ -121,7 +140,7 @@ pub fn status_json(rt: &Runtime, tokens: &crate::serve::credentials::Tokens) -> 
                             "provider": rt.config.providers[c.provider].name,
                             "model": rt.config.catalog.model(c.model).offerings[c.offering].model_id,
                             "equivalent_grade": c.grade,
-                            "panic": c.fail_open.map(|r| r.as_str()),
+                            "fail_open": c.fail_open.map(|r| r.as_str()),
                         })
                     })
                     .collect()
@@ -138,8 +157,12 @@ pub fn status_json(rt: &Runtime, tokens: &crate::serve::credentials::Tokens) -> 
             json!({
                 "provider": o.provider,
                 "model": o.model_id,
-                "reason": o.reason.as_str(),
+                "grain": "offering",
+                "reason": o.reason.map(|r| r.as_str()),
                 "remaining_ms": o.remaining_ms,
+                "breaker": o.breaker.name(),
+                "held_out_at": o.held_out_at,
+                "last_error": o.last_error,
             })
         })
         .collect();

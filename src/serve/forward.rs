@@ -12,7 +12,7 @@
 //! executes them. Hooks for what comes later sit at the seams: `Plan` is the routing decision,
 //! `exchange` is one attempt, `relay` the streaming.
 
-use crate::decide::attempt::{AttemptFacts, Attempts, Outcome, Step};
+use crate::decide::attempt::{AttemptFacts, Attempts, Outcome, Probation, Step};
 use crate::decide::outcome::{
     classify_error, classify_status, parse_retry_after, AttemptPhase, FailoverReason, StatusClass,
 };
@@ -138,7 +138,7 @@ pub async fn run(
             Some((candidate, endpoint, _)) => Some(Pick {
                 candidate,
                 endpoint,
-                probation: false,
+                probation: Probation::default(),
                 slot: None,
             }),
             None => pick(rt, plan, &mut cursor, now, &mut attempts),
@@ -151,7 +151,7 @@ pub async fn run(
         let served_model = cfg.catalog.model(cand.model);
         let offering = cfg.catalog.offering(cand.model, cand.offering);
         if cand.fail_open.is_some() {
-            ctx.panic_mode = true;
+            ctx.fail_open = true;
         }
         // Wiped whenever the route or any provider tried asks for it, answered or not.
         if plan.zero_retention || provider.zero_retention {
@@ -453,8 +453,8 @@ struct Pick<'r> {
     candidate: Candidate,
     /// Index of the endpoint within the provider's pool.
     endpoint: usize,
-    /// This request is the one probation request of that endpoint's breaker.
-    probation: bool,
+    /// Which breakers (the endpoint's, the offering's) admitted this as their one probation.
+    probation: Probation,
     /// The provider's `max_connections` slot, held for the attempt (none when failing open).
     slot: Option<InflightSlot<'r>>,
 }
@@ -495,7 +495,7 @@ fn pick<'r>(
             return Some(Pick {
                 candidate: c.clone(),
                 endpoint: rt.health.fallback_endpoint(c.provider, region, now),
-                probation: false,
+                probation: Probation::default(),
                 slot: None,
             });
         }
@@ -513,14 +513,32 @@ fn pick<'r>(
             attempts.note_saturated();
             continue;
         };
-        if let Some((ep, admission)) = rt.health.select_endpoint(c.provider, region, now) {
-            return Some(Pick {
-                candidate: c.clone(),
-                endpoint: ep,
-                probation: admission == Admission::Probation,
-                slot: Some(slot),
-            });
-        }
+        let Some((ep, endpoint_admission)) =
+            rt.health.select_endpoint(c.provider, region, model_id, now)
+        else {
+            continue;
+        };
+        let endpoint_probation = endpoint_admission == Admission::Probation;
+        // The offering's own breaker: a model sick on a healthy provider.
+        let offering_probation = match rt.health.admit_offering(c.provider, ep, model_id, now) {
+            Admission::Admit => false,
+            Admission::Probation => true,
+            Admission::Reject { .. } => {
+                if endpoint_probation {
+                    rt.health.on_abandoned(c.provider, ep, now);
+                }
+                continue;
+            }
+        };
+        return Some(Pick {
+            candidate: c.clone(),
+            endpoint: ep,
+            probation: Probation {
+                endpoint: endpoint_probation,
+                offering: offering_probation,
+            },
+            slot: Some(slot),
+        });
     }
     let mut c = loop {
         let c = &plan.candidates[*cursor % n];
@@ -529,7 +547,12 @@ fn pick<'r>(
             break c.clone();
         }
     };
-    c.fail_open = rt.health.provider_skip(c.provider, now).map(|(r, _)| r);
+    let model_id = &catalog.offering(c.model, c.offering).model_id;
+    c.fail_open = rt
+        .health
+        .provider_skip(c.provider, now)
+        .or_else(|| rt.health.offering_skip(c.provider, model_id, now))
+        .map(|(r, _)| r);
     if attempts.saturated() && c.fail_open.is_none() {
         // Everyone healthy is busy: an overload answer, not a pile-up on a saturated provider.
         return None;
@@ -538,7 +561,7 @@ fn pick<'r>(
     Some(Pick {
         candidate: c,
         endpoint,
-        probation: false,
+        probation: Probation::default(),
         slot: None,
     })
 }

@@ -428,12 +428,14 @@ impl Proxy {
         // Record which twins health kept out, with the same reason names as failovers.
         for o in &model.offerings {
             if !candidates.iter().any(|c| c.provider == o.provider) {
-                if let Some((reason, _)) = health.skip(o.provider, &o.model_id) {
-                    ctx.skipped.push(format!(
-                        "{}:{}",
-                        cfg.providers[o.provider].name,
-                        reason.as_str()
-                    ));
+                if let Some(skip) = health.skip(o.provider, &o.model_id) {
+                    let name = &cfg.providers[o.provider].name;
+                    ctx.skipped.push(match skip.grain {
+                        route::Grain::Endpoint => format!("{name}:{}", skip.reason.as_str()),
+                        route::Grain::Offering => {
+                            format!("{name}/{}:{}", o.model_id, skip.reason.as_str())
+                        }
+                    });
                 }
             }
         }

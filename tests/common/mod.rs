@@ -233,6 +233,14 @@ pub fn provider(name: &str, base_url: &str, extra: &str) -> String {
     )
 }
 
+/// How many completion requests `m` received for `model` (the ID on the wire).
+pub fn count_model(m: &MockProvider, model: &str) -> usize {
+    m.requests()
+        .iter()
+        .filter(|r| r.json()["model"] == model)
+        .count()
+}
+
 pub fn chat_body(model: &str) -> serde_json::Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
 }
