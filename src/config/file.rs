@@ -14,6 +14,9 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     pub threads: Option<usize>,
     pub max_body_bytes: Option<u64>,
+    /// Largest non-streaming answer read whole before the client sees a byte (default 32 MiB);
+    /// a larger one is committed at that point and relayed as it arrives.
+    pub max_response_body_bytes: Option<u64>,
     pub log_format: Option<String>,
     /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
     pub grace_period_s: Option<u64>,
@@ -132,6 +135,11 @@ pub struct FileTimeouts {
     pub first_byte_ms: Option<u64>,
     /// Longest silence allowed between two body reads once the response started.
     pub idle_ms: Option<u64>,
+    /// Longest wait from sending the request to a stream's first content event (text, tool
+    /// call or thinking delta); default `first_byte_ms`.
+    pub first_token_ms: Option<u64>,
+    /// Longest silence of a stream after its first content event; default `idle_ms`.
+    pub stream_idle_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +227,13 @@ pub struct FilePolicy {
     /// A 429 whose Retry-After is at most this is waited out on the same offering (default 0:
     /// never wait, fail over at once).
     pub max_retry_after_wait_ms: Option<u64>,
+    /// Override every provider's `timeouts.first_token_ms` for this route or model.
+    pub first_token_ms: Option<u64>,
+    /// Override every provider's `timeouts.stream_idle_ms` for this route or model.
+    pub stream_idle_ms: Option<u64>,
+    /// `error` (default): a stream that breaks after its first content ends with an error
+    /// event; `continue`: it is completed from the next candidate that takes assistant prefill.
+    pub stream_recovery: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,7 +13,7 @@ use crate::model::{
     GcpCredentials, LogFormat, OnCeiling, Policy, ProbeConf, Provider, ProviderEndpoint, Route,
     Secret, Strategy, Timeouts, UpstreamBase,
 };
-use crate::model::{ModelId, ProviderId};
+use crate::model::{ModelId, ProviderId, StreamRecovery};
 use file::{FileConfig, FilePolicy, FileProvider};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -231,6 +231,24 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
     }
     if let Some(ms) = p.max_retry_after_wait_ms {
         out.max_retry_after_wait = Duration::from_millis(ms);
+    }
+    if let Some(ms) = p.first_token_ms {
+        out.first_token = Some(nonzero_ms(&format!("{path}.first_token_ms"), Some(ms), 0)?);
+    }
+    if let Some(ms) = p.stream_idle_ms {
+        out.stream_idle = Some(nonzero_ms(&format!("{path}.stream_idle_ms"), Some(ms), 0)?);
+    }
+    if let Some(v) = &p.stream_recovery {
+        out.stream_recovery = match v.as_str() {
+            "error" => StreamRecovery::Error,
+            "continue" => StreamRecovery::Continue,
+            other => {
+                return Err(err(
+                    format!("{path}.stream_recovery"),
+                    format!("unknown value {other:?} (expected error or continue)"),
+                ))
+            }
+        };
     }
     Ok(out)
 }
@@ -565,6 +583,11 @@ fn build_provider(
         t.and_then(|t| t.first_byte_ms),
         30_000,
     )?;
+    let idle = nonzero_ms(
+        &format!("{path}.timeouts.idle_ms"),
+        t.and_then(|t| t.idle_ms),
+        first_byte.as_millis() as u64,
+    )?;
     let timeouts = Timeouts {
         connect: nonzero_ms(
             &format!("{path}.timeouts.connect_ms"),
@@ -572,10 +595,16 @@ fn build_provider(
             2_000,
         )?,
         first_byte,
-        idle: nonzero_ms(
-            &format!("{path}.timeouts.idle_ms"),
-            t.and_then(|t| t.idle_ms),
+        idle,
+        first_token: nonzero_ms(
+            &format!("{path}.timeouts.first_token_ms"),
+            t.and_then(|t| t.first_token_ms),
             first_byte.as_millis() as u64,
+        )?,
+        stream_idle: nonzero_ms(
+            &format!("{path}.timeouts.stream_idle_ms"),
+            t.and_then(|t| t.stream_idle_ms),
+            idle.as_millis() as u64,
         )?,
     };
     let pr = p.probe.as_ref();
@@ -711,6 +740,13 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
     let threads = file.threads.unwrap_or(2);
     if threads == 0 || threads > 256 {
         return Err(err("threads", "must be between 1 and 256"));
+    }
+    let max_response_body_bytes = file.max_response_body_bytes.unwrap_or(32 * 1024 * 1024);
+    if max_response_body_bytes == 0 || max_response_body_bytes > 1 << 30 {
+        return Err(err(
+            "max_response_body_bytes",
+            "must be between 1 and 1073741824",
+        ));
     }
     let max_body_bytes = file.max_body_bytes.unwrap_or(10 * 1024 * 1024);
     if max_body_bytes == 0 || max_body_bytes > 1 << 30 {
@@ -954,6 +990,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         admin_listen,
         threads,
         max_body_bytes: max_body_bytes as usize,
+        max_response_body_bytes: max_response_body_bytes as usize,
         log_format,
         grace_period_s: file.grace_period_s.unwrap_or(20),
         max_concurrent_requests,

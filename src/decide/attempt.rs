@@ -244,6 +244,11 @@ impl Attempts {
         (budget, budget < first_byte)
     }
 
+    /// When the request's time is up, whatever is in flight.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Offerings whose window is below this are no longer worth trying (0: no constraint).
     pub fn min_context(&self) -> u64 {
         self.min_context
@@ -435,6 +440,16 @@ impl Attempts {
             self.deadline_hit,
             self.deadline - self.start,
         )
+    }
+}
+
+/// What health hears when an answer already committed to breaks (a stall, a cut): a failure of
+/// the grain its reason is about, counted like any other.
+pub fn broken_after_commit(reason: FailoverReason) -> HealthSignal {
+    HealthSignal::Failure {
+        reason,
+        grain: outcome::grain(reason),
+        count_for_breaker: true,
     }
 }
 

@@ -38,6 +38,9 @@ pub fn grain(reason: FailoverReason) -> Grain {
         | FailoverReason::AuthFailed
         | FailoverReason::ProviderAccount => Grain::Endpoint,
         FailoverReason::FirstByteTimeout
+        | FailoverReason::FirstTokenTimeout
+        | FailoverReason::StreamStall
+        | FailoverReason::Truncated
         | FailoverReason::Status408
         | FailoverReason::Status409
         | FailoverReason::Status429

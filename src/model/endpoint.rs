@@ -19,6 +19,15 @@ pub enum Family {
     Anthropic,
 }
 
+/// The wire family of what a provider kind answers: its error bodies and its stream events
+/// (Bedrock's event-stream frames carry Anthropic events; Vertex's rawPredict speaks Anthropic).
+pub fn answer_family(api: ApiKind) -> Family {
+    match api {
+        ApiKind::OpenAi | ApiKind::Azure | ApiKind::VertexOpenAi => Family::OpenAi,
+        ApiKind::Anthropic | ApiKind::Bedrock | ApiKind::Vertex => Family::Anthropic,
+    }
+}
+
 impl Endpoint {
     pub fn from_path(path: &str) -> Option<Endpoint> {
         match path.trim_end_matches('/') {

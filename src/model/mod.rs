@@ -14,7 +14,7 @@ pub mod provider;
 
 pub use catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use ids::{ModelId, OfferingIdx, ProviderId};
-pub use policy::{Backoff, OnCeiling, Policy, Strategy};
+pub use policy::{Backoff, OnCeiling, Policy, Strategy, StreamRecovery};
 pub use provider::{
     ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, GcpConf, GcpCredentials,
     ProbeConf, Provider, ProviderEndpoint, Secret, Timeouts, UpstreamBase,
@@ -55,6 +55,8 @@ pub struct Config {
     pub admin_listen: String,
     pub threads: usize,
     pub max_body_bytes: usize,
+    /// Largest non-streaming answer read whole before committing to it.
+    pub max_response_body_bytes: usize,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
     pub max_concurrent_requests: usize,

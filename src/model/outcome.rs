@@ -14,6 +14,14 @@ pub enum FailoverReason {
     ConnectFailure,
     ConnectTimeout,
     FirstByteTimeout,
+    /// A stream sent its header (and perhaps a role chunk or `message_start`) but no content
+    /// within `first_token_ms`.
+    FirstTokenTimeout,
+    /// A committed stream went silent for longer than `stream_idle_ms`.
+    StreamStall,
+    /// An answer broke after its header: the connection reset or closed mid-body, or a stream
+    /// ended without its terminating event.
+    Truncated,
     Reset,
     Status408,
     Status409,
@@ -41,6 +49,9 @@ impl FailoverReason {
             FailoverReason::ConnectFailure => "connect_failure",
             FailoverReason::ConnectTimeout => "connect_timeout",
             FailoverReason::FirstByteTimeout => "first_byte_timeout",
+            FailoverReason::FirstTokenTimeout => "first_token_timeout",
+            FailoverReason::StreamStall => "stream_stall",
+            FailoverReason::Truncated => "truncated",
             FailoverReason::Reset => "reset",
             FailoverReason::Status408 => "status_408",
             FailoverReason::Status409 => "status_409",
@@ -60,6 +71,8 @@ impl FailoverReason {
             self,
             FailoverReason::ConnectTimeout
                 | FailoverReason::FirstByteTimeout
+                | FailoverReason::FirstTokenTimeout
+                | FailoverReason::StreamStall
                 | FailoverReason::Deadline
         )
     }

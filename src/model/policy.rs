@@ -71,6 +71,29 @@ pub struct Policy {
     pub same_offering_retries: u32,
     /// A 429's Retry-After up to this is waited out on the same offering.
     pub max_retry_after_wait: Duration,
+    /// Overrides of the providers' `first_token` / `stream_idle` timeouts.
+    pub first_token: Option<Duration>,
+    pub stream_idle: Option<Duration>,
+    pub stream_recovery: StreamRecovery,
+}
+
+/// What happens to a stream that breaks after the client received its first content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamRecovery {
+    /// End it with an error event in the client's format (the SDKs raise it).
+    #[default]
+    Error,
+    /// Complete it from the next candidate that accepts assistant prefill.
+    Continue,
+}
+
+impl StreamRecovery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamRecovery::Error => "error",
+            StreamRecovery::Continue => "continue",
+        }
+    }
 }
 
 impl Default for Policy {
@@ -90,6 +113,9 @@ impl Default for Policy {
             offering_cooldown: Duration::from_secs(600),
             same_offering_retries: 0,
             max_retry_after_wait: Duration::ZERO,
+            first_token: None,
+            stream_idle: None,
+            stream_recovery: StreamRecovery::Error,
         }
     }
 }

@@ -187,6 +187,10 @@ pub struct Timeouts {
     pub connect: Duration,
     pub first_byte: Duration,
     pub idle: Duration,
+    /// From sending the request to a stream's first content event.
+    pub first_token: Duration,
+    /// Longest silence of a stream once committed (after its first content event).
+    pub stream_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

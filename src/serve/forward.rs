@@ -20,11 +20,12 @@ use crate::decide::route::Candidate;
 use crate::health::breaker::Admission;
 use crate::health::InflightSlot;
 use crate::model::catalog::Price;
-use crate::model::endpoint::{Endpoint, Family};
+use crate::model::endpoint::{answer_family, Endpoint, Family};
 use crate::model::error::{ErrorKind, GatewayError};
 use crate::model::{ApiKind, ModelId, Policy, Provider, ProviderEndpoint, ProviderId};
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
+use crate::serve::commit::{self, Held, HoldSpec};
 use crate::serve::state::{Runtime, Shared};
 use crate::wire::bedrock;
 use crate::wire::body::{RequestBody, SplicedBody};
@@ -267,10 +268,9 @@ pub async fn run(
             )
             .await
         };
-        let ms = attempt_start.elapsed().as_millis() as u64;
         let (outcome, answer) = match result {
             Exchange::Answer {
-                upstream,
+                mut upstream,
                 peer,
                 ttfb,
                 prefix,
@@ -280,12 +280,28 @@ pub async fn run(
                     .response_header()
                     .map(|h| h.status.as_u16())
                     .unwrap_or(0);
-                let outcome = Outcome::Answered {
+                let answered = Outcome::Answered {
                     status,
                     ttfb,
                     body_verdict: verdict,
                 };
-                (outcome, Some((upstream, peer, prefix)))
+                if verdict.is_some() || !(200..300).contains(&status) {
+                    (answered, Some((upstream, peer, prefix)))
+                } else {
+                    // The commit point: nothing reaches the client before it.
+                    let spec = hold_spec(cfg, plan, provider, &upstream, attempt_start, &attempts);
+                    match commit::hold(&mut upstream, prefix, &spec).await {
+                        Held::Committed(prefix) => (answered, Some((upstream, peer, prefix))),
+                        Held::Failed(reason) => {
+                            let failed = Outcome::Failed {
+                                reason,
+                                status: Some(status),
+                                retry_after_s: None,
+                            };
+                            (failed, None)
+                        }
+                    }
+                }
             }
             Exchange::Failed {
                 reason,
@@ -300,6 +316,7 @@ pub async fn run(
                 (outcome, None)
             }
         };
+        let ms = attempt_start.elapsed().as_millis() as u64;
         let here = cfg.catalog.context_tokens(cand.model, cand.offering);
         let facts = AttemptFacts {
             provider: cand.provider,
@@ -376,6 +393,16 @@ pub async fn run(
                     );
                 }
                 let attempts = attempts.started().to_string();
+                let broken = |reason: FailoverReason| {
+                    let signal = crate::decide::attempt::broken_after_commit(reason);
+                    rt.health.apply(
+                        cand.provider,
+                        ep,
+                        &offering.model_id,
+                        signal,
+                        Instant::now(),
+                    );
+                };
                 return relay(
                     shared,
                     session,
@@ -396,6 +423,11 @@ pub async fn run(
                         family: plan.endpoint.family(),
                         translation,
                         include_usage: plan.include_usage,
+                        stream_idle: plan
+                            .policy
+                            .stream_idle
+                            .unwrap_or(provider.timeouts.stream_idle),
+                        broken: &broken,
                     },
                 )
                 .await;
@@ -446,6 +478,47 @@ async fn send_error(
     session.set_keepalive(None);
     extra.push(("x-twinroute-request-id", ctx.request_id.clone()));
     e.send(session, family, &extra).await
+}
+
+/// How to hold a successful answer until its commit point: a stream (by its content type) until
+/// its first content within `first_token_ms` (the route's, else the provider's), a whole body
+/// within the request's deadline.
+fn hold_spec(
+    cfg: &crate::model::Config,
+    plan: &Plan,
+    provider: &Provider,
+    upstream: &HttpSession,
+    attempt_start: Instant,
+    attempts: &Attempts,
+) -> HoldSpec {
+    let content_type = |prefix: &[u8]| {
+        upstream
+            .response_header()
+            .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
+            .is_some_and(|v| v.as_bytes().starts_with(prefix))
+    };
+    let eventstream =
+        provider.api == ApiKind::Bedrock && content_type(b"application/vnd.amazon.eventstream");
+    let stream =
+        (eventstream || content_type(b"text/event-stream")).then(|| answer_family(provider.api));
+    let first_token = plan
+        .policy
+        .first_token
+        .unwrap_or(provider.timeouts.first_token);
+    let by = attempt_start + first_token;
+    let deadline = attempts.deadline();
+    HoldSpec {
+        stream,
+        eventstream,
+        first_token_by: by.min(deadline),
+        first_token_reason: if by <= deadline {
+            FailoverReason::FirstTokenTimeout
+        } else {
+            FailoverReason::Deadline
+        },
+        body_by: deadline,
+        max_body: cfg.max_response_body_bytes,
+    }
 }
 
 /// The candidate one attempt goes to.
@@ -889,6 +962,10 @@ struct Served<'a> {
     translation: Option<Direction>,
     /// OpenAI client of a translated stream: end it with a usage chunk.
     include_usage: bool,
+    /// Longest silence of the stream once committed.
+    stream_idle: Duration,
+    /// Tell health the committed answer broke (stall, cut) after all.
+    broken: &'a (dyn Fn(FailoverReason) + Sync),
 }
 
 /// The upstream side of the chosen answer.
@@ -997,11 +1074,45 @@ async fn relay(
     let mut usage = UsageScanner::default();
     let mut out = Vec::new();
     let mut sse = Vec::new();
-    if let Some(p) = prefix.filter(|p| !p.is_empty()) {
-        session.write_response_body(Some(p), false).await?;
+    // What the commit point held goes first, through the same decoding and translation.
+    let mut pending = prefix.filter(|p| !p.is_empty());
+    // A committed stream silent this long is broken (`stream_stall`); a whole body was read
+    // before committing, so only streams need the watch.
+    let stall_after = is_sse.then_some(served.stream_idle);
+    if let Some(idle) = stall_after {
+        // Pingora's own read timeout only as a backstop, so a stall is named as one.
+        upstream.set_read_timeout(Some(idle + Duration::from_millis(500)));
     }
     loop {
-        match upstream.read_response_body().await {
+        let next = match (pending.take(), stall_after) {
+            (Some(p), _) => Ok(Some(p)),
+            (None, None) => upstream.read_response_body().await,
+            (None, Some(idle)) => {
+                match tokio::time::timeout(idle, upstream.read_response_body()).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        log::warn!(
+                            "provider {}: stream silent for {} ms after its first content \
+                             (stream_stall); request {}",
+                            provider.name,
+                            idle.as_millis(),
+                            ctx.request_id
+                        );
+                        (served.broken)(FailoverReason::StreamStall);
+                        ctx.error = Some(format!(
+                            "stream_stall: upstream silent for {} ms",
+                            idle.as_millis()
+                        ));
+                        session.set_keepalive(None);
+                        let event = stream_error_event(family, &provider.name);
+                        // The upstream connection is dropped with this function: never pooled.
+                        session.write_response_body(Some(event), true).await?;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        match next {
             Ok(Some(chunk)) => {
                 if success {
                     usage.feed(&chunk);
@@ -1056,6 +1167,7 @@ async fn relay(
                     if !t.finish(&mut out) {
                         // Ended before saying how: an explicit error, never a stream that
                         // looks finished.
+                        (served.broken)(FailoverReason::Truncated);
                         ctx.error = Some("upstream stream ended without its end event".into());
                         out.extend_from_slice(&stream_error_event(family, &provider.name));
                     }
@@ -1078,6 +1190,7 @@ async fn relay(
                     "upstream broke mid-response: {}",
                     e.etype().as_str()
                 ));
+                (served.broken)(FailoverReason::Truncated);
                 session.set_keepalive(None);
                 if is_sse {
                     // Never a silent truncation that looks like a finished answer: end the

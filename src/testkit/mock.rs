@@ -48,6 +48,15 @@ pub enum Behavior {
     Sse(Vec<String>),
     /// Bedrock only: stream this many chunk events, then an `exception` frame of this kind.
     BedrockException { after: usize, kind: String },
+    /// Answer 200 with a scripted body: each part sent after its delay; then the body ends, or
+    /// with `cut` the connection is cut instead. `content_length` announces a length (a cut
+    /// before it is a truncated body).
+    Script {
+        content_type: String,
+        parts: Vec<(Duration, String)>,
+        cut: bool,
+        content_length: Option<usize>,
+    },
 }
 
 /// What the mock plays of Google Cloud: a token endpoint (`POST /token`, the JWT bearer grant),
@@ -90,6 +99,16 @@ pub struct AwsMock {
 }
 
 impl Behavior {
+    /// A scripted SSE stream: each event after its delay, then ended (or cut).
+    pub fn sse_script(parts: Vec<(Duration, String)>, cut: bool) -> Behavior {
+        Behavior::Script {
+            content_type: "text/event-stream".into(),
+            parts,
+            cut,
+            content_length: None,
+        }
+    }
+
     /// An error status with an empty JSON body and no Retry-After.
     pub fn status(status: u16) -> Behavior {
         Behavior::Status {
@@ -545,6 +564,12 @@ impl MockProvider {
                 events.into_iter().map(Bytes::from).collect(),
                 "text/event-stream",
             )),
+            Behavior::Script {
+                content_type,
+                parts,
+                cut,
+                content_length,
+            } => Ok(scripted(&name, &content_type, parts, cut, content_length)),
             Behavior::Hang => {
                 std::future::pending::<()>().await;
                 Err(std::io::Error::other("unreachable"))
@@ -1160,6 +1185,37 @@ fn check_jwt(jwt: &str, g: &GoogleMock, aud: &str) -> Result<(), String> {
 }
 
 /// A 200 streaming `chunks` 5 ms apart (a scripted SSE or event stream).
+/// A 200 whose body parts come each after its delay, then end or are cut.
+fn scripted(
+    name: &str,
+    content_type: &str,
+    parts: Vec<(Duration, String)>,
+    cut: bool,
+    content_length: Option<usize>,
+) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        for (after, part) in parts {
+            tokio::time::sleep(after).await;
+            if tx.send(Ok(Bytes::from(part))).await.is_err() {
+                return;
+            }
+        }
+        if cut {
+            let _ = tx.send(Err(std::io::Error::other("mock cut"))).await;
+        }
+    });
+    let mut r = Response::builder()
+        .status(200)
+        .header("content-type", content_type)
+        .header("x-mock-provider", name);
+    if let Some(n) = content_length {
+        r = r.header("content-length", n);
+    }
+    r.body(BoxBody::new(ChannelBody(rx)))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
 fn paced(chunks: Vec<Bytes>, content_type: &str) -> Response<MockBody> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {

@@ -2,7 +2,8 @@
 //! (`openai`, `anthropic`, `azure`): auth headers, upstream paths, probe paths, error shapes.
 //! Beside them: the request body scanner/splicer (`body`), building an upstream request for a
 //! provider (`request`), provider error bodies (`error_body`), twinroute's own error JSON
-//! (`errors`), the SSE error event (`sse`), and token usage in answers (`usage`).
+//! (`errors`), the SSE error event (`sse`), what an upstream stream event means for committing to it and
+//! continuing it (`stream_event`), and token usage in answers (`usage`).
 
 pub mod anthropic;
 pub mod azure;
@@ -14,6 +15,7 @@ pub mod listing;
 pub mod openai;
 pub mod request;
 pub mod sse;
+pub mod stream_event;
 pub mod translate;
 pub mod usage;
 pub mod vertex;

@@ -1,0 +1,241 @@
+//! Black-box tests of streams that survive: the commit point (nothing reaches the client before
+//! an answer's first content, or before a whole non-streaming body), `first_token_ms`, stall
+//! detection with `stream_idle_ms`, in both client formats, against scripted loopback providers.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use twinroute::testkit::client;
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// Providers p (first) and q (twin) of model `m`, both of `api`; `p_timeouts` and `policy` are
+/// spliced into p's timeouts map and the policy map.
+async fn pair(
+    api: &str,
+    p_timeouts: &str,
+    policy: &str,
+) -> (MockProvider, MockProvider, Twinroute) {
+    let p = MockProvider::start("p").await.unwrap();
+    let q = MockProvider::start("q").await.unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: p, api: {api}, base_url: \"{}\", timeouts: {{connect_ms: 300, first_byte_ms: 1000{p_timeouts}}}, probe: {{enabled: false}}}}\n  - {{name: q, api: {api}, base_url: \"{}\", timeouts: {{connect_ms: 300, first_byte_ms: 1000}}, probe: {{enabled: false}}}}\nmodels:\n  - name: m\n    offerings: [{{provider: p, model: p-m}}, {{provider: q, model: q-m}}]\npolicy: {{max_attempts: 2, backoff: {{base_ms: 1, max_ms: 2}}{policy}}}\n",
+        p.base_url(),
+        q.base_url()
+    );
+    (p, q, Twinroute::start(&yaml, &[]).await)
+}
+
+/// An OpenAI chunk event with this delta (and finish reason).
+fn chunk(id: &str, delta: serde_json::Value, finish: Option<&str>) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": id, "object": "chat.completion.chunk", "created": 1, "model": "p-m",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    )
+}
+
+fn role(id: &str) -> String {
+    chunk(id, json!({"role": "assistant", "content": ""}), None)
+}
+
+fn token(id: &str, i: usize) -> String {
+    chunk(id, json!({"content": format!("t{i} ")}), None)
+}
+
+fn stream_body(model: &str) -> serde_json::Value {
+    json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn chat_stream(t: &Twinroute) -> client::Reply {
+    client::post_json(&t.url("/v1/chat/completions"), &[], &stream_body("m"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_content_within_first_token_ms_fails_over_with_nothing_sent() {
+    let (p, q, t) = pair("openai", ", first_token_ms: 500", "").await;
+    // Header and role chunk at once, the first token only after 2 s.
+    p.set_behavior(Behavior::sse_script(
+        vec![
+            (MS(0), role("chatcmpl-p")),
+            (MS(2000), token("chatcmpl-p", 0)),
+            (MS(0), "data: [DONE]\n\n".into()),
+        ],
+        false,
+    ));
+    let r = chat_stream(&t).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("q"));
+    assert_eq!(r.header("x-twinroute-attempts"), Some("2"));
+    let text = r.text();
+    assert!(
+        !text.contains("chatcmpl-p"),
+        "p's held bytes reached the client: {text}"
+    );
+    assert!(
+        text.contains("tok0") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    // The client's first byte came from q, right after the 500 ms first-token timeout.
+    let first = r.chunks[0].0;
+    assert!(
+        first >= MS(450) && first < MS(1500),
+        "first byte at {first:?}"
+    );
+    t.wait_for_log("failovers=\"p:first_token_timeout\"").await;
+    let _ = q;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_streams_are_held_until_their_first_content_delta() {
+    let (p, _q, t) = pair("anthropic", ", first_token_ms: 400", "").await;
+    let ev = |name: &str, v: serde_json::Value| format!("event: {name}\ndata: {v}\n\n");
+    p.set_behavior(Behavior::sse_script(
+        vec![
+            (
+                MS(0),
+                ev("message_start", json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}})),
+            ),
+            (MS(0), ev("ping", json!({"type": "ping"}))),
+            (
+                MS(0),
+                ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            ),
+            (
+                MS(1500),
+                ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "late"}})),
+            ),
+        ],
+        false,
+    ));
+    let body = json!({"model": "m", "stream": true, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]});
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("q"));
+    let text = r.text();
+    assert!(
+        !text.contains("msg_p") && text.contains("msg_mock"),
+        "{text}"
+    );
+    assert!(
+        text.trim_end()
+            .ends_with(r#"data: {"type":"message_stop"}"#),
+        "{text}"
+    );
+
+    // An error event before any content (an overloaded model) fails over too.
+    p.set_behavior(Behavior::sse_script(
+        vec![
+            (
+                MS(0),
+                ev("message_start", json!({"type": "message_start", "message": {"id": "msg_p2", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}})),
+            ),
+            (
+                MS(10),
+                ev("error", json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+            ),
+        ],
+        false,
+    ));
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.header("x-twinroute-provider"), Some("q"), "{}", r.text());
+    assert!(!r.text().contains("msg_p2"));
+    t.wait_for_log("failovers=\"p:status_5xx\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_after_its_content_ends_with_an_error_event_within_a_second() {
+    let (p, q, t) = pair("openai", ", stream_idle_ms: 500", "").await;
+    let mut parts = vec![(MS(0), role("chatcmpl-p"))];
+    parts.extend((0..20).map(|i| (MS(10), token("chatcmpl-p", i))));
+    // Then silence, far longer than stream_idle_ms.
+    parts.push((MS(5000), token("chatcmpl-p", 20)));
+    p.set_behavior(Behavior::sse_script(parts, false));
+    let r = chat_stream(&t).await;
+    assert_eq!(r.header("x-twinroute-provider"), Some("p"));
+    let text = r.text();
+    assert!(text.contains("t19 ") && !text.contains("t20 "), "{text}");
+    assert!(
+        text.trim_end().ends_with(r#""code":"upstream_stream_broken","message":"upstream provider p ended the stream unexpectedly","type":"api_error"}}"#),
+        "{text}"
+    );
+    // The error event came within a second of the last token (500 ms of silence, then the cut).
+    let last_token = r
+        .chunks
+        .iter()
+        .rev()
+        .find(|(_, c)| String::from_utf8_lossy(c).contains("t19 "))
+        .unwrap()
+        .0;
+    let gap = r.elapsed - last_token;
+    assert!(
+        gap >= MS(450) && gap < MS(1000),
+        "error event {gap:?} after the stall"
+    );
+    t.wait_for_log("stream_stall").await;
+    // Counted against the offering's health like any failure.
+    let s = t.status().await;
+    let out = &s["offerings_out"];
+    assert!(
+        out.as_array().unwrap().is_empty() || out[0]["last_error"] == "stream_stall",
+        "{s}"
+    );
+    assert!(s["providers"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("stream_stall"));
+    let _ = q;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_streaming_answer_cut_mid_body_is_served_whole_by_the_twin() {
+    let (p, q, t) = pair("openai", "", "").await;
+    let full = json!({"id": "chatcmpl-p", "object": "chat.completion", "created": 1, "model": "p-m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "a long answer ".repeat(200)}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 400, "total_tokens": 403}})
+    .to_string();
+    let half = full[..full.len() / 2].to_string();
+    p.set_behavior(Behavior::Script {
+        content_type: "application/json".into(),
+        parts: vec![(MS(0), half)],
+        cut: true,
+        content_length: Some(full.len()),
+    });
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("q"));
+    assert!(!r.broken);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "hello from q");
+    t.wait_for_log("failovers=\"p:truncated\"").await;
+
+    // A whole answer is delivered as it was sent, with its length.
+    p.set_behavior(Behavior::Script {
+        content_type: "application/json".into(),
+        parts: vec![
+            (MS(0), full[..100].to_string()),
+            (MS(50), full[100..].to_string()),
+        ],
+        cut: false,
+        content_length: Some(full.len()),
+    });
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.header("x-twinroute-provider"), Some("p"));
+    assert_eq!(r.text(), full);
+    let _ = q;
+}
