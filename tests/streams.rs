@@ -239,3 +239,295 @@ async fn a_non_streaming_answer_cut_mid_body_is_served_whole_by_the_twin() {
     assert_eq!(r.text(), full);
     let _ = q;
 }
+
+/// p (first) and q (twin) of model `m` under `stream_recovery: continue`: p of `p_api` with
+/// `p_timeouts` spliced into its timeouts; q of `q_api` serving `q_offering` (its offering map
+/// without the provider). Both mocks strict: they refuse what the real APIs refuse.
+async fn recovering(
+    p_api: &str,
+    p_timeouts: &str,
+    q_api: &str,
+    q_offering: &str,
+) -> (MockProvider, MockProvider, Twinroute) {
+    let p = MockProvider::start("p").await.unwrap();
+    let q = MockProvider::start("q").await.unwrap();
+    p.set_strict(true);
+    q.set_strict(true);
+    let yaml = format!(
+        "providers:\n  - {{name: p, api: {p_api}, base_url: \"{}\", timeouts: {{connect_ms: 300, first_byte_ms: 1000{p_timeouts}}}, probe: {{enabled: false}}}}\n  - {{name: q, api: {q_api}, base_url: \"{}\", timeouts: {{connect_ms: 300, first_byte_ms: 1000}}, probe: {{enabled: false}}}}\nmodels:\n  - name: m\n    offerings: [{{provider: p, model: p-m}}, {{provider: q, {q_offering}}}]\npolicy: {{max_attempts: 3, backoff: {{base_ms: 1, max_ms: 2}}, stream_recovery: continue}}\n",
+        p.base_url(),
+        q.base_url()
+    );
+    (p, q, Twinroute::start(&yaml, &[]).await)
+}
+
+/// The answer both providers would give: 60 tokens.
+fn full_answer() -> String {
+    (0..60).map(|i| format!("t{i} ")).collect()
+}
+
+fn anthropic_event(name: &str, v: serde_json::Value) -> String {
+    format!("event: {name}\ndata: {v}\n\n")
+}
+
+/// The first `n` tokens of the full answer as an Anthropic stream that is then cut.
+fn anthropic_cut_after(n: usize) -> Behavior {
+    let mut parts = vec![
+        (
+            MS(0),
+            anthropic_event(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "stop_reason": null, "usage": {"input_tokens": 12, "output_tokens": 0}}}),
+            ),
+        ),
+        (
+            MS(0),
+            anthropic_event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+        ),
+    ];
+    for i in 0..n {
+        parts.push((
+            MS(2),
+            anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("t{i} ")}})),
+        ));
+    }
+    Behavior::sse_script(parts, true)
+}
+
+/// The visible text of a client stream of either format, and its events' data.
+fn client_text(body: &str) -> (String, Vec<serde_json::Value>) {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            continue;
+        };
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        if v["type"] == "content_block_delta" {
+            text.push_str(v["delta"]["text"].as_str().unwrap_or(""));
+        }
+        events.push(v);
+    }
+    (text, events)
+}
+
+fn messages_body() -> serde_json::Value {
+    json!({"model": "m", "stream": true, "max_tokens": 500, "messages": [{"role": "user", "content": "count to 59"}]})
+}
+
+async fn messages_stream(t: &Twinroute) -> client::Reply {
+    client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &messages_body(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_after_40_of_60_tokens_is_completed_from_the_twin() {
+    let (p, q, t) = recovering(
+        "anthropic",
+        "",
+        "anthropic",
+        "model: claude-sonnet-4-5-20250929",
+    )
+    .await;
+    p.set_behavior(anthropic_cut_after(40));
+    q.set_behavior(Behavior::Complete {
+        text: full_answer(),
+    });
+    let r = messages_stream(&t).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.broken);
+    let body = r.text();
+    let (text, events) = client_text(&body);
+    assert_eq!(text, full_answer(), "{body}");
+    // One message: p's message_start only, one text block (index 0), q's stop reason.
+    let starts: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "message_start")
+        .collect();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0]["message"]["id"], "msg_p");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "content_block_start")
+            .count(),
+        1
+    );
+    assert!(events
+        .iter()
+        .filter(|e| e["type"] == "content_block_delta")
+        .all(|e| e["index"] == 0));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "message_stop")
+            .count(),
+        1
+    );
+    assert!(body.contains(": twinroute completed this stream from q after p broke it"));
+    // The twin received exactly the 40 tokens sent, as the prefill (without the trailing space
+    // the real API refuses).
+    let sent_to_q = q.requests()[0].json();
+    let last = sent_to_q["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["role"], "assistant");
+    let forty: String = (0..40).map(|i| format!("t{i} ")).collect();
+    assert_eq!(last["content"], forty.trim_end());
+    t.wait_for_log("stream_recovery=completed:q").await;
+    assert!(t
+        .metrics()
+        .await
+        .contains("twinroute_stream_recoveries_total{outcome=\"completed\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_stream_that_stalls_is_completed_by_claude_through_translation() {
+    let (p, q, t) = recovering(
+        "openai",
+        ", stream_idle_ms: 500",
+        "anthropic",
+        "model: claude-sonnet-4-5-20250929",
+    )
+    .await;
+    let mut parts = vec![(MS(0), role("chatcmpl-p"))];
+    parts.extend((0..20).map(|i| (MS(5), token("chatcmpl-p", i))));
+    parts.push((MS(5000), token("chatcmpl-p", 20)));
+    p.set_behavior(Behavior::sse_script(parts, false));
+    q.set_behavior(Behavior::Complete {
+        text: full_answer(),
+    });
+    let r = chat_stream(&t).await;
+    let body = r.text();
+    let (text, events) = client_text(&body);
+    assert_eq!(text, full_answer(), "{body}");
+    // One role chunk, every chunk carries the first part's id and model, one [DONE] at the end.
+    let roles = events
+        .iter()
+        .filter(|e| e["choices"][0]["delta"]["role"].is_string())
+        .count();
+    assert_eq!(roles, 1, "{body}");
+    assert!(events
+        .iter()
+        .filter(|e| e["id"].is_string())
+        .all(|e| e["id"] == "chatcmpl-p" && e["model"] == "p-m"));
+    // [DONE] once, at the end; only the SSE comment saying who completed it follows.
+    assert!(
+        body.ends_with("data: [DONE]\n\n: twinroute completed this stream from q after p broke it\n\n"),
+        "{body}"
+    );
+    assert_eq!(body.matches("data: [DONE]").count(), 1);
+    // Completed within a second of the stall (500 ms of silence, then the twin's answer).
+    let stall_at = r
+        .chunks
+        .iter()
+        .find(|(_, c)| String::from_utf8_lossy(c).contains("t19 "))
+        .unwrap()
+        .0;
+    assert!(
+        r.elapsed - stall_at < MS(1000),
+        "{:?}",
+        r.elapsed - stall_at
+    );
+    t.wait_for_log("stream_recovery=completed:q").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twin_that_refuses_prefill_leaves_the_error_event_naming_the_cut() {
+    // An operator marked q as taking prefill, but its model (Claude 4.6) refuses it.
+    let (p, q, t) = recovering(
+        "anthropic",
+        "",
+        "anthropic",
+        "model: claude-opus-4-6, prefill: true",
+    )
+    .await;
+    p.set_behavior(anthropic_cut_after(10));
+    q.set_behavior(Behavior::Complete {
+        text: full_answer(),
+    });
+    let r = messages_stream(&t).await;
+    let body = r.text();
+    t.wait_for_log("q refused the continuation (400)").await;
+    assert!(
+        body.trim_end().ends_with(r#"{"error":{"message":"upstream provider p ended the stream unexpectedly","type":"api_error"},"type":"error"}"#),
+        "{body}"
+    );
+    assert!(
+        !body.contains("prefill"),
+        "the continuation's 400 reached the client: {body}"
+    );
+    t.wait_for_log("stream_recovery=failed:p").await;
+
+    // Without the operator's word, a model known to refuse prefill is not even tried.
+    let (p, q, t) = recovering("anthropic", "", "anthropic", "model: claude-opus-4-6").await;
+    p.set_behavior(anthropic_cut_after(10));
+    let r = messages_stream(&t).await;
+    assert!(r
+        .text()
+        .contains("upstream provider p ended the stream unexpectedly"));
+    assert_eq!(q.request_count(), 0);
+    assert!(t
+        .metrics()
+        .await
+        .contains("twinroute_stream_recoveries_total{outcome=\"no_candidate\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_inside_a_tool_call_is_never_continued() {
+    let (p, q, t) = recovering(
+        "anthropic",
+        "",
+        "anthropic",
+        "model: claude-sonnet-4-5-20250929",
+    )
+    .await;
+    p.set_behavior(Behavior::sse_script(
+        vec![
+            (
+                MS(0),
+                anthropic_event("message_start", json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}})),
+            ),
+            (
+                MS(0),
+                anthropic_event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}})),
+            ),
+            (
+                MS(5),
+                anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"q\": \"wea"}})),
+            ),
+        ],
+        true,
+    ));
+    q.set_behavior(Behavior::Complete {
+        text: full_answer(),
+    });
+    let r = messages_stream(&t).await;
+    let body = r.text();
+    assert!(body.contains("input_json_delta"));
+    assert!(
+        body.trim_end().ends_with(r#"{"error":{"message":"upstream provider p ended the stream unexpectedly","type":"api_error"},"type":"error"}"#),
+        "{body}"
+    );
+    assert_eq!(q.request_count(), 0);
+    assert!(t
+        .metrics()
+        .await
+        .contains("twinroute_stream_recoveries_total{outcome=\"not_continuable\"} 1"));
+}

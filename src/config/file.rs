@@ -191,6 +191,9 @@ pub struct FileOffering {
     /// (`images`, `tools`): a request using one skips it.
     #[serde(default)]
     pub lacks: Vec<String>,
+    /// Whether this offering continues a trailing assistant message (assistant prefill), so a
+    /// broken stream can be completed from it; default by wire format and model family.
+    pub prefill: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -910,6 +910,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
                 drop_params: o.drop_params.clone(),
                 unsupported_params: o.unsupported_params.clone(),
                 lacks,
+                prefill: o.prefill,
             });
         }
         let mut equivalents = Vec::new();

@@ -244,6 +244,13 @@ impl Attempts {
         (budget, budget < first_byte)
     }
 
+    /// A continuation of a broken stream: at most `attempts` more, within the original request's
+    /// `deadline`.
+    pub fn limit(&mut self, attempts: u32, deadline: Instant) {
+        self.max_attempts = self.max_attempts.min(attempts);
+        self.deadline = self.deadline.min(deadline);
+    }
+
     /// When the request's time is up, whatever is in flight.
     pub fn deadline(&self) -> Instant {
         self.deadline

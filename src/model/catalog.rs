@@ -65,6 +65,8 @@ pub struct Offering {
     pub unsupported_params: Vec<String>,
     /// Request features it cannot honour (`images`, `tools`): requests using one skip it.
     pub lacks: Vec<Feature>,
+    /// Accepts assistant prefill (`None`: the wire format's default for the model ID).
+    pub prefill: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +210,7 @@ mod tests {
                     drop_params: vec![],
                     unsupported_params: vec![],
                     lacks: vec![],
+                    prefill: None,
                 })
                 .collect(),
             equivalents: vec![],

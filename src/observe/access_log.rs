@@ -49,6 +49,9 @@ pub struct RequestLog {
     pub zero_retention: bool,
     /// `client->provider` when the answer was translated between wire formats.
     pub translated: Option<&'static str>,
+    /// A stream that broke after its first content: `completed:<provider>` when another
+    /// candidate completed it, `failed:<provider>` when it ended with the error event.
+    pub stream_recovery: Option<String>,
     pub error: Option<String>,
 }
 
@@ -77,6 +80,7 @@ impl RequestLog {
             dropped_params: Vec::new(),
             zero_retention: false,
             translated: None,
+            stream_recovery: None,
             error: None,
         }
     }
@@ -128,6 +132,9 @@ impl RequestLog {
                 }
                 if self.zero_retention {
                     s.push_str(" zero_retention=true");
+                }
+                if let Some(r) = &self.stream_recovery {
+                    let _ = write!(s, " stream_recovery={r}");
                 }
                 if let Some(t) = self.translated {
                     let _ = write!(s, " translated={t}");

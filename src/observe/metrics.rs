@@ -20,6 +20,7 @@ pub struct Metrics {
     pub provider_healthy: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
     pub offering_breaker_state: IntGaugeVec,
+    pub stream_recoveries: IntCounterVec,
     pub offering_healthy: IntGaugeVec,
     pub probe_latency: GaugeVec,
     pub tokens: IntCounterVec,
@@ -100,6 +101,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["provider", "model"],
     )?;
+    let stream_recoveries = IntCounterVec::new(
+        Opts::new(
+            "twinroute_stream_recoveries_total",
+            "Streams that broke after their first content under stream_recovery: continue, by outcome (completed, failed, no_candidate, not_continuable)",
+        ),
+        &["outcome"],
+    )?;
     let offering_healthy = IntGaugeVec::new(
         Opts::new(
             "twinroute_offering_healthy",
@@ -157,6 +165,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(breaker_state.clone()))?;
     registry.register(Box::new(offering_breaker_state.clone()))?;
     registry.register(Box::new(offering_healthy.clone()))?;
+    registry.register(Box::new(stream_recoveries.clone()))?;
     registry.register(Box::new(probe_latency.clone()))?;
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
@@ -174,6 +183,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         breaker_state,
         offering_breaker_state,
         offering_healthy,
+        stream_recoveries,
         probe_latency,
         tokens,
         cost_usd,

@@ -22,7 +22,9 @@ use crate::health::InflightSlot;
 use crate::model::catalog::Price;
 use crate::model::endpoint::{answer_family, Endpoint, Family};
 use crate::model::error::{ErrorKind, GatewayError};
-use crate::model::{ApiKind, ModelId, Policy, Provider, ProviderEndpoint, ProviderId};
+use crate::model::{
+    ApiKind, ModelId, Policy, Provider, ProviderEndpoint, ProviderId, StreamRecovery,
+};
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
 use crate::serve::commit::{self, Held, HoldSpec};
@@ -32,6 +34,7 @@ use crate::wire::body::{RequestBody, SplicedBody};
 use crate::wire::error_body::{account_problem, body_decides, classify_error_body};
 use crate::wire::request as provider;
 use crate::wire::sse::stream_error_event;
+use crate::wire::stream_event::{Splice, StreamTrack};
 use crate::wire::translate::{self, Direction};
 use crate::wire::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
@@ -71,6 +74,42 @@ pub struct Plan {
     pub json: Option<serde_json::Value>,
     /// The client asked for a usage chunk at the end of its stream (OpenAI clients).
     pub include_usage: bool,
+    /// This plan completes a stream that broke after the client received part of it.
+    pub continuation: Option<Continuation>,
+}
+
+/// A committed stream that broke under `stream_recovery: continue`: what the client has, and
+/// what the continuation must carry.
+pub struct Continuation {
+    /// What the client received (its text, identity fields, open block).
+    track: StreamTrack,
+    /// The client's request plus the assistant turn holding the text sent (the prefill).
+    json: serde_json::Value,
+    /// The provider whose stream broke, and why: the error event names it if nothing completes
+    /// the stream.
+    origin: String,
+    reason: FailoverReason,
+    /// The original request's deadline and the attempts it has left.
+    deadline: Instant,
+    attempts_left: u32,
+}
+
+/// How the attempts of a plan ended.
+enum Attempted {
+    /// An answer or an error reached the client.
+    Done,
+    /// A committed stream broke and can be completed from another candidate.
+    Broken(Box<BrokenStream>),
+}
+
+/// A committed stream that broke, as the relay hands it back.
+struct BrokenStream {
+    reason: FailoverReason,
+    provider: ProviderId,
+    track: StreamTrack,
+    /// The request's deadline and the attempts it has left, for the continuation.
+    deadline: Instant,
+    attempts_left: u32,
 }
 
 /// What one attempt produced.
@@ -106,6 +145,108 @@ pub async fn run(
     plan: &Plan,
     body: &RequestBody,
 ) -> Result<()> {
+    let broken = match attempt_loop(shared, rt, session, ctx, plan, body).await? {
+        Attempted::Done => return Ok(()),
+        Attempted::Broken(b) => b,
+    };
+    let origin = rt.config.providers[broken.provider].name.clone();
+    let Some(next) = continuation_plan(rt, plan, body, *broken, origin.clone()) else {
+        METRICS
+            .stream_recoveries
+            .with_label_values(&["no_candidate"])
+            .inc();
+        return end_broken_stream(session, ctx, plan.endpoint.family(), &origin).await;
+    };
+    match attempt_loop(shared, rt, session, ctx, &next, body).await? {
+        Attempted::Done => Ok(()),
+        // A continuation's own break is not continued again: the relay ends it.
+        Attempted::Broken(_) => {
+            end_broken_stream(session, ctx, plan.endpoint.family(), &origin).await
+        }
+    }
+}
+
+/// The plan that completes a broken stream: the candidates left that accept assistant prefill
+/// (never the offering that broke), the client's request with the text sent as an assistant
+/// turn, the original deadline and what is left of its attempts. `None` when no candidate can.
+fn continuation_plan(
+    rt: &Runtime,
+    plan: &Plan,
+    body: &RequestBody,
+    broken: BrokenStream,
+    origin: String,
+) -> Option<Plan> {
+    let cfg = &rt.config;
+    let candidates: Vec<Candidate> = plan
+        .candidates
+        .iter()
+        .filter(|c| c.provider != broken.provider)
+        .filter(|c| {
+            let offering = cfg.catalog.offering(c.model, c.offering);
+            let api = cfg.providers[c.provider].api;
+            offering.prefill.unwrap_or_else(|| {
+                answer_family(api) == Family::Anthropic
+                    && crate::wire::anthropic::accepts_prefill(&offering.model_id)
+            })
+        })
+        .cloned()
+        .collect();
+    let (attempts_left, deadline) = (broken.attempts_left, broken.deadline);
+    if candidates.is_empty() || attempts_left == 0 {
+        return None;
+    }
+    let mut json: serde_json::Value = match &plan.json {
+        Some(j) => j.clone(),
+        None => serde_json::from_slice(body.bytes()).ok()?,
+    };
+    let (prefill, _) = broken.track.prefill();
+    json.get_mut("messages")?
+        .as_array_mut()?
+        .push(serde_json::json!({"role": "assistant", "content": prefill}));
+    Some(Plan {
+        endpoint: plan.endpoint,
+        model: plan.model,
+        candidates,
+        policy: plan.policy.clone(),
+        pinned: false,
+        region: plan.region.clone(),
+        zero_retention: plan.zero_retention,
+        json: None,
+        include_usage: plan.include_usage,
+        continuation: Some(Continuation {
+            track: broken.track,
+            json,
+            origin,
+            reason: broken.reason,
+            deadline,
+            attempts_left,
+        }),
+    })
+}
+
+/// End a broken stream that nothing completed with the error event naming the original break.
+async fn end_broken_stream(
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    family: Family,
+    origin: &str,
+) -> Result<()> {
+    session.set_keepalive(None);
+    ctx.stream_recovery = Some(format!("failed:{origin}"));
+    let event = stream_error_event(family, origin);
+    session.write_response_body(Some(event), true).await
+}
+
+/// Run a plan's attempts: deliver an answer, an error, or (a committed stream that broke under
+/// `stream_recovery: continue`) hand the break back.
+async fn attempt_loop(
+    shared: &Shared,
+    rt: &Runtime,
+    session: &mut Session,
+    ctx: &mut RequestLog,
+    plan: &Plan,
+    body: &RequestBody,
+) -> Result<Attempted> {
     let cfg = &rt.config;
     let model = cfg.catalog.model(plan.model);
     let first = &cfg.providers[plan.candidates[0].provider];
@@ -115,6 +256,9 @@ pub async fn run(
         first.timeouts.first_byte,
         Instant::now(),
     );
+    if let Some(c) = &plan.continuation {
+        attempts.limit(c.attempts_left, c.deadline);
+    }
     let mut cursor = 0usize;
     let mut previous: Option<ProviderId> = None;
     ctx.zero_retention |= plan.zero_retention;
@@ -177,8 +321,10 @@ pub async fn run(
         // Parameters this offering must not see: cut from the body, everything else as sent.
         let dropped = body.present(&offering.drop_params);
         let translation = Direction::between(plan.endpoint, provider.api);
-        let rebuilt = plan.endpoint.rebuilt_for(provider.api);
-        let (spliced, upstream_endpoint) = match (rebuilt, &plan.json) {
+        let continuation_json = plan.continuation.as_ref().map(|c| &c.json);
+        let rebuilt = plan.endpoint.rebuilt_for(provider.api) || continuation_json.is_some();
+        let (spliced, upstream_endpoint) = match (rebuilt, continuation_json.or(plan.json.as_ref()))
+        {
             (true, Some(json)) => {
                 match translate::provider_body(
                     plan.endpoint,
@@ -203,7 +349,11 @@ pub async fn run(
                                 provider.name
                             ),
                         );
-                        return send_error(session, ctx, e, plan.endpoint.family(), vec![]).await;
+                        if plan.continuation.is_some() {
+                            continue;
+                        }
+                        send_error(session, ctx, e, plan.endpoint.family(), vec![]).await?;
+                        return Ok(Attempted::Done);
                     }
                 }
             }
@@ -362,6 +512,21 @@ pub async fn run(
             ms,
         });
         match (verdict.step, answer) {
+            (Step::Deliver, Some((upstream, _, _)))
+                if plan.continuation.is_some()
+                    && !upstream
+                        .response_header()
+                        .is_some_and(|h| h.status.is_success()) =>
+            {
+                // A continuation's error answer (a model that refuses the prefill, say) never
+                // reaches the client: it has half a stream; the next candidate is tried.
+                log::info!(
+                    "request {}: {} refused the continuation ({})",
+                    ctx.request_id,
+                    provider.name,
+                    status.unwrap_or(0)
+                );
+            }
             (Step::Deliver, Some((upstream, peer, prefix))) => {
                 let Outcome::Answered { ttfb, .. } = outcome else {
                     unreachable!("an answer comes with an Answered outcome");
@@ -392,7 +557,8 @@ pub async fn run(
                         provider.name
                     );
                 }
-                let attempts = attempts.started().to_string();
+                let started = attempts.started();
+                let attempts_header = started.to_string();
                 let broken = |reason: FailoverReason| {
                     let signal = crate::decide::attempt::broken_after_commit(reason);
                     rt.health.apply(
@@ -403,7 +569,20 @@ pub async fn run(
                         Instant::now(),
                     );
                 };
-                return relay(
+                let origin = plan
+                    .continuation
+                    .as_ref()
+                    .map_or(provider.name.as_str(), |c| c.origin.as_str());
+                let stage = match &plan.continuation {
+                    Some(c) => Stage::Splice(Box::new(c.track.splice())),
+                    None if plan.policy.stream_recovery == StreamRecovery::Continue
+                        && body.stream =>
+                    {
+                        Stage::Track(Box::new(StreamTrack::new(plan.endpoint.family())))
+                    }
+                    None => Stage::Plain,
+                };
+                let end = relay(
                     shared,
                     session,
                     ctx,
@@ -419,7 +598,7 @@ pub async fn run(
                         price: offering.price,
                         equivalent,
                         dropped: &dropped,
-                        attempts: &attempts,
+                        attempts: &attempts_header,
                         family: plan.endpoint.family(),
                         translation,
                         include_usage: plan.include_usage,
@@ -428,9 +607,23 @@ pub async fn run(
                             .stream_idle
                             .unwrap_or(provider.timeouts.stream_idle),
                         broken: &broken,
+                        origin,
                     },
+                    stage,
                 )
-                .await;
+                .await?;
+                return Ok(match end {
+                    RelayEnd::Done => Attempted::Done,
+                    RelayEnd::Broken { reason, track } => {
+                        Attempted::Broken(Box::new(BrokenStream {
+                            reason,
+                            provider: cand.provider,
+                            track: *track,
+                            deadline: attempts.deadline(),
+                            attempts_left: plan.policy.max_attempts.saturating_sub(started),
+                        }))
+                    }
+                });
             }
             (_, Some((mut upstream, peer, _))) => {
                 // An error answer read whole is pooled again, unless retention forbids it.
@@ -452,6 +645,21 @@ pub async fn run(
         }
     }
 
+    if let Some(c) = &plan.continuation {
+        // Nothing completed the stream: the client's error event names the original break.
+        METRICS
+            .stream_recoveries
+            .with_label_values(&["failed"])
+            .inc();
+        log::warn!(
+            "request {}: no candidate completed the stream broken at {} ({})",
+            ctx.request_id,
+            c.origin,
+            c.reason
+        );
+        end_broken_stream(session, ctx, plan.endpoint.family(), &c.origin).await?;
+        return Ok(Attempted::Done);
+    }
     let e = attempts.final_error();
     let tried = attempts.failures().len().to_string();
     send_error(
@@ -461,7 +669,8 @@ pub async fn run(
         plan.endpoint.family(),
         vec![("x-twinroute-attempts", tried)],
     )
-    .await
+    .await?;
+    Ok(Attempted::Done)
 }
 
 /// Answer the client with twinroute's own error: recorded in the access line (unless a more
@@ -966,6 +1175,65 @@ struct Served<'a> {
     stream_idle: Duration,
     /// Tell health the committed answer broke (stall, cut) after all.
     broken: &'a (dyn Fn(FailoverReason) + Sync),
+    /// The provider a broken stream's error event names: this one, or for a continuation the
+    /// one whose stream broke first.
+    origin: &'a str,
+}
+
+/// Where the client-format bytes of an answer go.
+enum Stage {
+    /// Straight to the client.
+    Plain,
+    /// Through a tracker of what the client received (`stream_recovery: continue`), so a break
+    /// can be completed elsewhere.
+    Track(Box<StreamTrack>),
+    /// A continuation: rewritten to read as the rest of the stream the client has.
+    Splice(Box<Splice>),
+}
+
+/// How a relay ended.
+enum RelayEnd {
+    /// The answer (or its explicit error event) reached the client.
+    Done,
+    /// A tracked stream broke where a continuation can complete it; nothing of the break was
+    /// sent.
+    Broken {
+        reason: FailoverReason,
+        track: Box<StreamTrack>,
+    },
+}
+
+/// Send client-format bytes through the stage; `true` when they carried an error event (held
+/// back by a tracking or splicing stage: the stream broke).
+async fn emit(
+    session: &mut Session,
+    stage: &mut Stage,
+    bytes: Bytes,
+    buf: &mut Vec<u8>,
+) -> Result<bool> {
+    if bytes.is_empty() {
+        return Ok(false);
+    }
+    let error = match stage {
+        Stage::Plain => {
+            session.write_response_body(Some(bytes), false).await?;
+            return Ok(false);
+        }
+        Stage::Track(t) => {
+            buf.clear();
+            t.feed(&bytes, buf)
+        }
+        Stage::Splice(s) => {
+            buf.clear();
+            s.feed(&bytes, buf)
+        }
+    };
+    if !buf.is_empty() {
+        session
+            .write_response_body(Some(Bytes::copy_from_slice(buf)), false)
+            .await?;
+    }
+    Ok(error)
 }
 
 /// The upstream side of the chosen answer.
@@ -984,7 +1252,8 @@ async fn relay(
     up: Upstream,
     provider: &Provider,
     served: Served<'_>,
-) -> Result<()> {
+    mut stage: Stage,
+) -> Result<RelayEnd> {
     let (attempts, family) = (served.attempts, served.family);
     let Upstream {
         session: mut upstream,
@@ -1049,7 +1318,8 @@ async fn relay(
             peer,
             prefix,
         };
-        return relay_whole(shared, session, ctx, up, provider, &served, resp).await;
+        relay_whole(shared, session, ctx, up, provider, &served, resp).await?;
+        return Ok(RelayEnd::Done);
     }
     let mut frames = None;
     if is_eventstream {
@@ -1069,7 +1339,9 @@ async fn relay(
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
     }
-    session.write_response_header(Box::new(resp), false).await?;
+    if !matches!(stage, Stage::Splice(_)) {
+        session.write_response_header(Box::new(resp), false).await?;
+    }
 
     let mut usage = UsageScanner::default();
     let mut out = Vec::new();
@@ -1083,7 +1355,9 @@ async fn relay(
         // Pingora's own read timeout only as a backstop, so a stall is named as one.
         upstream.set_read_timeout(Some(idle + Duration::from_millis(500)));
     }
-    loop {
+    let mut staged = Vec::new();
+    // The stream's break, if it breaks: the reason and what the access line says.
+    let broke: Option<(FailoverReason, String)> = loop {
         let next = match (pending.take(), stall_after) {
             (Some(p), _) => Ok(Some(p)),
             (None, None) => upstream.read_response_body().await,
@@ -1091,23 +1365,10 @@ async fn relay(
                 match tokio::time::timeout(idle, upstream.read_response_body()).await {
                     Ok(r) => r,
                     Err(_) => {
-                        log::warn!(
-                            "provider {}: stream silent for {} ms after its first content \
-                             (stream_stall); request {}",
-                            provider.name,
-                            idle.as_millis(),
-                            ctx.request_id
-                        );
-                        (served.broken)(FailoverReason::StreamStall);
-                        ctx.error = Some(format!(
-                            "stream_stall: upstream silent for {} ms",
-                            idle.as_millis()
-                        ));
-                        session.set_keepalive(None);
-                        let event = stream_error_event(family, &provider.name);
-                        // The upstream connection is dropped with this function: never pooled.
-                        session.write_response_body(Some(event), true).await?;
-                        return Ok(());
+                        break Some((
+                            FailoverReason::StreamStall,
+                            format!("stream_stall: upstream silent for {} ms", idle.as_millis()),
+                        ))
                     }
                 }
             }
@@ -1124,92 +1385,125 @@ async fn relay(
                     Some(f) => {
                         sse.clear();
                         if let Err(e) = f.feed(&chunk, &mut sse) {
-                            log::warn!(
-                                "provider {}: {}; request {}",
-                                provider.name,
-                                e.0,
-                                ctx.request_id
-                            );
-                            ctx.error = Some(e.0);
-                            session.set_keepalive(None);
-                            let event = stream_error_event(family, &provider.name);
-                            session.write_response_body(Some(event), true).await?;
-                            return Ok(());
+                            break Some((FailoverReason::Truncated, e.0));
                         }
                         Bytes::copy_from_slice(&sse)
                     }
                 };
-                match translator.as_mut() {
-                    None if chunk.is_empty() => {}
-                    None => session.write_response_body(Some(chunk), false).await?,
+                let chunk = match translator.as_mut() {
+                    None => chunk,
                     Some(t) => {
                         out.clear();
                         t.feed(&chunk, &mut out);
-                        if !out.is_empty() {
-                            session
-                                .write_response_body(Some(Bytes::copy_from_slice(&out)), false)
-                                .await?;
-                        }
+                        Bytes::copy_from_slice(&out)
                     }
+                };
+                if emit(session, &mut stage, chunk, &mut staged).await? {
+                    break Some((
+                        FailoverReason::Status5xx,
+                        "upstream sent an error event mid-stream".into(),
+                    ));
                 }
             }
             Ok(None) => {
                 if frames.as_ref().is_some_and(|f| f.pending() > 0) {
                     // Ended mid-frame: what arrived whole was delivered; say the rest broke.
-                    ctx.error = Some("upstream event stream ended mid-frame".into());
-                    session.set_keepalive(None);
-                    let event = stream_error_event(family, &provider.name);
-                    session.write_response_body(Some(event), true).await?;
-                    return Ok(());
+                    break Some((
+                        FailoverReason::Truncated,
+                        "upstream event stream ended mid-frame".into(),
+                    ));
                 }
                 if let Some(t) = translator.as_mut() {
                     out.clear();
-                    if !t.finish(&mut out) {
-                        // Ended before saying how: an explicit error, never a stream that
-                        // looks finished.
-                        (served.broken)(FailoverReason::Truncated);
-                        ctx.error = Some("upstream stream ended without its end event".into());
-                        out.extend_from_slice(&stream_error_event(family, &provider.name));
-                    }
-                    if !out.is_empty() {
-                        session
-                            .write_response_body(Some(Bytes::copy_from_slice(&out)), false)
-                            .await?;
+                    let finished = t.finish(&mut out);
+                    if finished {
+                        let tail = Bytes::copy_from_slice(&out);
+                        if emit(session, &mut stage, tail, &mut staged).await? {
+                            break Some((
+                                FailoverReason::Status5xx,
+                                "upstream sent an error event mid-stream".into(),
+                            ));
+                        }
+                    } else {
+                        // Ended before saying how: an explicit error (or a continuation),
+                        // never a stream that looks finished.
+                        break Some((
+                            FailoverReason::Truncated,
+                            "upstream stream ended without its end event".into(),
+                        ));
                     }
                 }
-                break;
+                break None;
             }
             Err(e) => {
-                log::warn!(
-                    "provider {} broke the response mid-body ({}); request {}",
-                    provider.name,
-                    e.etype().as_str(),
-                    ctx.request_id
-                );
-                ctx.error = Some(format!(
-                    "upstream broke mid-response: {}",
-                    e.etype().as_str()
-                ));
-                (served.broken)(FailoverReason::Truncated);
-                session.set_keepalive(None);
-                if is_sse {
-                    // Never a silent truncation that looks like a finished answer: end the
-                    // stream with an error event the SDKs surface as an exception.
-                    let event = stream_error_event(family, &provider.name);
-                    session.write_response_body(Some(event), true).await?;
-                    return Ok(());
+                let why = format!("upstream broke mid-response: {}", e.etype().as_str());
+                if !is_sse {
+                    log::warn!(
+                        "provider {} broke the response mid-body ({}); request {}",
+                        provider.name,
+                        e.etype().as_str(),
+                        ctx.request_id
+                    );
+                    (served.broken)(FailoverReason::Truncated);
+                    ctx.error = Some(why);
+                    session.set_keepalive(None);
+                    // Close without the terminating chunk: the client sees an incomplete body.
+                    return Err(e);
                 }
-                // Close without the terminating chunk: the client sees an incomplete body.
-                return Err(e);
+                break Some((FailoverReason::Truncated, why));
             }
         }
+    };
+    if let Some((reason, why)) = broke {
+        log::warn!(
+            "provider {}: stream broke after its first content ({why}); request {}",
+            provider.name,
+            ctx.request_id
+        );
+        (served.broken)(reason);
+        ctx.error = Some(why);
+        match stage {
+            Stage::Track(track) if track.continuable() => {
+                // Nothing of the break was sent: the caller completes the stream elsewhere.
+                return Ok(RelayEnd::Broken { reason, track });
+            }
+            Stage::Track(_) => {
+                METRICS
+                    .stream_recoveries
+                    .with_label_values(&["not_continuable"])
+                    .inc();
+            }
+            Stage::Plain | Stage::Splice(_) => {}
+        }
+        // Never a silent truncation that looks like a finished answer: end the stream with an
+        // error event the SDKs surface as an exception. The upstream connection is dropped
+        // with this function, never pooled.
+        session.set_keepalive(None);
+        let event = stream_error_event(family, served.origin);
+        session.write_response_body(Some(event), true).await?;
+        return Ok(RelayEnd::Done);
+    }
+    if let Stage::Splice(_) = stage {
+        // Said in the stream itself (a comment every SSE parser skips) and in the access line.
+        METRICS
+            .stream_recoveries
+            .with_label_values(&["completed"])
+            .inc();
+        ctx.stream_recovery = Some(format!("completed:{}", provider.name));
+        let note = format!(
+            ": twinroute completed this stream from {} after {} broke it\n\n",
+            provider.name, served.origin
+        );
+        session
+            .write_response_body(Some(Bytes::from(note)), false)
+            .await?;
     }
     session.write_response_body(None, true).await?;
     record_usage(ctx, &usage, &served, &provider.name);
     if ctx.zero_retention {
         // Zero retention: neither connection outlives the request with its bytes in a buffer.
         // The upstream one is dropped rather than pooled; the client's closes (set above).
-        return Ok(());
+        return Ok(RelayEnd::Done);
     }
     if upstream.response_done() {
         shared
@@ -1217,7 +1511,7 @@ async fn relay(
             .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
             .await;
     }
-    Ok(())
+    Ok(RelayEnd::Done)
 }
 
 /// Largest answer read whole to translate it (a non-streaming completion is a few KB to a few

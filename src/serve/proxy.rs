@@ -449,6 +449,7 @@ impl Proxy {
             zero_retention: route.is_some_and(|r| r.zero_retention),
             json,
             include_usage,
+            continuation: None,
         };
         let result = forward::run(&self.shared, &rt, session, ctx, &plan, &body).await;
         if ctx.zero_retention {

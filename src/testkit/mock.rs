@@ -48,6 +48,9 @@ pub enum Behavior {
     Sse(Vec<String>),
     /// Bedrock only: stream this many chunk events, then an `exception` frame of this kind.
     BedrockException { after: usize, kind: String },
+    /// Stream this whole answer text in word pieces; a request that ends with an assistant turn
+    /// (a prefill) gets only what follows the prefill, as a real model continues it.
+    Complete { text: String },
     /// Answer 200 with a scripted body: each part sent after its delay; then the body ends, or
     /// with `cut` the connection is cut instead. `content_length` announces a length (a cut
     /// before it is a truncated body).
@@ -570,6 +573,17 @@ impl MockProvider {
                 cut,
                 content_length,
             } => Ok(scripted(&name, &content_type, parts, cut, content_length)),
+            Behavior::Complete { text } => {
+                let rest = match prefill_of(&parsed) {
+                    Some(p) => text.strip_prefix(p.as_str()).unwrap_or(&text).to_string(),
+                    None => text,
+                };
+                let events = text_stream(&name, &model, anthropic, &rest);
+                Ok(paced(
+                    events.into_iter().map(Bytes::from).collect(),
+                    "text/event-stream",
+                ))
+            }
             Behavior::Hang => {
                 std::future::pending::<()>().await;
                 Err(std::io::Error::other("unreachable"))
@@ -1185,6 +1199,72 @@ fn check_jwt(jwt: &str, g: &GoogleMock, aud: &str) -> Result<(), String> {
 }
 
 /// A 200 streaming `chunks` 5 ms apart (a scripted SSE or event stream).
+/// The text of a request's final assistant turn (its prefill), when it ends with one.
+fn prefill_of(body: &Value) -> Option<String> {
+    let last = body["messages"].as_array()?.last()?;
+    if last["role"] != "assistant" {
+        return None;
+    }
+    match &last["content"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(blocks) => Some(
+            blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<String>(),
+        ),
+        _ => None,
+    }
+}
+
+/// A complete stream carrying `text` in word pieces, in the request's format.
+fn text_stream(name: &str, model: &str, anthropic: bool, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let id = format!("{name}-stream");
+    if anthropic {
+        out.push(format!(
+            "event: message_start\ndata: {}\n\n",
+            json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": 12, "output_tokens": 0}}})
+        ));
+        out.push(format!(
+            "event: content_block_start\ndata: {}\n\n",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        ));
+        for piece in text.split_inclusive(' ') {
+            out.push(format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
+            ));
+        }
+        out.push(format!(
+            "event: content_block_stop\ndata: {}\n\n",
+            json!({"type": "content_block_stop", "index": 0})
+        ));
+        out.push(format!(
+            "event: message_delta\ndata: {}\n\n",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 9}})
+        ));
+        out.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string());
+    } else {
+        let chunk = |delta: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": id, "object": "chat.completion.chunk", "created": 2, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            )
+        };
+        out.push(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
+        for piece in text.split_inclusive(' ') {
+            out.push(chunk(json!({"content": piece}), Value::Null));
+        }
+        out.push(chunk(json!({}), json!("stop")));
+        out.push("data: [DONE]\n\n".to_string());
+    }
+    out
+}
+
 /// A 200 whose body parts come each after its delay, then end or are cut.
 fn scripted(
     name: &str,
@@ -1202,6 +1282,8 @@ fn scripted(
             }
         }
         if cut {
+            // Let the last part leave the socket before the cut (an abort drops what is queued).
+            tokio::time::sleep(Duration::from_millis(20)).await;
             let _ = tx.send(Err(std::io::Error::other("mock cut"))).await;
         }
     });
@@ -1381,6 +1463,19 @@ pub fn validate(path: &str, body: &Value) -> Result<(), String> {
         {
             if t.get("type").is_none() && !t["input_schema"].is_object() {
                 return Err(format!("tools.{i}.custom.input_schema: Field required"));
+            }
+        }
+        // A final assistant turn is a prefill: refused by Claude 4.6 and later, and never
+        // allowed to end with whitespace (both as the Messages API answers).
+        if let Some(prefill) = prefill_of(body) {
+            let model = obj.get("model").and_then(Value::as_str).unwrap_or_default();
+            if !crate::wire::anthropic::accepts_prefill(model) {
+                return Err("This model does not support assistant message prefill. The conversation must end with a user message.".into());
+            }
+            if prefill.ends_with(char::is_whitespace) {
+                return Err(
+                    "messages: final assistant content cannot end with trailing whitespace".into(),
+                );
             }
         }
         return Ok(());

@@ -8,7 +8,7 @@
 //! Messages events (Anthropic, Vertex rawPredict, Bedrock once its frames are decoded).
 
 use crate::model::endpoint::Family;
-use crate::wire::translate::stream::SseEvent;
+use crate::wire::translate::stream::{SseEvent, SseParser};
 use serde_json::Value;
 
 /// What an upstream event is, for the commit point and stream recovery.
@@ -141,6 +141,285 @@ fn classify_anthropic(kind: &str, v: &Value) -> EventKind {
     }
 }
 
+/// One event written back out as SSE (`event:` line when named, one `data:` line per line).
+pub fn render(ev: &SseEvent, out: &mut Vec<u8>) {
+    if let Some(name) = &ev.event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    for line in ev.data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// What a client has received of a stream, kept (only under `stream_recovery: continue`) so a
+/// break can be completed elsewhere: the visible text, whether anything but text was sent, the
+/// stream's identity fields, and (Anthropic clients) the content blocks opened.
+#[derive(Debug)]
+pub struct StreamTrack {
+    family: Family,
+    parser: SseParser,
+    events: Vec<SseEvent>,
+    /// The text the client has received, in order.
+    pub text: String,
+    /// A tool call or thinking was sent: a prefill cannot carry it, so no continuation.
+    pub non_text: bool,
+    /// The stream said it ended (nothing to continue).
+    pub ended: bool,
+    /// OpenAI: the first chunk's `id`, `created`, `model`; Anthropic: the message's `id`,
+    /// `model`. The continuation's events are rewritten to carry them.
+    ident: serde_json::Map<String, Value>,
+    /// Anthropic: the content block open now (started, not stopped).
+    open_block: Option<u64>,
+    /// Anthropic: how many content blocks were started.
+    blocks: u64,
+}
+
+impl StreamTrack {
+    pub fn new(family: Family) -> StreamTrack {
+        StreamTrack {
+            family,
+            parser: SseParser::default(),
+            events: Vec::new(),
+            text: String::new(),
+            non_text: false,
+            ended: false,
+            ident: serde_json::Map::new(),
+            open_block: None,
+            blocks: 0,
+        }
+    }
+
+    /// Feed the client-format bytes about to be sent; the complete events among them are
+    /// rendered into `out` for sending, except an error event: `true` means the stream carried
+    /// one (a break, not sent, so it can still be completed).
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+        self.events.clear();
+        self.parser.feed(bytes, &mut self.events);
+        let mut error = false;
+        for ev in std::mem::take(&mut self.events) {
+            if error {
+                continue;
+            }
+            match classify(self.family, &ev) {
+                EventKind::Error => {
+                    error = true;
+                    continue;
+                }
+                EventKind::Content { text, inside } => {
+                    self.text.push_str(&text);
+                    self.non_text |= inside != Block::Text;
+                }
+                EventKind::End => self.ended = true,
+                EventKind::Preamble | EventKind::Malformed => {}
+            }
+            self.note(&ev);
+            render(&ev, out);
+        }
+        error
+    }
+
+    /// Identity fields and block bookkeeping of one event.
+    fn note(&mut self, ev: &SseEvent) {
+        let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+            return;
+        };
+        match self.family {
+            Family::OpenAi => {
+                if self.ident.is_empty() {
+                    for k in ["id", "created", "model"] {
+                        if let Some(x) = v.get(k) {
+                            self.ident.insert(k.to_string(), x.clone());
+                        }
+                    }
+                }
+            }
+            Family::Anthropic => match v.get("type").and_then(Value::as_str) {
+                Some("message_start") => {
+                    if let Some(m) = v.get("message") {
+                        for k in ["id", "model"] {
+                            if let Some(x) = m.get(k) {
+                                self.ident.insert(k.to_string(), x.clone());
+                            }
+                        }
+                    }
+                }
+                Some("content_block_start") => {
+                    let kind = v
+                        .pointer("/content_block/type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    self.non_text |= kind != "text";
+                    self.open_block = v.get("index").and_then(Value::as_u64);
+                    self.blocks += 1;
+                }
+                Some("content_block_stop") => self.open_block = None,
+                _ => {}
+            },
+        }
+    }
+
+    /// Whether a break now can be completed by prefill: text only, not ended.
+    pub fn continuable(&self) -> bool {
+        !self.non_text && !self.ended
+    }
+
+    /// The assistant prefill for the continuation: the text sent, without trailing whitespace
+    /// (Anthropic refuses a final assistant turn that ends with it); the cut whitespace is
+    /// what the continuation will likely start with, and is not sent twice.
+    pub fn prefill(&self) -> (&str, &str) {
+        let trimmed = self.text.trim_end();
+        (trimmed, &self.text[trimmed.len()..])
+    }
+
+    /// A splicer for a continuation's client-format events into this stream.
+    pub fn splice(&self) -> Splice {
+        let (_, cut) = self.prefill();
+        Splice {
+            family: self.family,
+            parser: SseParser::default(),
+            events: Vec::new(),
+            ident: self.ident.clone(),
+            // The continuation's first text block carries on the open one, or starts after the
+            // blocks already sent.
+            first_index: self.open_block.unwrap_or(self.blocks),
+            merge_first: self.open_block.is_some(),
+            skip_ws: cut.to_string(),
+            started: false,
+        }
+    }
+}
+
+/// Rewrites a continuation's client-format events so they read as the rest of the stream the
+/// client already has: no second role chunk or `message_start`, the first part's `id`,
+/// `created` and `model`, block indices after the ones sent, and the whitespace the prefill
+/// cut not sent twice.
+#[derive(Debug)]
+pub struct Splice {
+    family: Family,
+    parser: SseParser,
+    events: Vec<SseEvent>,
+    ident: serde_json::Map<String, Value>,
+    first_index: u64,
+    merge_first: bool,
+    skip_ws: String,
+    started: bool,
+}
+
+impl Splice {
+    /// Feed continuation bytes (client format); what the client gets is appended to `out`.
+    /// `true` when the continuation carried an error event (not sent).
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
+        self.events.clear();
+        self.parser.feed(bytes, &mut self.events);
+        for mut ev in std::mem::take(&mut self.events) {
+            let kind = classify(self.family, &ev);
+            match kind {
+                EventKind::Error => return true,
+                EventKind::Malformed => continue,
+                EventKind::Content { .. } => {}
+                EventKind::Preamble | EventKind::End => {}
+            }
+            if self.family == Family::OpenAi && ev.data.trim() == "[DONE]" {
+                render(&ev, out);
+                continue;
+            }
+            let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) else {
+                continue;
+            };
+            let keep = match self.family {
+                Family::OpenAi => self.openai(&kind, &mut v),
+                Family::Anthropic => self.anthropic(&mut v),
+            };
+            if keep {
+                ev.data = v.to_string();
+                render(&ev, out);
+            }
+        }
+        false
+    }
+
+    /// Drop the text the prefill cut from the start of the continuation's first text.
+    fn strip_ws(&mut self, text: &mut Value) {
+        if self.skip_ws.is_empty() {
+            return;
+        }
+        if let Some(t) = text.as_str() {
+            let stripped = t
+                .strip_prefix(self.skip_ws.as_str())
+                .unwrap_or(t)
+                .to_string();
+            *text = Value::String(stripped);
+        }
+        self.skip_ws.clear();
+    }
+
+    fn openai(&mut self, kind: &EventKind, v: &mut Value) -> bool {
+        if !self.started
+            && *kind == EventKind::Preamble
+            && v["choices"].as_array().is_some_and(|c| !c.is_empty())
+        {
+            // The continuation's role chunk: the client has one already.
+            return false;
+        }
+        if let EventKind::Content {
+            inside: Block::Text,
+            ..
+        } = kind
+        {
+            if !self.started {
+                if let Some(c) = v.pointer_mut("/choices/0/delta/content") {
+                    self.strip_ws(c);
+                }
+            }
+            self.started = true;
+        }
+        if let Some(obj) = v.as_object_mut() {
+            for (k, x) in &self.ident {
+                if obj.contains_key(k) {
+                    obj.insert(k.clone(), x.clone());
+                }
+            }
+        }
+        true
+    }
+
+    fn anthropic(&mut self, v: &mut Value) -> bool {
+        match v.get("type").and_then(Value::as_str) {
+            Some("message_start") | Some("ping") => return false,
+            Some("content_block_start") => {
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let is_text =
+                    v.pointer("/content_block/type").and_then(Value::as_str) == Some("text");
+                if index == 0 && self.merge_first && is_text {
+                    return false;
+                }
+                v["index"] = Value::from(self.first_index + index);
+            }
+            Some("content_block_delta") => {
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                v["index"] = Value::from(self.first_index + index);
+                if !self.started {
+                    if let Some(t) = v.pointer_mut("/delta/text") {
+                        self.strip_ws(t);
+                    }
+                }
+                self.started = true;
+            }
+            Some("content_block_stop") => {
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                v["index"] = Value::from(self.first_index + index);
+            }
+            _ => {}
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +544,101 @@ mod tests {
             text("x")
         );
         assert_eq!(c("content_block_delta", "data"), EventKind::Malformed);
+    }
+
+    fn chunk(id: &str, delta: serde_json::Value, finish: Option<&str>) -> String {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": 7, "model": "m-a",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    }
+
+    #[test]
+    fn openai_continuation_reads_as_one_stream() {
+        let mut track = StreamTrack::new(Family::OpenAi);
+        let mut sent = Vec::new();
+        let first = [
+            chunk(
+                "c1",
+                serde_json::json!({"role": "assistant", "content": ""}),
+                None,
+            ),
+            chunk("c1", serde_json::json!({"content": "Hello "}), None),
+            chunk("c1", serde_json::json!({"content": "wor"}), None),
+        ]
+        .concat();
+        // Split mid-event: nothing is lost or duplicated.
+        assert!(!track.feed(&first.as_bytes()[..50], &mut sent));
+        assert!(!track.feed(&first.as_bytes()[50..], &mut sent));
+        assert_eq!(track.text, "Hello wor");
+        assert!(track.continuable());
+        assert_eq!(track.prefill(), ("Hello wor", ""));
+        // An error event is held back and reported.
+        let before = sent.len();
+        assert!(track.feed(b"data: {\"error\":{\"message\":\"boom\"}}\n\n", &mut sent));
+        assert_eq!(sent.len(), before);
+
+        let mut splice = track.splice();
+        let mut out = Vec::new();
+        let cont = [
+            chunk(
+                "c2",
+                serde_json::json!({"role": "assistant", "content": ""}),
+                None,
+            ),
+            chunk("c2", serde_json::json!({"content": "ld!"}), None),
+            chunk("c2", serde_json::json!({}), Some("stop")),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        assert!(!splice.feed(cont.as_bytes(), &mut out));
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("c2") && !text.contains("\"role\""), "{text}");
+        assert!(text.contains(r#""content":"ld!""#) && text.contains(r#""id":"c1""#));
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn anthropic_continuation_carries_on_the_open_block() {
+        let ev = |name: &str, v: serde_json::Value| format!("event: {name}\ndata: {v}\n\n");
+        let mut track = StreamTrack::new(Family::Anthropic);
+        let mut sent = Vec::new();
+        let first = [
+            ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "model": "m-a"}})),
+            ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "one two "}})),
+        ]
+        .concat();
+        track.feed(first.as_bytes(), &mut sent);
+        assert_eq!(track.prefill(), ("one two", " "));
+        let mut splice = track.splice();
+        let cont = [
+            ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_2", "model": "m-b"}})),
+            ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " three"}})),
+            ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
+            ev("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}})),
+            ev("message_stop", serde_json::json!({"type": "message_stop"})),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        splice.feed(cont.as_bytes(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains("msg_2") && !text.contains("content_block_start"),
+            "{text}"
+        );
+        // The cut space is not sent twice: "one two " + "three".
+        assert!(text.contains(r#""text":"three""#), "{text}");
+        assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+
+        // A tool call sent: never continued.
+        let mut track = StreamTrack::new(Family::Anthropic);
+        track.feed(
+            ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}})).as_bytes(),
+            &mut Vec::new(),
+        );
+        assert!(!track.continuable());
     }
 }
