@@ -429,7 +429,9 @@ async fn an_openai_stream_that_stalls_is_completed_by_claude_through_translation
         .all(|e| e["id"] == "chatcmpl-p" && e["model"] == "p-m"));
     // [DONE] once, at the end; only the SSE comment saying who completed it follows.
     assert!(
-        body.ends_with("data: [DONE]\n\n: twinroute completed this stream from q after p broke it\n\n"),
+        body.ends_with(
+            "data: [DONE]\n\n: twinroute completed this stream from q after p broke it\n\n"
+        ),
         "{body}"
     );
     assert_eq!(body.matches("data: [DONE]").count(), 1);
@@ -530,4 +532,49 @@ async fn a_break_inside_a_tool_call_is_never_continued() {
         .metrics()
         .await
         .contains("twinroute_stream_recoveries_total{outcome=\"not_continuable\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_event_is_dropped_and_a_missing_done_is_supplied() {
+    let (p, _q, t) = pair("openai", "", "").await;
+    p.set_behavior(Behavior::sse_script(
+        vec![
+            (MS(0), role("chatcmpl-p")),
+            (MS(5), token("chatcmpl-p", 0)),
+            (
+                MS(5),
+                "data: {\"choices\": [{\"delta\": {\"content\": \"oops\"\n\n".into(),
+            ),
+            (MS(5), token("chatcmpl-p", 1)),
+            (MS(5), chunk("chatcmpl-p", json!({}), Some("stop"))),
+            // Closed cleanly without data: [DONE].
+        ],
+        false,
+    ));
+    let r = chat_stream(&t).await;
+    assert_eq!(r.header("x-twinroute-provider"), Some("p"));
+    let body = r.text();
+    assert!(!body.contains("oops"), "{body}");
+    let (text, _) = client_text(&body);
+    assert_eq!(text, "t0 t1 ");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    t.wait_for_log("dropped a stream event whose data is not JSON")
+        .await;
+    assert!(t
+        .metrics()
+        .await
+        .contains("twinroute_stream_events_dropped_total{provider=\"p\"} 1"));
+
+    // Closed cleanly before any finish: a truncation, said with the error event.
+    p.set_behavior(Behavior::sse_script(
+        vec![(MS(0), role("chatcmpl-p")), (MS(5), token("chatcmpl-p", 0))],
+        false,
+    ));
+    let r = chat_stream(&t).await;
+    assert!(
+        r.text()
+            .contains("upstream provider p ended the stream unexpectedly"),
+        "{}",
+        r.text()
+    );
 }

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     pub offering_breaker_state: IntGaugeVec,
     pub stream_recoveries: IntCounterVec,
+    pub malformed_events: IntCounterVec,
     pub offering_healthy: IntGaugeVec,
     pub probe_latency: GaugeVec,
     pub tokens: IntCounterVec,
@@ -108,6 +109,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["outcome"],
     )?;
+    let malformed_events = IntCounterVec::new(
+        Opts::new(
+            "twinroute_stream_events_dropped_total",
+            "Upstream stream events dropped because their data was not JSON",
+        ),
+        &["provider"],
+    )?;
     let offering_healthy = IntGaugeVec::new(
         Opts::new(
             "twinroute_offering_healthy",
@@ -166,6 +174,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(offering_breaker_state.clone()))?;
     registry.register(Box::new(offering_healthy.clone()))?;
     registry.register(Box::new(stream_recoveries.clone()))?;
+    registry.register(Box::new(malformed_events.clone()))?;
     registry.register(Box::new(probe_latency.clone()))?;
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
@@ -184,6 +193,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         offering_breaker_state,
         offering_healthy,
         stream_recoveries,
+        malformed_events,
         probe_latency,
         tokens,
         cost_usd,

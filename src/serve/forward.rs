@@ -34,7 +34,7 @@ use crate::wire::body::{RequestBody, SplicedBody};
 use crate::wire::error_body::{account_problem, body_decides, classify_error_body};
 use crate::wire::request as provider;
 use crate::wire::sse::stream_error_event;
-use crate::wire::stream_event::{Splice, StreamTrack};
+use crate::wire::stream_event::{EventGuard, Splice, StreamEnd, StreamTrack};
 use crate::wire::translate::{self, Direction};
 use crate::wire::usage::UsageScanner;
 use bytes::{Bytes, BytesMut};
@@ -1356,6 +1356,9 @@ async fn relay(
         upstream.set_read_timeout(Some(idle + Duration::from_millis(500)));
     }
     let mut staged = Vec::new();
+    // Every upstream stream event is checked before it goes on: malformed ones are dropped.
+    let mut guard = is_sse.then(|| EventGuard::new(answer_family(provider.api)));
+    let mut slices: Vec<Bytes> = Vec::new();
     // The stream's break, if it breaks: the reason and what the access line says.
     let broke: Option<(FailoverReason, String)> = loop {
         let next = match (pending.take(), stall_after) {
@@ -1390,6 +1393,22 @@ async fn relay(
                         Bytes::copy_from_slice(&sse)
                     }
                 };
+                let chunk = match guard.as_mut() {
+                    None => chunk,
+                    Some(g) => {
+                        let dropped = g.dropped;
+                        slices.clear();
+                        g.feed(chunk, &mut slices);
+                        if g.dropped > dropped {
+                            note_malformed(ctx, provider, g.dropped - dropped, dropped == 0);
+                        }
+                        match slices.len() {
+                            0 => Bytes::new(),
+                            1 => slices.swap_remove(0),
+                            _ => Bytes::from(slices.concat()),
+                        }
+                    }
+                };
                 let chunk = match translator.as_mut() {
                     None => chunk,
                     Some(t) => {
@@ -1412,6 +1431,35 @@ async fn relay(
                         FailoverReason::Truncated,
                         "upstream event stream ended mid-frame".into(),
                     ));
+                }
+                let tail = match guard.as_ref().map(|g| g.end()) {
+                    None | Some(StreamEnd::Complete) => None,
+                    // Said it finished, left out the terminator: finish it for the client now.
+                    Some(StreamEnd::Terminate(t)) => Some(Bytes::from_static(t)),
+                    Some(StreamEnd::Truncated) if translator.is_none() => {
+                        break Some((
+                            FailoverReason::Truncated,
+                            "upstream stream ended without its end event".into(),
+                        ));
+                    }
+                    // The translator knows (and says below).
+                    Some(StreamEnd::Truncated) => None,
+                };
+                if let Some(tail) = tail {
+                    let tail = match translator.as_mut() {
+                        None => tail,
+                        Some(t) => {
+                            out.clear();
+                            t.feed(&tail, &mut out);
+                            Bytes::copy_from_slice(&out)
+                        }
+                    };
+                    if emit(session, &mut stage, tail, &mut staged).await? {
+                        break Some((
+                            FailoverReason::Status5xx,
+                            "upstream sent an error event mid-stream".into(),
+                        ));
+                    }
                 }
                 if let Some(t) = translator.as_mut() {
                     out.clear();
@@ -1512,6 +1560,21 @@ async fn relay(
             .await;
     }
     Ok(RelayEnd::Done)
+}
+
+/// Malformed upstream events were dropped: counted always, logged once per stream.
+fn note_malformed(ctx: &RequestLog, provider: &Provider, n: u64, first: bool) {
+    METRICS
+        .malformed_events
+        .with_label_values(&[&provider.name])
+        .inc_by(n);
+    if first {
+        log::warn!(
+            "provider {}: dropped a stream event whose data is not JSON; request {}",
+            provider.name,
+            ctx.request_id
+        );
+    }
 }
 
 /// Largest answer read whole to translate it (a non-streaming completion is a few KB to a few

@@ -141,6 +141,174 @@ fn classify_anthropic(kind: &str, v: &Value) -> EventKind {
     }
 }
 
+/// Checks an upstream stream event by event before anything of it is forwarded: an event
+/// whose data is not JSON (nor `[DONE]`) is dropped, never sent to a client SDK that would
+/// choke on it; and it notes how the stream ended, so a stream that closes cleanly without its
+/// terminator is finished with the client's own, and one that closes mid-answer is not taken
+/// for finished. Valid events go on as slices of the bytes read (consecutive ones as one
+/// slice): no copy unless an event spans two reads.
+#[derive(Debug)]
+pub struct EventGuard {
+    family: Family,
+    partial: bytes::BytesMut,
+    /// OpenAI `[DONE]` or Anthropic `message_stop` seen, or an error event (the provider's
+    /// own end of a broken stream, already on its way to the client).
+    done: bool,
+    /// OpenAI: a finish reason seen; Anthropic: `message_delta` (the stop reason) seen.
+    stopped: bool,
+    /// Events dropped as malformed so far.
+    pub dropped: u64,
+}
+
+/// How an upstream stream that closed cleanly stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// It sent its terminator.
+    Complete,
+    /// It said it finished but left out the terminator: send the client these bytes.
+    Terminate(&'static [u8]),
+    /// It closed before saying it finished: a truncation.
+    Truncated,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkLite {
+    #[serde(default)]
+    choices: Vec<ChoiceLite>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceLite {
+    #[serde(default)]
+    finish_reason: Option<serde::de::IgnoredAny>,
+}
+
+impl EventGuard {
+    pub fn new(family: Family) -> EventGuard {
+        EventGuard {
+            family,
+            partial: bytes::BytesMut::new(),
+            done: false,
+            stopped: false,
+            dropped: 0,
+        }
+    }
+
+    /// Feed one read; the valid complete events are pushed to `out` as slices.
+    pub fn feed(&mut self, chunk: bytes::Bytes, out: &mut Vec<bytes::Bytes>) {
+        let buf = if self.partial.is_empty() {
+            chunk
+        } else {
+            self.partial.extend_from_slice(&chunk);
+            self.partial.split().freeze()
+        };
+        let mut pos = 0;
+        let mut run_start = 0;
+        while let Some((end, sep)) = event_end_at(&buf, pos) {
+            let next = end + sep;
+            if !self.check(&buf[pos..end]) {
+                if run_start < pos {
+                    out.push(buf.slice(run_start..pos));
+                }
+                run_start = next;
+            }
+            pos = next;
+        }
+        if run_start < pos {
+            out.push(buf.slice(run_start..pos));
+        }
+        if pos < buf.len() {
+            self.partial.extend_from_slice(&buf[pos..]);
+        }
+    }
+
+    /// Whether one raw event (without its blank line) may be forwarded; notes end markers.
+    fn check(&mut self, raw: &[u8]) -> bool {
+        let mut name: &[u8] = b"";
+        let mut data: Option<std::borrow::Cow<'_, [u8]>> = None;
+        for line in raw.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(v) = line.strip_prefix(b"event:") {
+                name = v.strip_prefix(b" ").unwrap_or(v);
+            } else if let Some(v) = line.strip_prefix(b"data:") {
+                let v = v.strip_prefix(b" ").unwrap_or(v);
+                data = Some(match data {
+                    None => std::borrow::Cow::Borrowed(v),
+                    Some(prev) => {
+                        let mut joined = prev.into_owned();
+                        joined.push(b'\n');
+                        joined.extend_from_slice(v);
+                        std::borrow::Cow::Owned(joined)
+                    }
+                });
+            }
+        }
+        // Comments and keep-alives carry no data: harmless to every parser.
+        let Some(data) = data else {
+            return true;
+        };
+        if self.family == Family::OpenAi {
+            if data.as_ref() == b"[DONE]" {
+                self.done = true;
+                return true;
+            }
+            match serde_json::from_slice::<ChunkLite>(&data) {
+                Ok(c) => {
+                    self.stopped |= c.choices.iter().any(|c| c.finish_reason.is_some());
+                    self.done |= c.error.is_some();
+                    true
+                }
+                // Valid JSON of another shape (an error object) is still JSON.
+                Err(e) if !e.is_syntax() && !e.is_eof() => true,
+                Err(_) => {
+                    self.dropped += 1;
+                    false
+                }
+            }
+        } else {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_err() {
+                self.dropped += 1;
+                return false;
+            }
+            match name {
+                b"message_stop" | b"error" => self.done = true,
+                b"message_delta" => self.stopped = true,
+                _ => {}
+            }
+            true
+        }
+    }
+
+    /// How the stream stands now that it closed cleanly.
+    pub fn end(&self) -> StreamEnd {
+        match (self.done, self.stopped, self.family) {
+            (true, _, _) => StreamEnd::Complete,
+            (false, true, Family::OpenAi) => StreamEnd::Terminate(b"data: [DONE]\n\n"),
+            (false, true, Family::Anthropic) => {
+                StreamEnd::Terminate(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+            }
+            (false, false, _) => StreamEnd::Truncated,
+        }
+    }
+}
+
+/// Where the event starting at `from` ends (a blank line), and the separator's length.
+fn event_end_at(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some((i, 2)),
+            b'\r' if buf[i..].starts_with(b"\r\n\r\n") => return Some((i, 4)),
+            b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some((i, 2)),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// One event written back out as SSE (`event:` line when named, one `data:` line per line).
 pub fn render(ev: &SseEvent, out: &mut Vec<u8>) {
     if let Some(name) = &ev.event {
@@ -640,5 +808,64 @@ mod tests {
             &mut Vec::new(),
         );
         assert!(!track.continuable());
+    }
+
+    fn guarded(family: Family, reads: &[&str]) -> (String, EventGuard) {
+        let mut g = EventGuard::new(family);
+        let mut out = Vec::new();
+        for r in reads {
+            g.feed(bytes::Bytes::from(r.to_string()), &mut out);
+        }
+        let text = out
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        (text, g)
+    }
+
+    #[test]
+    fn the_guard_drops_malformed_events_and_knows_how_a_stream_ended() {
+        let a = chunk("c", serde_json::json!({"content": "a"}), None);
+        let stop = chunk("c", serde_json::json!({}), Some("stop"));
+        // A malformed event between two good ones, split across reads.
+        let whole = format!("{a}data: {{not json\n\n: keep-alive\n\n{stop}");
+        let (text, g) = guarded(
+            Family::OpenAi,
+            &[&whole[..30], &whole[30..70], &whole[70..]],
+        );
+        assert_eq!(text, format!("{a}: keep-alive\n\n{stop}"));
+        assert_eq!(g.dropped, 1);
+        assert_eq!(g.end(), StreamEnd::Terminate(b"data: [DONE]\n\n"));
+        let (_, g) = guarded(Family::OpenAi, &[&a]);
+        assert_eq!(g.end(), StreamEnd::Truncated);
+        let (text, g) = guarded(Family::OpenAi, &[&format!("{a}{stop}data: [DONE]\n\n")]);
+        assert_eq!(g.end(), StreamEnd::Complete);
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        // An error object is JSON: forwarded.
+        let (text, g) = guarded(
+            Family::OpenAi,
+            &["data: {\"error\":{\"message\":\"x\"}}\n\n"],
+        );
+        assert_eq!((g.dropped, text.is_empty()), (0, false));
+
+        let ev = |n: &str, d: &str| format!("event: {n}\ndata: {d}\n\n");
+        let (text, g) = guarded(
+            Family::Anthropic,
+            &[&format!(
+                "{}{}{}",
+                ev(
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"x"}}"#
+                ),
+                ev("content_block_delta", "{broken"),
+                ev(
+                    "message_delta",
+                    r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#
+                )
+            )],
+        );
+        assert!(!text.contains("broken") && text.contains("message_delta"));
+        assert_eq!(g.dropped, 1);
+        assert!(matches!(g.end(), StreamEnd::Terminate(_)));
     }
 }
