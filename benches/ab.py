@@ -9,6 +9,14 @@ request plus the new/old ratios of the medians. How a change's cost was measured
 previous commit into another target dir, e.g.
     git worktree add /tmp/old HEAD~1 && (cd /tmp/old && cargo build --release --bin twinroute)
 
+Streams: AB_STREAM=1 sends `"stream": true` (the mock answers AB_CHUNKS chunks, default 40,
+AB_INTERVAL_MS apart, default 10) with AB_CONNS concurrent connections (default 32), and prints
+chunks/s beside req/s (one request = one stream). AB_NEW_POLICY / AB_OLD_POLICY add policy keys to
+that side's config, e.g. the streams issue's check (commit point, stall watch and stream recovery
+on, at 1,000 concurrent streams):
+    AB_STREAM=1 AB_CONNS=1000 AB_NEW_POLICY="stream_recovery: continue" \
+        python3 benches/ab.py OLD NEW 1024 4
+
 AB_OLD_PATH / AB_NEW_PATH (default /v1/chat/completions) send each side's load to another client
 route; /v1/messages sends an Anthropic Messages body. With the same binary twice and
 AB_NEW_PATH=/v1/messages, "new" is the translated path (Anthropic client, OpenAI-format mock)
@@ -31,13 +39,17 @@ size=int(sys.argv[3]) if len(sys.argv)>3 else 1024
 rounds=int(sys.argv[4]) if len(sys.argv)>4 else 4
 tmp=tempfile.mkdtemp()
 mp=free_port()
-procs=[subprocess.Popen([bins["new"],"mock","--listen",f"127.0.0.1:{mp}","--name","mock"],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)]
+stream=os.environ.get("AB_STREAM")=="1"
+chunks=int(os.environ.get("AB_CHUNKS","40"))
+conns=os.environ.get("AB_CONNS","32")
+policies={"old":os.environ.get("AB_OLD_POLICY",""),"new":os.environ.get("AB_NEW_POLICY","")}
+procs=[subprocess.Popen([bins["new"],"mock","--listen",f"127.0.0.1:{mp}","--name","mock","--sse-chunks",str(chunks),"--sse-interval-ms",os.environ.get("AB_INTERVAL_MS","10")],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)]
 wait_port(mp)
 targets={}
 for name,b in bins.items():
     port,admin=free_port(),free_port()
     conf=os.path.join(tmp,name+".yaml")
-    open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n')
+    open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n' + (f'policy: {{{policies[name]}}}\n' if policies[name] else ''))
     p=subprocess.Popen([b,"run","--config",conf],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env={**os.environ,"RUST_LOG":"warn"})
     procs.append(p); targets[name]=(p,port); wait_port(port)
 paths={"old":os.environ.get("AB_OLD_PATH","/v1/chat/completions"),"new":os.environ.get("AB_NEW_PATH","/v1/chat/completions")}
@@ -46,6 +58,8 @@ luas={}
 for name,path in paths.items():
     body=os.path.join(tmp,name+"-body.json")
     doc={"model":"m","messages":[{"role":"user","content":pad}]}
+    if stream:
+        doc["stream"]=True
     if path.startswith("/v1/messages"):
         doc["max_tokens"]=256
     open(body,"w").write(json.dumps(doc))
@@ -58,7 +72,7 @@ try:
         for name in (["old","new"] if r%2==0 else ["new","old"]):
             p,port=targets[name]
             c0=cpu(p.pid)
-            out=subprocess.run(["wrk","-t2","-c32","-d5s","--latency","-s",luas[name],f"http://127.0.0.1:{port}{paths[name]}"],capture_output=True,text=True).stdout
+            out=subprocess.run(["wrk","-t2",f"-c{conns}","-d5s","--latency","-s",luas[name],f"http://127.0.0.1:{port}{paths[name]}"],capture_output=True,text=True).stdout
             if "Non-2xx" in out:
                 raise SystemExit(f"{name}: non-2xx answers:\n{out}")
             c1=cpu(p.pid)
@@ -66,7 +80,8 @@ try:
             n=int(re.search(r"(\d+) requests in",out).group(1))
             p50=re.search(r"50%\s+(\S+)",out).group(1)
             res[name].append((rps,(c1-c0)/n*1e6))
-            print(f"round {r} {name}: {rps:.0f} req/s p50 {p50} cpu/req {(c1-c0)/n*1e6:.1f} us", flush=True)
+            per_stream=f" ({rps*chunks:.0f} chunks/s)" if stream else ""
+            print(f"round {r} {name}: {rps:.0f} req/s{per_stream} p50 {p50} cpu/req {(c1-c0)/n*1e6:.1f} us", flush=True)
 finally:
     for p in procs: p.terminate()
 import statistics as st

@@ -578,3 +578,48 @@ async fn a_malformed_event_is_dropped_and_a_missing_done_is_supplied() {
         r.text()
     );
 }
+
+/// The real SDKs' stream parsers accept a spliced stream as one answer, and raise on one that
+/// nothing could complete (`tests/sdk/recovery_sdk.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_sdks_read_a_completed_stream_as_one_answer() {
+    let p = MockProvider::start("p").await.unwrap();
+    let po = MockProvider::start("po").await.unwrap();
+    let q = MockProvider::start("q").await.unwrap();
+    q.set_strict(true);
+    p.set_model_behavior("p-claude", Some(anthropic_cut_after(40)));
+    p.set_model_behavior("p-refused", Some(anthropic_cut_after(10)));
+    let mut parts = vec![(MS(0), role("chatcmpl-p"))];
+    parts.extend((0..20).map(|i| (MS(2), token("chatcmpl-p", i))));
+    po.set_model_behavior("p-gpt", Some(Behavior::sse_script(parts, true)));
+    q.set_behavior(Behavior::Complete {
+        text: full_answer(),
+    });
+    let yaml = format!(
+        "providers:\n  - {{name: p, api: anthropic, base_url: \"{}\", probe: {{enabled: false}}}}\n  - {{name: po, api: openai, base_url: \"{}\", probe: {{enabled: false}}}}\n  - {{name: q, api: anthropic, base_url: \"{}\", probe: {{enabled: false}}}}\nmodels:\n  - name: recover-claude\n    offerings: [{{provider: p, model: p-claude}}, {{provider: q, model: claude-sonnet-4-5-20250929}}]\n  - name: recover-gpt\n    offerings: [{{provider: po, model: p-gpt}}, {{provider: q, model: claude-sonnet-4-5}}]\n  - name: recover-refused\n    offerings: [{{provider: p, model: p-refused}}, {{provider: q, model: claude-opus-4-6, prefill: true}}]\npolicy: {{max_attempts: 3, stream_recovery: continue}}\n",
+        p.base_url(),
+        po.base_url(),
+        q.base_url()
+    );
+    let t = Twinroute::start(&yaml, &[]).await;
+    let base = t.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/recovery_sdk.py"),
+                &base,
+            ])
+            .output()
+            .expect("python3 runs (scripts/setup.sh installs the SDKs)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.wait_for_log("stream_recovery=completed:q").await;
+    t.wait_for_log("stream_recovery=failed:p").await;
+}
