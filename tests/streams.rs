@@ -261,6 +261,20 @@ async fn recovering(
     (p, q, Twinroute::start(&yaml, &[]).await)
 }
 
+/// A recovery case: p of Anthropic's API breaks its stream as `p_breaks`; q (`q_offering`)
+/// completes whatever prefill it gets.
+async fn recovery_case(
+    q_offering: &str,
+    p_breaks: Behavior,
+) -> (MockProvider, MockProvider, Twinroute) {
+    let (p, q, t) = recovering("anthropic", "", "anthropic", q_offering).await;
+    p.set_behavior(p_breaks);
+    q.set_behavior(Behavior::Complete {
+        text: full_answer(),
+    });
+    (p, q, t)
+}
+
 /// The answer both providers would give: 60 tokens.
 fn full_answer() -> String {
     (0..60).map(|i| format!("t{i} ")).collect()
@@ -335,17 +349,8 @@ async fn messages_stream(t: &Twinroute) -> client::Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_after_40_of_60_tokens_is_completed_from_the_twin() {
-    let (p, q, t) = recovering(
-        "anthropic",
-        "",
-        "anthropic",
-        "model: claude-sonnet-4-5-20250929",
-    )
-    .await;
-    p.set_behavior(anthropic_cut_after(40));
-    q.set_behavior(Behavior::Complete {
-        text: full_answer(),
-    });
+    let (_p, q, t) =
+        recovery_case("model: claude-sonnet-4-5-20250929", anthropic_cut_after(40)).await;
     let r = messages_stream(&t).await;
     assert_eq!(r.status, 200);
     assert!(!r.broken);
@@ -453,17 +458,11 @@ async fn an_openai_stream_that_stalls_is_completed_by_claude_through_translation
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twin_that_refuses_prefill_leaves_the_error_event_naming_the_cut() {
     // An operator marked q as taking prefill, but its model (Claude 4.6) refuses it.
-    let (p, q, t) = recovering(
-        "anthropic",
-        "",
-        "anthropic",
+    let (_p, _q, t) = recovery_case(
         "model: claude-opus-4-6, prefill: true",
+        anthropic_cut_after(10),
     )
     .await;
-    p.set_behavior(anthropic_cut_after(10));
-    q.set_behavior(Behavior::Complete {
-        text: full_answer(),
-    });
     let r = messages_stream(&t).await;
     let body = r.text();
     t.wait_for_log("q refused the continuation (400)").await;
@@ -478,8 +477,7 @@ async fn a_twin_that_refuses_prefill_leaves_the_error_event_naming_the_cut() {
     t.wait_for_log("stream_recovery=failed:p").await;
 
     // Without the operator's word, a model known to refuse prefill is not even tried.
-    let (p, q, t) = recovering("anthropic", "", "anthropic", "model: claude-opus-4-6").await;
-    p.set_behavior(anthropic_cut_after(10));
+    let (_p, q, t) = recovery_case("model: claude-opus-4-6", anthropic_cut_after(10)).await;
     let r = messages_stream(&t).await;
     assert!(r
         .text()
@@ -493,33 +491,33 @@ async fn a_twin_that_refuses_prefill_leaves_the_error_event_naming_the_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_break_inside_a_tool_call_is_never_continued() {
-    let (p, q, t) = recovering(
-        "anthropic",
-        "",
-        "anthropic",
-        "model: claude-sonnet-4-5-20250929",
-    )
-    .await;
-    p.set_behavior(Behavior::sse_script(
+    let tool_call_cut = Behavior::sse_script(
         vec![
             (
                 MS(0),
-                anthropic_event("message_start", json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}})),
+                anthropic_event(
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}}),
+                ),
             ),
             (
                 MS(0),
-                anthropic_event("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}})),
+                anthropic_event(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}}),
+                ),
             ),
             (
                 MS(5),
-                anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"q\": \"wea"}})),
+                anthropic_event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"q\": \"wea"}}),
+                ),
             ),
         ],
         true,
-    ));
-    q.set_behavior(Behavior::Complete {
-        text: full_answer(),
-    });
+    );
+    let (_p, q, t) = recovery_case("model: claude-sonnet-4-5-20250929", tool_call_cut).await;
     let r = messages_stream(&t).await;
     let body = r.text();
     assert!(body.contains("input_json_delta"));

@@ -1409,19 +1409,9 @@ async fn relay(
                         }
                     }
                 };
-                let chunk = match translator.as_mut() {
-                    None => chunk,
-                    Some(t) => {
-                        out.clear();
-                        t.feed(&chunk, &mut out);
-                        Bytes::copy_from_slice(&out)
-                    }
-                };
+                let chunk = translated(translator.as_mut(), chunk, &mut out);
                 if emit(session, &mut stage, chunk, &mut staged).await? {
-                    break Some((
-                        FailoverReason::Status5xx,
-                        "upstream sent an error event mid-stream".into(),
-                    ));
+                    break Some(error_event_break());
                 }
             }
             Ok(None) => {
@@ -1446,19 +1436,9 @@ async fn relay(
                     Some(StreamEnd::Truncated) => None,
                 };
                 if let Some(tail) = tail {
-                    let tail = match translator.as_mut() {
-                        None => tail,
-                        Some(t) => {
-                            out.clear();
-                            t.feed(&tail, &mut out);
-                            Bytes::copy_from_slice(&out)
-                        }
-                    };
+                    let tail = translated(translator.as_mut(), tail, &mut out);
                     if emit(session, &mut stage, tail, &mut staged).await? {
-                        break Some((
-                            FailoverReason::Status5xx,
-                            "upstream sent an error event mid-stream".into(),
-                        ));
+                        break Some(error_event_break());
                     }
                 }
                 if let Some(t) = translator.as_mut() {
@@ -1467,10 +1447,7 @@ async fn relay(
                     if finished {
                         let tail = Bytes::copy_from_slice(&out);
                         if emit(session, &mut stage, tail, &mut staged).await? {
-                            break Some((
-                                FailoverReason::Status5xx,
-                                "upstream sent an error event mid-stream".into(),
-                            ));
+                            break Some(error_event_break());
                         }
                     } else {
                         // Ended before saying how: an explicit error (or a continuation),
@@ -1560,6 +1537,30 @@ async fn relay(
             .await;
     }
     Ok(RelayEnd::Done)
+}
+
+/// Bytes on their way to the client: through the translator when the formats differ.
+fn translated(
+    translator: Option<&mut translate::stream::StreamTranslator>,
+    chunk: Bytes,
+    out: &mut Vec<u8>,
+) -> Bytes {
+    match translator {
+        None => chunk,
+        Some(t) => {
+            out.clear();
+            t.feed(&chunk, out);
+            Bytes::copy_from_slice(out)
+        }
+    }
+}
+
+/// A committed stream that carried an error event: a break like a cut (an overloaded model).
+fn error_event_break() -> (FailoverReason, String) {
+    (
+        FailoverReason::Status5xx,
+        "upstream sent an error event mid-stream".into(),
+    )
 }
 
 /// Malformed upstream events were dropped: counted always, logged once per stream.

@@ -8,7 +8,7 @@
 //! Messages events (Anthropic, Vertex rawPredict, Bedrock once its frames are decoded).
 
 use crate::model::endpoint::Family;
-use crate::wire::translate::stream::{SseEvent, SseParser};
+use crate::wire::translate::stream::{event_end_at, SseEvent, SseParser};
 use serde_json::Value;
 
 /// What an upstream event is, for the commit point and stream recovery.
@@ -292,21 +292,6 @@ impl EventGuard {
             (false, false, _) => StreamEnd::Truncated,
         }
     }
-}
-
-/// Where the event starting at `from` ends (a blank line), and the separator's length.
-fn event_end_at(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i < buf.len() {
-        match buf[i] {
-            b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some((i, 2)),
-            b'\r' if buf[i..].starts_with(b"\r\n\r\n") => return Some((i, 4)),
-            b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some((i, 2)),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
 }
 
 /// One event written back out as SSE (`event:` line when named, one `data:` line per line).

@@ -52,7 +52,12 @@ impl SseParser {
 /// Where the first event ends (a blank line: `\n\n`, `\r\n\r\n` or `\r\r`) and the length of
 /// the separator.
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
+    event_end_at(buf, 0)
+}
+
+/// Where the event starting at `from` ends, and the separator's length.
+pub(crate) fn event_end_at(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
     while i < buf.len() {
         match buf[i] {
             b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some((i, 2)),
