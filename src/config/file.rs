@@ -17,6 +17,8 @@ pub struct FileConfig {
     /// Largest non-streaming answer read whole before the client sees a byte (default 32 MiB);
     /// a larger one is committed at that point and relayed as it arrives.
     pub max_response_body_bytes: Option<u64>,
+    /// `Idempotency-Key` handling: how long answers are kept and how much memory they take.
+    pub idempotency: Option<FileIdempotency>,
     pub log_format: Option<String>,
     /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
     pub grace_period_s: Option<u64>,
@@ -237,6 +239,19 @@ pub struct FilePolicy {
     /// `error` (default): a stream that breaks after its first content ends with an error
     /// event; `continue`: it is completed from the next candidate that takes assistant prefill.
     pub stream_recovery: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIdempotency {
+    /// `false`: the header is ignored (default true).
+    pub enabled: Option<bool>,
+    /// How long a successful answer is replayed for its key (default 3600).
+    pub ttl_s: Option<u64>,
+    /// Memory for kept answers, all keys together (default 64 MiB); least recently used go.
+    pub max_bytes: Option<u64>,
+    /// A larger answer is not kept (nor shared with a duplicate in flight); default 8 MiB.
+    pub max_entry_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -253,6 +253,31 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
     Ok(out)
 }
 
+fn build_idempotency(
+    f: Option<&file::FileIdempotency>,
+) -> Result<Option<crate::model::IdempotencyConf>, ConfigError> {
+    if f.and_then(|f| f.enabled) == Some(false) {
+        return Ok(None);
+    }
+    let ttl_s = f.and_then(|f| f.ttl_s).unwrap_or(3600);
+    if ttl_s == 0 || ttl_s > 7 * 86_400 {
+        return Err(err("idempotency.ttl_s", "must be between 1 and 604800"));
+    }
+    let max_bytes = f.and_then(|f| f.max_bytes).unwrap_or(64 << 20);
+    let max_entry_bytes = f.and_then(|f| f.max_entry_bytes).unwrap_or(8 << 20);
+    if max_entry_bytes == 0 || max_entry_bytes > max_bytes || max_bytes > 1 << 34 {
+        return Err(err(
+            "idempotency.max_entry_bytes",
+            "must be at least 1 and at most idempotency.max_bytes (itself at most 16 GiB)",
+        ));
+    }
+    Ok(Some(crate::model::IdempotencyConf {
+        ttl: Duration::from_secs(ttl_s),
+        max_bytes,
+        max_entry_bytes: max_entry_bytes as usize,
+    }))
+}
+
 fn build_provider(
     id: ProviderId,
     path: &str,
@@ -992,6 +1017,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         threads,
         max_body_bytes: max_body_bytes as usize,
         max_response_body_bytes: max_response_body_bytes as usize,
+        idempotency: build_idempotency(file.idempotency.as_ref())?,
         log_format,
         grace_period_s: file.grace_period_s.unwrap_or(20),
         max_concurrent_requests,

@@ -13,6 +13,10 @@ pub enum ErrorKind {
     /// The request header passed `max_request_header_bytes`.
     HeaderTooLarge,
     UnsupportedMediaType,
+    /// An `Idempotency-Key` reused with another request body (422).
+    IdempotencyKeyReused,
+    /// The request holding an `Idempotency-Key` ended without an answer to share (409).
+    IdempotencyKeyInUse,
     RateLimited,
     /// A client token was required and missing or wrong.
     Unauthorized,
@@ -33,6 +37,8 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::HeaderTooLarge => 431,
             ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::IdempotencyKeyReused => 422,
+            ErrorKind::IdempotencyKeyInUse => 409,
             ErrorKind::RateLimited => 429,
             ErrorKind::Unauthorized => 401,
             ErrorKind::RequestTimeout => 408,

@@ -48,6 +48,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// How answers to requests with an `Idempotency-Key` are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyConf {
+    pub ttl: Duration,
+    pub max_bytes: u64,
+    pub max_entry_bytes: usize,
+}
+
 /// The whole runtime configuration, swapped in as one immutable unit.
 #[derive(Debug)]
 pub struct Config {
@@ -57,6 +65,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Largest non-streaming answer read whole before committing to it.
     pub max_response_body_bytes: usize,
+    /// `Idempotency-Key` handling (`None`: off).
+    pub idempotency: Option<IdempotencyConf>,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
     pub max_concurrent_requests: usize,

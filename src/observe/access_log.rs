@@ -52,6 +52,8 @@ pub struct RequestLog {
     /// A stream that broke after its first content: `completed:<provider>` when another
     /// candidate completed it, `failed:<provider>` when it ended with the error event.
     pub stream_recovery: Option<String>,
+    /// Answered from another request with the same `Idempotency-Key`.
+    pub idempotent_replay: bool,
     pub error: Option<String>,
 }
 
@@ -81,6 +83,7 @@ impl RequestLog {
             zero_retention: false,
             translated: None,
             stream_recovery: None,
+            idempotent_replay: false,
             error: None,
         }
     }
@@ -132,6 +135,9 @@ impl RequestLog {
                 }
                 if self.zero_retention {
                     s.push_str(" zero_retention=true");
+                }
+                if self.idempotent_replay {
+                    s.push_str(" idempotent_replay=true");
                 }
                 if let Some(r) = &self.stream_recovery {
                     let _ = write!(s, " stream_recovery={r}");

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub offering_breaker_state: IntGaugeVec,
     pub stream_recoveries: IntCounterVec,
     pub malformed_events: IntCounterVec,
+    pub idempotency_evictions: prometheus::IntCounter,
+    pub idempotency_entries: prometheus::IntGauge,
+    pub idempotency_bytes: prometheus::IntGauge,
+    pub idempotency_replays: prometheus::IntCounter,
     pub offering_healthy: IntGaugeVec,
     pub probe_latency: GaugeVec,
     pub tokens: IntCounterVec,
@@ -116,6 +120,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["provider"],
     )?;
+    let idempotency_evictions = prometheus::IntCounter::new(
+        "twinroute_idempotency_evictions_total",
+        "Kept idempotent answers evicted to stay within idempotency.max_bytes",
+    )?;
+    let idempotency_entries = prometheus::IntGauge::new(
+        "twinroute_idempotency_entries",
+        "Idempotency keys held (in flight or kept)",
+    )?;
+    let idempotency_bytes = prometheus::IntGauge::new(
+        "twinroute_idempotency_bytes",
+        "Bytes the kept idempotent answers weigh",
+    )?;
+    let idempotency_replays = prometheus::IntCounter::new(
+        "twinroute_idempotency_replays_total",
+        "Requests answered from another request with the same Idempotency-Key (in flight or kept)",
+    )?;
     let offering_healthy = IntGaugeVec::new(
         Opts::new(
             "twinroute_offering_healthy",
@@ -175,6 +195,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(offering_healthy.clone()))?;
     registry.register(Box::new(stream_recoveries.clone()))?;
     registry.register(Box::new(malformed_events.clone()))?;
+    registry.register(Box::new(idempotency_evictions.clone()))?;
+    registry.register(Box::new(idempotency_entries.clone()))?;
+    registry.register(Box::new(idempotency_bytes.clone()))?;
+    registry.register(Box::new(idempotency_replays.clone()))?;
     registry.register(Box::new(probe_latency.clone()))?;
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
@@ -194,6 +218,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         offering_healthy,
         stream_recoveries,
         malformed_events,
+        idempotency_evictions,
+        idempotency_entries,
+        idempotency_bytes,
+        idempotency_replays,
         probe_latency,
         tokens,
         cost_usd,

@@ -32,6 +32,15 @@ fn json_response(status: u16, v: Value) -> Response<Vec<u8>> {
     respond(status, "application/json", v.to_string().into_bytes())
 }
 
+/// Refresh the idempotency store's gauges (entries held, bytes they weigh).
+pub fn update_store_gauges(shared: &Shared) {
+    if let Some(store) = shared.idempotency.as_deref() {
+        let (entries, bytes) = store.usage();
+        METRICS.idempotency_entries.set(entries as i64);
+        METRICS.idempotency_bytes.set(bytes as i64);
+    }
+}
+
 /// Refresh the health gauges from the live state; called on every scrape so they are never stale.
 pub fn update_health_gauges(rt: &Runtime) {
     let now = Instant::now();
@@ -184,9 +193,17 @@ impl ServeHttp for Admin {
                     respond(503, "text/plain", b"starting\n".to_vec())
                 }
             }
-            ("GET", "/status") => json_response(200, status_json(&rt, &self.shared.tokens)),
+            ("GET", "/status") => {
+                let mut v = status_json(&rt, &self.shared.tokens);
+                if let Some(store) = self.shared.idempotency.as_deref() {
+                    let (entries, bytes) = store.usage();
+                    v["idempotency"] = json!({"entries": entries, "bytes": bytes});
+                }
+                json_response(200, v)
+            }
             ("GET", "/metrics") => {
                 update_health_gauges(&rt);
+                update_store_gauges(&self.shared);
                 respond(200, "text/plain; version=0.0.4", metrics::render())
             }
             ("POST", p) if p.starts_with("/admin/providers/") => {

@@ -28,6 +28,7 @@ use crate::model::{
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
 use crate::serve::commit::{self, Held, HoldSpec};
+use crate::serve::downstream::Downstream;
 use crate::serve::state::{Runtime, Shared};
 use crate::wire::bedrock;
 use crate::wire::body::{RequestBody, SplicedBody};
@@ -41,7 +42,6 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
-use pingora::proxy::Session;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
@@ -140,7 +140,7 @@ enum Exchange {
 pub async fn run(
     shared: &Shared,
     rt: &Runtime,
-    session: &mut Session,
+    session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     plan: &Plan,
     body: &RequestBody,
@@ -226,7 +226,7 @@ fn continuation_plan(
 
 /// End a broken stream that nothing completed with the error event naming the original break.
 async fn end_broken_stream(
-    session: &mut Session,
+    session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     family: Family,
     origin: &str,
@@ -234,7 +234,7 @@ async fn end_broken_stream(
     session.set_keepalive(None);
     ctx.stream_recovery = Some(format!("failed:{origin}"));
     let event = stream_error_event(family, origin);
-    session.write_response_body(Some(event), true).await
+    session.write_body(Some(event), true).await
 }
 
 /// Run a plan's attempts: deliver an answer, an error, or (a committed stream that broke under
@@ -242,7 +242,7 @@ async fn end_broken_stream(
 async fn attempt_loop(
     shared: &Shared,
     rt: &Runtime,
-    session: &mut Session,
+    session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     plan: &Plan,
     body: &RequestBody,
@@ -676,7 +676,7 @@ async fn attempt_loop(
 /// Answer the client with twinroute's own error: recorded in the access line (unless a more
 /// precise cause already is), the connection not reused, the request id among the headers.
 async fn send_error(
-    session: &mut Session,
+    session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     e: GatewayError,
     family: Family,
@@ -686,7 +686,13 @@ async fn send_error(
     ctx.error.get_or_insert_with(|| e.message.clone());
     session.set_keepalive(None);
     extra.push(("x-twinroute-request-id", ctx.request_id.clone()));
-    e.send(session, family, &extra).await
+    let body = e.body(family);
+    let mut h = e.header(body.len())?;
+    for (k, v) in &extra {
+        h.insert_header(*k, v.as_str())?;
+    }
+    session.write_header(Box::new(h), false).await?;
+    session.write_body(Some(body), true).await
 }
 
 /// How to hold a successful answer until its commit point: a stream (by its content type) until
@@ -1206,7 +1212,7 @@ enum RelayEnd {
 /// Send client-format bytes through the stage; `true` when they carried an error event (held
 /// back by a tracking or splicing stage: the stream broke).
 async fn emit(
-    session: &mut Session,
+    session: &mut Downstream<'_>,
     stage: &mut Stage,
     bytes: Bytes,
     buf: &mut Vec<u8>,
@@ -1216,7 +1222,7 @@ async fn emit(
     }
     let error = match stage {
         Stage::Plain => {
-            session.write_response_body(Some(bytes), false).await?;
+            session.write_body(Some(bytes), false).await?;
             return Ok(false);
         }
         Stage::Track(t) => {
@@ -1230,7 +1236,7 @@ async fn emit(
     };
     if !buf.is_empty() {
         session
-            .write_response_body(Some(Bytes::copy_from_slice(buf)), false)
+            .write_body(Some(Bytes::copy_from_slice(buf)), false)
             .await?;
     }
     Ok(error)
@@ -1247,7 +1253,7 @@ struct Upstream {
 /// Stream the chosen answer to the client, chunk by chunk as it arrives.
 async fn relay(
     shared: &Shared,
-    session: &mut Session,
+    session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     up: Upstream,
     provider: &Provider,
@@ -1340,7 +1346,7 @@ async fn relay(
         }
     }
     if !matches!(stage, Stage::Splice(_)) {
-        session.write_response_header(Box::new(resp), false).await?;
+        session.write_header(Box::new(resp), false).await?;
     }
 
     let mut usage = UsageScanner::default();
@@ -1505,7 +1511,7 @@ async fn relay(
         // with this function, never pooled.
         session.set_keepalive(None);
         let event = stream_error_event(family, served.origin);
-        session.write_response_body(Some(event), true).await?;
+        session.write_body(Some(event), true).await?;
         return Ok(RelayEnd::Done);
     }
     if let Stage::Splice(_) = stage {
@@ -1519,11 +1525,9 @@ async fn relay(
             ": twinroute completed this stream from {} after {} broke it\n\n",
             provider.name, served.origin
         );
-        session
-            .write_response_body(Some(Bytes::from(note)), false)
-            .await?;
+        session.write_body(Some(Bytes::from(note)), false).await?;
     }
-    session.write_response_body(None, true).await?;
+    session.write_body(None, true).await?;
     record_usage(ctx, &usage, &served, &provider.name);
     if ctx.zero_retention {
         // Zero retention: neither connection outlives the request with its bytes in a buffer.
@@ -1587,7 +1591,7 @@ const MAX_TRANSLATED_BODY: usize = 32 << 20;
 #[allow(clippy::too_many_arguments)]
 async fn relay_whole(
     shared: &Shared,
-    session: &mut Session,
+    session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     up: Upstream,
     provider: &Provider,
@@ -1655,10 +1659,8 @@ async fn relay_whole(
     resp.remove_header(&http::header::TRANSFER_ENCODING);
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await?;
+    session.write_header(Box::new(resp), false).await?;
+    session.write_body(Some(Bytes::from(body)), true).await?;
     if (200..300).contains(&status) {
         let mut usage = UsageScanner::default();
         usage.feed(&buf);

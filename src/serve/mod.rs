@@ -6,8 +6,10 @@
 pub mod admin;
 pub mod commit;
 pub mod credentials;
+pub mod downstream;
 pub mod forward;
 pub mod header_guard;
+pub mod idempotency;
 pub mod probe;
 pub mod proxy;
 pub mod refresh;

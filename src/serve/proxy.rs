@@ -7,12 +7,15 @@
 //! docs in PINGORA-NOTES and `forward`). Pingora still provides the listener, HTTP parsing,
 //! upstream connection pools, TLS, and graceful shutdown.
 
+use crate::decide::idempotency::{fingerprint, parse_key, scope, storable, ScopedKey};
 use crate::decide::route::{self, RequestConstraints, RouteInput};
 use crate::model::endpoint::{Endpoint, Family};
 use crate::model::Strategy;
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
+use crate::serve::downstream::Downstream;
 use crate::serve::forward;
+use crate::serve::idempotency::{self, Claim, IdempotencyStore, Recording};
 use crate::serve::state::Shared;
 use crate::wire::body::RequestBody;
 use crate::wire::errors::{ErrorKind, GatewayError};
@@ -451,7 +454,47 @@ impl Proxy {
             include_usage,
             continuation: None,
         };
-        let result = forward::run(&self.shared, &rt, session, ctx, &plan, &body).await;
+        let result = match self.idempotency(session, &body, plan.zero_retention) {
+            Keyed::No => {
+                let mut down = Downstream::new(session, None);
+                forward::run(&self.shared, &rt, &mut down, ctx, &plan, &body).await
+            }
+            Keyed::Invalid(e) => return Ok(Handled::Reject(e)),
+            Keyed::Claimed(key, Claim::Conflict) => {
+                let _ = key;
+                return Ok(Handled::Reject(GatewayError::new(
+                    ErrorKind::IdempotencyKeyReused,
+                    "this Idempotency-Key was already used with a different request body",
+                )));
+            }
+            Keyed::Claimed(_, Claim::Follow(rec)) => {
+                ctx.idempotent_replay = true;
+                METRICS.idempotency_replays.inc();
+                if !idempotency::follow(&rec, session, &ctx.request_id).await? {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::IdempotencyKeyInUse,
+                        "the request holding this Idempotency-Key ended without an answer; retry",
+                    )));
+                }
+                ctx.status = rec.status().unwrap_or(0);
+                Ok(())
+            }
+            Keyed::Claimed(key, Claim::Lead(rec)) => {
+                let store = self.shared.idempotency.as_deref();
+                let mut lease = Lease {
+                    store,
+                    key: &key,
+                    rec: &rec,
+                    settled: false,
+                };
+                let mut down = Downstream::new(session, Some(&rec));
+                let result = forward::run(&self.shared, &rt, &mut down, ctx, &plan, &body).await;
+                rec.finish(result.is_ok());
+                let keep = storable(ctx.status, rec.complete() && ctx.error.is_none());
+                lease.settle(keep);
+                result
+            }
+        };
         if ctx.zero_retention {
             body.wipe();
             if let Some(v) = plan.json.as_mut() {
@@ -460,6 +503,78 @@ impl Proxy {
         }
         result?;
         Ok(Handled::Done)
+    }
+}
+
+/// Whether a request takes part in idempotency, and its claim.
+enum Keyed {
+    /// No key, no store, or a zero-retention route (which never stores an answer).
+    No,
+    Invalid(GatewayError),
+    Claimed(ScopedKey, Claim),
+}
+
+/// The leader's hold on a key: settled with its answer, or (on any early exit, a panic
+/// included) released so duplicates are not left waiting and a retry is a new try.
+struct Lease<'a> {
+    store: Option<&'a dyn IdempotencyStore>,
+    key: &'a ScopedKey,
+    rec: &'a std::sync::Arc<Recording>,
+    settled: bool,
+}
+
+impl Lease<'_> {
+    fn settle(&mut self, keep: bool) {
+        if let Some(s) = self.store {
+            s.settle(self.key, self.rec, keep);
+        }
+        self.settled = true;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.rec.finish(false);
+            self.settle(false);
+        }
+    }
+}
+
+impl Proxy {
+    /// Claim the request's `Idempotency-Key`, scoped to the client's token.
+    fn idempotency(&self, session: &Session, body: &RequestBody, zero_retention: bool) -> Keyed {
+        let Some(store) = self.shared.idempotency.as_deref() else {
+            return Keyed::No;
+        };
+        let h = &session.req_header().headers;
+        let Some(value) = h.get("idempotency-key") else {
+            return Keyed::No;
+        };
+        if zero_retention {
+            return Keyed::No;
+        }
+        let key = match parse_key(value.as_bytes()) {
+            Ok(k) => k.to_string(),
+            Err(e) => {
+                return Keyed::Invalid(GatewayError::new(ErrorKind::InvalidRequest, e.message()))
+            }
+        };
+        let cfg = self.shared.runtime.load();
+        let token = (!cfg.config.client_tokens.is_empty())
+            .then(|| {
+                h.get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                    .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()))
+            })
+            .flatten();
+        let scoped = ScopedKey {
+            scope: scope(token),
+            key,
+        };
+        let fp = fingerprint(session.req_header().uri.path(), body.bytes());
+        let claim = store.claim(&scoped, fp);
+        Keyed::Claimed(scoped, claim)
     }
 }
 

@@ -40,11 +40,19 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// Short-lived provider credentials (Vertex access tokens).
     pub tokens: crate::serve::credentials::Tokens,
+    /// Answers to requests with an `Idempotency-Key` (`None`: off). Built from the first config;
+    /// a reload keeps it (and its entries).
+    pub idempotency: Option<Box<dyn crate::serve::idempotency::IdempotencyStore>>,
 }
 
 impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
+        let idempotency = config.idempotency.as_ref().map(|c| {
+            Box::new(crate::serve::idempotency::MemoryStore::new(c))
+                as Box<dyn crate::serve::idempotency::IdempotencyStore>
+        });
         Arc::new(Shared {
+            idempotency,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             connector: Connector::new(None),
             resolver: Resolver::default(),

@@ -50,6 +50,16 @@ fn names(kind: ErrorKind) -> (&'static str, &'static str, &'static str) {
             "unsupported_media_type",
             "invalid_request_error",
         ),
+        ErrorKind::IdempotencyKeyReused => (
+            "invalid_request_error",
+            "idempotency_key_reused",
+            "invalid_request_error",
+        ),
+        ErrorKind::IdempotencyKeyInUse => (
+            "invalid_request_error",
+            "idempotency_key_in_use",
+            "invalid_request_error",
+        ),
         ErrorKind::RateLimited => (
             "rate_limit_error",
             "rate_limit_exceeded",

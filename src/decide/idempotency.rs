@@ -1,0 +1,111 @@
+//! `Idempotency-Key` decisions (the IETF httpapi draft's header): which keys are valid, whose
+//! they are, what makes two requests "the same", and which answers may be kept.
+//!
+//! Pure: the store that keeps answers and shares one in flight is `serve::idempotency`.
+
+use sha2::{Digest, Sha256};
+
+/// A key as a client sent it, scoped to the client's identity so one tenant can never read
+/// another's answer under the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopedKey {
+    /// SHA-256 of the client's token (never the token itself), or zeros without client tokens.
+    pub scope: [u8; 32],
+    pub key: String,
+}
+
+/// What identifies a request's content: the route it went to and its exact body.
+pub type Fingerprint = [u8; 32];
+
+/// Why a key is refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyError {
+    Empty,
+    TooLong,
+    NotPrintable,
+}
+
+impl KeyError {
+    pub fn message(self) -> &'static str {
+        match self {
+            KeyError::Empty => "Idempotency-Key is empty",
+            KeyError::TooLong => "Idempotency-Key is longer than 255 characters",
+            KeyError::NotPrintable => "Idempotency-Key must be printable ASCII",
+        }
+    }
+}
+
+/// The key from the header's value: an sf-string (`"..."`, as the draft specifies) or, as many
+/// clients send it, the bare token; 1 to 255 printable ASCII characters.
+pub fn parse_key(value: &[u8]) -> Result<&str, KeyError> {
+    let v = value
+        .strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(value);
+    if v.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if v.len() > 255 {
+        return Err(KeyError::TooLong);
+    }
+    if !v.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Err(KeyError::NotPrintable);
+    }
+    std::str::from_utf8(v).map_err(|_| KeyError::NotPrintable)
+}
+
+/// The scope of a client identity: its token hashed, so the store never holds a secret.
+pub fn scope(client_token: Option<&[u8]>) -> [u8; 32] {
+    match client_token {
+        Some(t) => Sha256::digest(t).into(),
+        None => [0; 32],
+    }
+}
+
+/// The same key with another body (or on another route) is another request: 422, never the
+/// first request's answer.
+pub fn fingerprint(path: &str, body: &[u8]) -> Fingerprint {
+    let mut h = Sha256::new();
+    h.update(path.as_bytes());
+    h.update([0]);
+    h.update(body);
+    h.finalize().into()
+}
+
+/// Whether an answer may be replayed for its key: only a complete success. A failure is not
+/// kept (a retry after a 5xx is a new try), nor a stream that broke.
+pub fn storable(status: u16, complete: bool) -> bool {
+    (200..300).contains(&status) && complete
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(parse_key(b"\"abc-123\""), Ok("abc-123"));
+        assert_eq!(
+            parse_key(b"8e03978e-40d5-43e8-bc93-6894a57f9324"),
+            Ok("8e03978e-40d5-43e8-bc93-6894a57f9324")
+        );
+        assert_eq!(parse_key(b""), Err(KeyError::Empty));
+        assert_eq!(parse_key(b"\"\""), Err(KeyError::Empty));
+        assert_eq!(parse_key(&[b'a'; 256]), Err(KeyError::TooLong));
+        assert_eq!(parse_key(b"a\x01b"), Err(KeyError::NotPrintable));
+        assert_eq!(parse_key("é".as_bytes()), Err(KeyError::NotPrintable));
+    }
+
+    #[test]
+    fn scopes_and_fingerprints() {
+        assert_ne!(scope(Some(b"tenant-a")), scope(Some(b"tenant-b")));
+        assert_eq!(scope(None), [0; 32]);
+        assert_eq!(fingerprint("/v1/x", b"{}"), fingerprint("/v1/x", b"{}"));
+        assert_ne!(fingerprint("/v1/x", b"{}"), fingerprint("/v1/x", b"{ }"));
+        assert_ne!(fingerprint("/v1/x", b"{}"), fingerprint("/v1/y", b"{}"));
+        assert!(storable(200, true));
+        assert!(!storable(200, false));
+        assert!(!storable(503, true));
+        assert!(!storable(400, true));
+    }
+}

@@ -1,0 +1,276 @@
+//! `Idempotency-Key`: one upstream call per key. While a keyed request is in flight, a duplicate
+//! (same client scope, same key, same body) waits for that call and receives the same answer —
+//! a stream from its first byte, then live; after a success the answer is replayed for
+//! `idempotency.ttl_s` and no provider sees the request again. The same key with another body is
+//! a 422; a failure is not kept, so a retry after it is a new try.
+//!
+//! Storage is behind `IdempotencyStore`; `MemoryStore` (moka: bounded by bytes, LRU, TTL) is
+//! the in-process default. A store shared across replicas is a second implementation. The
+//! decisions (key syntax, scope, fingerprint, what is storable) are `decide::idempotency`.
+
+use crate::decide::idempotency::{Fingerprint, ScopedKey};
+use crate::model::IdempotencyConf;
+use crate::observe::metrics::METRICS;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// What an in-flight or kept entry weighs before its answer is known.
+const IN_FLIGHT_WEIGHT: u32 = 1024;
+
+/// Where keyed answers live.
+pub trait IdempotencyStore: Send + Sync {
+    /// Claim `key` for a request whose content is `fp`.
+    fn claim(&self, key: &ScopedKey, fp: Fingerprint) -> Claim;
+    /// The leader's answer ended: keep it for replay (`keep`) or let the key go.
+    fn settle(&self, key: &ScopedKey, rec: &Arc<Recording>, keep: bool);
+    /// Entries held and the bytes they weigh, for `/status` and metrics.
+    fn usage(&self) -> (u64, u64);
+}
+
+/// The answer to a claim.
+pub enum Claim {
+    /// No one has this key: make the call, recording the answer here.
+    Lead(Arc<Recording>),
+    /// The key's answer is in flight or kept: send this one.
+    Follow(Arc<Recording>),
+    /// The key was used with another body (or on another route).
+    Conflict,
+}
+
+/// One keyed answer as the leader wrote it to its client: the header, then the body chunks.
+pub struct Recording {
+    fingerprint: Fingerprint,
+    max_bytes: usize,
+    state: Mutex<RecState>,
+    /// Bumped at every change, so followers wait without polling.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct RecState {
+    head: Option<(u16, Vec<(HeaderName, HeaderValue)>)>,
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    end: End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum End {
+    #[default]
+    Open,
+    /// The whole answer was written.
+    Complete,
+    /// The leader's answer broke off (its client left), or outgrew what may be shared.
+    Abandoned,
+}
+
+impl Recording {
+    fn new(fingerprint: Fingerprint, max_bytes: usize) -> Recording {
+        Recording {
+            fingerprint,
+            max_bytes,
+            state: Mutex::new(RecState::default()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RecState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn weight(&self) -> u32 {
+        let g = self.lock();
+        let head: usize = g.head.as_ref().map_or(0, |(_, h)| {
+            h.iter().map(|(k, v)| k.as_str().len() + v.len() + 8).sum()
+        });
+        (g.bytes + head)
+            .max(IN_FLIGHT_WEIGHT as usize)
+            .min(u32::MAX as usize) as u32
+    }
+
+    /// The leader wrote its response header.
+    pub fn head(&self, h: &ResponseHeader) {
+        let headers = h
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.lock().head = Some((h.status.as_u16(), headers));
+        self.bump();
+    }
+
+    /// The leader wrote body bytes.
+    pub fn body(&self, b: &Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        let mut g = self.lock();
+        if g.end != End::Open {
+            return;
+        }
+        g.bytes += b.len();
+        if g.bytes > self.max_bytes {
+            g.end = End::Abandoned;
+            g.chunks.clear();
+        } else {
+            g.chunks.push(b.clone());
+        }
+        drop(g);
+        self.bump();
+    }
+
+    /// The leader is done: `complete` when its whole answer was written.
+    pub fn finish(&self, complete: bool) {
+        let mut g = self.lock();
+        if g.end == End::Open {
+            g.end = if complete {
+                End::Complete
+            } else {
+                End::Abandoned
+            };
+        }
+        drop(g);
+        self.bump();
+    }
+
+    /// Whether the answer was written whole (and fitted `max_entry_bytes`).
+    pub fn complete(&self) -> bool {
+        self.lock().end == End::Complete
+    }
+
+    /// The status the leader answered with, once it did.
+    pub fn status(&self) -> Option<u16> {
+        self.lock().head.as_ref().map(|(s, _)| *s)
+    }
+}
+
+/// The in-process store: moka, weighted by bytes, least recently used out first, entries kept
+/// `ttl` after their answer completed.
+pub struct MemoryStore {
+    cache: moka::sync::Cache<ScopedKey, Arc<Recording>>,
+    max_entry_bytes: usize,
+}
+
+impl MemoryStore {
+    pub fn new(conf: &IdempotencyConf) -> MemoryStore {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(conf.max_bytes)
+            .weigher(|_k: &ScopedKey, v: &Arc<Recording>| v.weight())
+            .time_to_live(conf.ttl)
+            .eviction_listener(|_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    METRICS.idempotency_evictions.inc();
+                }
+            })
+            .build();
+        MemoryStore {
+            cache,
+            max_entry_bytes: conf.max_entry_bytes,
+        }
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    fn claim(&self, key: &ScopedKey, fp: Fingerprint) -> Claim {
+        let entry = self
+            .cache
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Recording::new(fp, self.max_entry_bytes)));
+        let fresh = entry.is_fresh();
+        let rec = entry.into_value();
+        if fresh {
+            Claim::Lead(rec)
+        } else if rec.fingerprint != fp {
+            Claim::Conflict
+        } else {
+            Claim::Follow(rec)
+        }
+    }
+
+    fn settle(&self, key: &ScopedKey, rec: &Arc<Recording>, keep: bool) {
+        if keep {
+            // Inserted again: weighed with its answer, and kept `ttl` from now.
+            self.cache.insert(key.clone(), rec.clone());
+        } else {
+            self.cache.invalidate(key);
+        }
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+/// Send a follower the answer the leader is writing (or wrote): the header with
+/// `x-twinroute-idempotent-replay: true` and this request's id, then every chunk from the first,
+/// live until the leader finishes. `Ok(false)`: the leader's answer broke off before its header
+/// (nothing was sent; the caller answers instead).
+pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) -> Result<bool> {
+    let mut rx = rec.changed.subscribe();
+    let mut sent = 0usize;
+    let mut head_sent = false;
+    loop {
+        // Seen before reading, so a change after the read wakes the wait below.
+        rx.borrow_and_update();
+        let (head, chunks, end) = {
+            let g = rec.lock();
+            let head = (!head_sent).then(|| g.head.clone()).flatten();
+            let chunks: Vec<Bytes> = g.chunks.get(sent..).unwrap_or_default().to_vec();
+            (head, chunks, g.end)
+        };
+        if !head_sent {
+            match head {
+                Some((status, headers)) => {
+                    let mut h = ResponseHeader::build(status, Some(headers.len() + 2))?;
+                    for (k, v) in headers {
+                        if k == http::header::CONNECTION || k == "x-twinroute-request-id" {
+                            continue;
+                        }
+                        h.append_header(k, v)?;
+                    }
+                    h.insert_header("x-twinroute-idempotent-replay", "true")?;
+                    h.insert_header("x-twinroute-request-id", request_id)?;
+                    session.write_response_header(Box::new(h), false).await?;
+                    head_sent = true;
+                }
+                None if end != End::Open => return Ok(false),
+                None => {}
+            }
+        }
+        if head_sent {
+            for c in chunks {
+                sent += 1;
+                session.write_response_body(Some(c), false).await?;
+            }
+            match end {
+                End::Complete => {
+                    session.write_response_body(None, true).await?;
+                    return Ok(true);
+                }
+                End::Abandoned => {
+                    // What was shared is all there is: the connection closes without the
+                    // terminating chunk, so the client sees an incomplete answer, not a short one.
+                    session.set_keepalive(None);
+                    return pingora::Error::e_explain(
+                        pingora::ErrorType::ConnectionClosed,
+                        "the keyed answer being shared broke off",
+                    );
+                }
+                End::Open => {}
+            }
+        }
+        if rx.changed().await.is_err() {
+            return Ok(head_sent);
+        }
+    }
+}
