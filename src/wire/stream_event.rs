@@ -44,17 +44,44 @@ pub fn classify(family: Family, ev: &SseEvent) -> EventKind {
     let Ok(v) = serde_json::from_str::<Value>(data) else {
         return EventKind::Malformed;
     };
+    classify_value(family, ev.event.as_deref(), &v)
+}
+
+/// Classify an event whose data is already parsed (`name`: its `event:` field).
+fn classify_value(family: Family, name: Option<&str>, v: &Value) -> EventKind {
     match family {
-        Family::OpenAi => classify_openai(&v),
+        Family::OpenAi => classify_openai(v),
         Family::Anthropic => {
-            let kind = ev
-                .event
-                .as_deref()
+            let kind = name
                 .or_else(|| v.get("type").and_then(Value::as_str))
                 .unwrap_or("");
-            classify_anthropic(kind, &v)
+            classify_anthropic(kind, v)
         }
     }
+}
+
+/// The `event:` name and the joined `data:` of one raw event (without its blank line).
+fn fields(raw: &[u8]) -> (&[u8], Option<std::borrow::Cow<'_, [u8]>>) {
+    let mut name: &[u8] = b"";
+    let mut data: Option<std::borrow::Cow<'_, [u8]>> = None;
+    for line in raw.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(v) = line.strip_prefix(b"event:") {
+            name = v.strip_prefix(b" ").unwrap_or(v);
+        } else if let Some(v) = line.strip_prefix(b"data:") {
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            data = Some(match data {
+                None => std::borrow::Cow::Borrowed(v),
+                Some(prev) => {
+                    let mut joined = prev.into_owned();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(v);
+                    std::borrow::Cow::Owned(joined)
+                }
+            });
+        }
+    }
+    (name, data)
 }
 
 fn non_empty_str(v: Option<&Value>) -> Option<&str> {
@@ -226,25 +253,7 @@ impl EventGuard {
 
     /// Whether one raw event (without its blank line) may be forwarded; notes end markers.
     fn check(&mut self, raw: &[u8]) -> bool {
-        let mut name: &[u8] = b"";
-        let mut data: Option<std::borrow::Cow<'_, [u8]>> = None;
-        for line in raw.split(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if let Some(v) = line.strip_prefix(b"event:") {
-                name = v.strip_prefix(b" ").unwrap_or(v);
-            } else if let Some(v) = line.strip_prefix(b"data:") {
-                let v = v.strip_prefix(b" ").unwrap_or(v);
-                data = Some(match data {
-                    None => std::borrow::Cow::Borrowed(v),
-                    Some(prev) => {
-                        let mut joined = prev.into_owned();
-                        joined.push(b'\n');
-                        joined.extend_from_slice(v);
-                        std::borrow::Cow::Owned(joined)
-                    }
-                });
-            }
-        }
+        let (name, data) = fields(raw);
         // Comments and keep-alives carry no data: harmless to every parser.
         let Some(data) = data else {
             return true;
@@ -315,8 +324,8 @@ pub fn render(ev: &SseEvent, out: &mut Vec<u8>) {
 #[derive(Debug)]
 pub struct StreamTrack {
     family: Family,
-    parser: SseParser,
-    events: Vec<SseEvent>,
+    /// An event not yet complete at the end of the last read.
+    partial: Vec<u8>,
     /// The text the client has received, in order.
     pub text: String,
     /// A tool call or thinking was sent: a prefill cannot carry it, so no continuation.
@@ -336,8 +345,7 @@ impl StreamTrack {
     pub fn new(family: Family) -> StreamTrack {
         StreamTrack {
             family,
-            parser: SseParser::default(),
-            events: Vec::new(),
+            partial: Vec::new(),
             text: String::new(),
             non_text: false,
             ended: false,
@@ -348,39 +356,61 @@ impl StreamTrack {
     }
 
     /// Feed the client-format bytes about to be sent; the complete events among them are
-    /// rendered into `out` for sending, except an error event: `true` means the stream carried
-    /// one (a break, not sent, so it can still be completed).
+    /// appended to `out` as they came (each parsed once to see what it is), except an error
+    /// event: `true` means the stream carried one (a break, not sent, so it can be completed).
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> bool {
-        self.events.clear();
-        self.parser.feed(bytes, &mut self.events);
+        let joined;
+        let buf: &[u8] = if self.partial.is_empty() {
+            bytes
+        } else {
+            self.partial.extend_from_slice(bytes);
+            joined = std::mem::take(&mut self.partial);
+            &joined
+        };
+        let mut pos = 0;
         let mut error = false;
-        for ev in std::mem::take(&mut self.events) {
-            if error {
+        while let Some((end, sep)) = event_end_at(buf, pos) {
+            let raw = &buf[pos..end + sep];
+            pos = end + sep;
+            if error || !self.see(&raw[..raw.len() - sep]) {
+                error = true;
                 continue;
             }
-            match classify(self.family, &ev) {
-                EventKind::Error => {
-                    error = true;
-                    continue;
-                }
-                EventKind::Content { text, inside } => {
-                    self.text.push_str(&text);
-                    self.non_text |= inside != Block::Text;
-                }
-                EventKind::End => self.ended = true,
-                EventKind::Preamble | EventKind::Malformed => {}
-            }
-            self.note(&ev);
-            render(&ev, out);
+            out.extend_from_slice(raw);
         }
+        self.partial.extend_from_slice(&buf[pos..]);
         error
     }
 
-    /// Identity fields and block bookkeeping of one event.
-    fn note(&mut self, ev: &SseEvent) {
-        let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-            return;
+    /// Note what one raw event says; `false` for an error event.
+    fn see(&mut self, raw: &[u8]) -> bool {
+        let (name, data) = fields(raw);
+        let Some(data) = data else {
+            return true;
         };
+        if self.family == Family::OpenAi && data.as_ref() == b"[DONE]" {
+            self.ended = true;
+            return true;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&data) else {
+            return true;
+        };
+        let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty());
+        match classify_value(self.family, name, &v) {
+            EventKind::Error => return false,
+            EventKind::Content { text, inside } => {
+                self.text.push_str(&text);
+                self.non_text |= inside != Block::Text;
+            }
+            EventKind::End => self.ended = true,
+            EventKind::Preamble | EventKind::Malformed => {}
+        }
+        self.note(&v);
+        true
+    }
+
+    /// Identity fields and block bookkeeping of one event.
+    fn note(&mut self, v: &Value) {
         match self.family {
             Family::OpenAi => {
                 if self.ident.is_empty() {
