@@ -19,6 +19,8 @@ pub struct FileConfig {
     pub max_response_body_bytes: Option<u64>,
     /// `Idempotency-Key` handling: how long answers are kept and how much memory they take.
     pub idempotency: Option<FileIdempotency>,
+    /// Memory for the prompt cache, all entries together (default 64 MiB).
+    pub cache_max_bytes: Option<u64>,
     pub log_format: Option<String>,
     /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
     pub grace_period_s: Option<u64>,
@@ -239,6 +241,21 @@ pub struct FilePolicy {
     /// `error` (default): a stream that breaks after its first content ends with an error
     /// event; `continue`: it is completed from the next candidate that takes assistant prefill.
     pub stream_recovery: Option<String>,
+    /// The prompt cache for this scope (off unless set).
+    pub cache: Option<FileCache>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    /// How long an answer is served from the cache.
+    pub ttl_s: u64,
+    /// A larger answer is not kept (default 1 MiB).
+    pub max_entry_bytes: Option<u64>,
+    /// After the TTL, how long the answer may still be served when every candidate fails.
+    pub stale_if_error_s: Option<u64>,
+    /// Keep answers that call tools too (default false: a tool call acts on the world).
+    pub tool_calls: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -238,6 +238,17 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
     if let Some(ms) = p.stream_idle_ms {
         out.stream_idle = Some(nonzero_ms(&format!("{path}.stream_idle_ms"), Some(ms), 0)?);
     }
+    if let Some(c) = &p.cache {
+        if c.ttl_s == 0 {
+            return Err(err(format!("{path}.cache.ttl_s"), "must be at least 1"));
+        }
+        out.cache = Some(crate::model::CachePolicy {
+            ttl: Duration::from_secs(c.ttl_s),
+            max_entry_bytes: c.max_entry_bytes.unwrap_or(1 << 20) as usize,
+            stale_if_error: Duration::from_secs(c.stale_if_error_s.unwrap_or(0)),
+            tool_calls: c.tool_calls.unwrap_or(false),
+        });
+    }
     if let Some(v) = &p.stream_recovery {
         out.stream_recovery = match v.as_str() {
             "error" => StreamRecovery::Error,
@@ -1018,6 +1029,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         max_body_bytes: max_body_bytes as usize,
         max_response_body_bytes: max_response_body_bytes as usize,
         idempotency: build_idempotency(file.idempotency.as_ref())?,
+        cache_max_bytes: file.cache_max_bytes.unwrap_or(64 << 20),
         log_format,
         grace_period_s: file.grace_period_s.unwrap_or(20),
         max_concurrent_requests,

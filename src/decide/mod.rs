@@ -6,6 +6,7 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod cache;
 pub mod idempotency;
 pub mod outcome;
 pub mod route;

@@ -14,7 +14,7 @@ pub mod provider;
 
 pub use catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use ids::{ModelId, OfferingIdx, ProviderId};
-pub use policy::{Backoff, OnCeiling, Policy, Strategy, StreamRecovery};
+pub use policy::{Backoff, CachePolicy, OnCeiling, Policy, Strategy, StreamRecovery};
 pub use provider::{
     ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, GcpConf, GcpCredentials,
     ProbeConf, Provider, ProviderEndpoint, Secret, Timeouts, UpstreamBase,
@@ -67,6 +67,8 @@ pub struct Config {
     pub max_response_body_bytes: usize,
     /// `Idempotency-Key` handling (`None`: off).
     pub idempotency: Option<IdempotencyConf>,
+    /// Memory for the prompt cache.
+    pub cache_max_bytes: u64,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
     pub max_concurrent_requests: usize,

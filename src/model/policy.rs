@@ -75,6 +75,17 @@ pub struct Policy {
     pub first_token: Option<Duration>,
     pub stream_idle: Option<Duration>,
     pub stream_recovery: StreamRecovery,
+    /// The prompt cache (`None`: off).
+    pub cache: Option<CachePolicy>,
+}
+
+/// How answers of a model or route are cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    pub max_entry_bytes: usize,
+    pub stale_if_error: Duration,
+    pub tool_calls: bool,
 }
 
 /// What happens to a stream that breaks after the client received its first content.
@@ -116,6 +127,7 @@ impl Default for Policy {
             first_token: None,
             stream_idle: None,
             stream_recovery: StreamRecovery::Error,
+            cache: None,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct RequestLog {
     pub stream_recovery: Option<String>,
     /// Answered from another request with the same `Idempotency-Key`.
     pub idempotent_replay: bool,
+    /// The prompt cache's part: `hit`, `miss`, `stale` or `bypass`.
+    pub cache: Option<&'static str>,
     pub error: Option<String>,
 }
 
@@ -84,6 +86,7 @@ impl RequestLog {
             translated: None,
             stream_recovery: None,
             idempotent_replay: false,
+            cache: None,
             error: None,
         }
     }
@@ -135,6 +138,9 @@ impl RequestLog {
                 }
                 if self.zero_retention {
                     s.push_str(" zero_retention=true");
+                }
+                if let Some(c) = self.cache {
+                    let _ = write!(s, " cache={c}");
                 }
                 if self.idempotent_replay {
                     s.push_str(" idempotent_replay=true");

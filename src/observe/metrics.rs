@@ -26,6 +26,9 @@ pub struct Metrics {
     pub idempotency_entries: prometheus::IntGauge,
     pub idempotency_bytes: prometheus::IntGauge,
     pub idempotency_replays: prometheus::IntCounter,
+    pub cache_lookups: IntCounterVec,
+    pub cache_entries: prometheus::IntGauge,
+    pub cache_bytes: prometheus::IntGauge,
     pub offering_healthy: IntGaugeVec,
     pub probe_latency: GaugeVec,
     pub tokens: IntCounterVec,
@@ -136,6 +139,19 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "twinroute_idempotency_replays_total",
         "Requests answered from another request with the same Idempotency-Key (in flight or kept)",
     )?;
+    let cache_lookups = IntCounterVec::new(
+        Opts::new(
+            "twinroute_cache_lookups_total",
+            "Prompt-cache outcomes: hit, miss, stale (served while every candidate failed), bypass (Cache-Control)",
+        ),
+        &["outcome"],
+    )?;
+    let cache_entries =
+        prometheus::IntGauge::new("twinroute_cache_entries", "Answers in the prompt cache")?;
+    let cache_bytes = prometheus::IntGauge::new(
+        "twinroute_cache_bytes",
+        "Bytes the prompt cache's answers weigh",
+    )?;
     let offering_healthy = IntGaugeVec::new(
         Opts::new(
             "twinroute_offering_healthy",
@@ -199,6 +215,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(idempotency_entries.clone()))?;
     registry.register(Box::new(idempotency_bytes.clone()))?;
     registry.register(Box::new(idempotency_replays.clone()))?;
+    registry.register(Box::new(cache_lookups.clone()))?;
+    registry.register(Box::new(cache_entries.clone()))?;
+    registry.register(Box::new(cache_bytes.clone()))?;
     registry.register(Box::new(probe_latency.clone()))?;
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
@@ -222,6 +241,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         idempotency_entries,
         idempotency_bytes,
         idempotency_replays,
+        cache_lookups,
+        cache_entries,
+        cache_bytes,
         probe_latency,
         tokens,
         cost_usd,

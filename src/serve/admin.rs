@@ -34,6 +34,9 @@ fn json_response(status: u16, v: Value) -> Response<Vec<u8>> {
 
 /// Refresh the idempotency store's gauges (entries held, bytes they weigh).
 pub fn update_store_gauges(shared: &Shared) {
+    let (entries, bytes) = shared.cache.usage();
+    METRICS.cache_entries.set(entries as i64);
+    METRICS.cache_bytes.set(bytes as i64);
     if let Some(store) = shared.idempotency.as_deref() {
         let (entries, bytes) = store.usage();
         METRICS.idempotency_entries.set(entries as i64);
@@ -199,6 +202,15 @@ impl ServeHttp for Admin {
                     let (entries, bytes) = store.usage();
                     v["idempotency"] = json!({"entries": entries, "bytes": bytes});
                 }
+                let (entries, bytes) = self.shared.cache.usage();
+                let lookups = |o: &str| METRICS.cache_lookups.with_label_values(&[o]).get();
+                let (hits, misses) = (lookups("hit"), lookups("miss"));
+                v["cache"] = json!({
+                    "entries": entries,
+                    "bytes": bytes,
+                    "hit_ratio": (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+                    "stale_served": lookups("stale"),
+                });
                 json_response(200, v)
             }
             ("GET", "/metrics") => {

@@ -27,6 +27,7 @@ use crate::model::{
 };
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
+use crate::serve::cache::Rendered;
 use crate::serve::commit::{self, Held, HoldSpec};
 use crate::serve::downstream::Downstream;
 use crate::serve::state::{Runtime, Shared};
@@ -76,6 +77,11 @@ pub struct Plan {
     pub include_usage: bool,
     /// This plan completes a stream that broke after the client received part of it.
     pub continuation: Option<Continuation>,
+    /// `x-twinroute-cache` on the answer (`miss`, `bypass`) when the prompt cache is on.
+    pub cache_header: Option<&'static str>,
+    /// A cached answer past its TTL but within `stale_if_error_s`: served instead of the error
+    /// when every candidate fails.
+    pub stale: Option<Rendered>,
 }
 
 /// A committed stream that broke under `stream_recovery: continue`: what the client has, and
@@ -213,6 +219,8 @@ fn continuation_plan(
         zero_retention: plan.zero_retention,
         json: None,
         include_usage: plan.include_usage,
+        cache_header: None,
+        stale: None,
         continuation: Some(Continuation {
             track: broken.track,
             json,
@@ -608,6 +616,7 @@ async fn attempt_loop(
                             .unwrap_or(provider.timeouts.stream_idle),
                         broken: &broken,
                         origin,
+                        cache_header: plan.cache_header,
                     },
                     stage,
                 )
@@ -658,6 +667,19 @@ async fn attempt_loop(
             c.reason
         );
         end_broken_stream(session, ctx, plan.endpoint.family(), &c.origin).await?;
+        return Ok(Attempted::Done);
+    }
+    if let Some(stale) = &plan.stale {
+        // RFC 5861's stale-if-error: a recent answer beats an error.
+        log::warn!(
+            "request {}: every candidate failed; serving the cached answer from {} s ago",
+            ctx.request_id,
+            stale.age.as_secs()
+        );
+        METRICS.cache_lookups.with_label_values(&["stale"]).inc();
+        ctx.cache = Some("stale");
+        ctx.status = 200;
+        crate::serve::cache::serve(session, stale, "stale", &ctx.request_id).await?;
         return Ok(Attempted::Done);
     }
     let e = attempts.final_error();
@@ -1184,6 +1206,8 @@ struct Served<'a> {
     /// The provider a broken stream's error event names: this one, or for a continuation the
     /// one whose stream broke first.
     origin: &'a str,
+    /// `x-twinroute-cache` for the answer, when the prompt cache is on.
+    cache_header: Option<&'static str>,
 }
 
 /// Where the client-format bytes of an answer go.
@@ -1297,6 +1321,9 @@ async fn relay(
     }
     if !served.dropped.is_empty() {
         resp.insert_header("x-twinroute-dropped-params", served.dropped.join(","))?;
+    }
+    if let Some(c) = served.cache_header {
+        resp.insert_header("x-twinroute-cache", c)?;
     }
     if ctx.zero_retention {
         // Said in the response header: the client's connection closes after this answer.

@@ -70,7 +70,8 @@ enum End {
 }
 
 impl Recording {
-    fn new(fingerprint: Fingerprint, max_bytes: usize) -> Recording {
+    /// A recording of at most `max_bytes` of body (more: abandoned).
+    pub fn new(fingerprint: Fingerprint, max_bytes: usize) -> Recording {
         Recording {
             fingerprint,
             max_bytes,
@@ -145,6 +146,12 @@ impl Recording {
     /// Whether the answer was written whole (and fitted `max_entry_bytes`).
     pub fn complete(&self) -> bool {
         self.lock().end == End::Complete
+    }
+
+    /// The whole body written, when it was written whole.
+    pub fn body_bytes(&self) -> Option<Vec<u8>> {
+        let g = self.lock();
+        (g.end == End::Complete).then(|| g.chunks.concat())
     }
 
     /// The status the leader answered with, once it did.
@@ -228,6 +235,10 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
             let chunks: Vec<Bytes> = g.chunks.get(sent..).unwrap_or_default().to_vec();
             (head, chunks, g.end)
         };
+        if !head_sent && end == End::Abandoned {
+            // Broke off (or outgrew max_entry_bytes) before this follower saw any of it.
+            return Ok(false);
+        }
         if !head_sent {
             match head {
                 Some((status, headers)) => {
@@ -243,6 +254,7 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
                     session.write_response_header(Box::new(h), false).await?;
                     head_sent = true;
                 }
+                // Ended without a header: nothing to share (never waits on a finished answer).
                 None if end != End::Open => return Ok(false),
                 None => {}
             }

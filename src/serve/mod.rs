@@ -4,6 +4,7 @@
 //! hold (`state`).
 
 pub mod admin;
+pub mod cache;
 pub mod commit;
 pub mod credentials;
 pub mod downstream;

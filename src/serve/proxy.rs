@@ -7,12 +7,16 @@
 //! docs in PINGORA-NOTES and `forward`). Pingora still provides the listener, HTTP parsing,
 //! upstream connection pools, TLS, and graceful shutdown.
 
+use crate::decide::cache::{
+    cacheable, freshness, key as cache_key, CacheKey, Directive, Freshness, KeyScope,
+};
 use crate::decide::idempotency::{fingerprint, parse_key, scope, storable, ScopedKey};
 use crate::decide::route::{self, RequestConstraints, RouteInput};
 use crate::model::endpoint::{Endpoint, Family};
 use crate::model::Strategy;
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
+use crate::serve::cache;
 use crate::serve::downstream::Downstream;
 use crate::serve::forward;
 use crate::serve::idempotency::{self, Claim, IdempotencyStore, Recording};
@@ -453,11 +457,33 @@ impl Proxy {
             json,
             include_usage,
             continuation: None,
+            cache_header: None,
+            stale: None,
         };
+        let cache = match self.cache_lookup(session, ctx, &body, &mut plan, route, &model.name) {
+            Lookup::Hit(rendered) => {
+                let mut down = Downstream::new(session, None);
+                cache::serve(&mut down, &rendered, "hit", &ctx.request_id).await?;
+                ctx.status = 200;
+                return Ok(Handled::Done);
+            }
+            Lookup::Miss(state) => Some(state),
+            Lookup::Off => None,
+        };
+        // The cache keeps what the answer's recording saw: the idempotency leader's, else one
+        // of its own.
+        let cache_rec = cache
+            .as_ref()
+            .map(|c| Recording::new([0; 32], c.policy.max_entry_bytes));
         let result = match self.idempotency(session, &body, plan.zero_retention) {
             Keyed::No => {
-                let mut down = Downstream::new(session, None);
-                forward::run(&self.shared, &rt, &mut down, ctx, &plan, &body).await
+                let mut down = Downstream::new(session, cache_rec.as_ref());
+                let result = forward::run(&self.shared, &rt, &mut down, ctx, &plan, &body).await;
+                if let (Some(rec), Some(state)) = (&cache_rec, &cache) {
+                    rec.finish(result.is_ok());
+                    self.cache_keep(ctx, state, rec, body.stream);
+                }
+                result
             }
             Keyed::Invalid(e) => return Ok(Handled::Reject(e)),
             Keyed::Claimed(key, Claim::Conflict) => {
@@ -492,6 +518,9 @@ impl Proxy {
                 rec.finish(result.is_ok());
                 let keep = storable(ctx.status, rec.complete() && ctx.error.is_none());
                 lease.settle(keep);
+                if let Some(state) = &cache {
+                    self.cache_keep(ctx, state, &rec, body.stream);
+                }
                 result
             }
         };
@@ -504,6 +533,161 @@ impl Proxy {
         result?;
         Ok(Handled::Done)
     }
+}
+
+/// The prompt cache's part in one request.
+enum Lookup {
+    /// Not cached here (no policy, another endpoint, zero retention, `no-store`).
+    Off,
+    /// Answer from the cache.
+    Hit(cache::Rendered),
+    /// Go upstream; keep the answer under this key (unless `no-store`).
+    Miss(CacheState),
+}
+
+struct CacheState {
+    key: CacheKey,
+    policy: crate::model::CachePolicy,
+    family: Family,
+}
+
+impl Proxy {
+    /// Look the request up in the prompt cache: a fresh answer is a hit; a stale one is kept in
+    /// the plan for stale-if-error; `x-twinroute-cache` goes on the upstream answer.
+    fn cache_lookup(
+        &self,
+        session: &Session,
+        ctx: &mut RequestLog,
+        body: &RequestBody,
+        plan: &mut forward::Plan,
+        route: Option<&crate::model::Route>,
+        model: &str,
+    ) -> Lookup {
+        let Some(policy) = plan.policy.cache else {
+            return Lookup::Off;
+        };
+        if plan.zero_retention
+            || !matches!(
+                plan.endpoint,
+                Endpoint::ChatCompletions | Endpoint::Messages
+            )
+        {
+            return Lookup::Off;
+        }
+        let h = &session.req_header().headers;
+        let directive = Directive::parse(h.get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()));
+        let outcome = |o: &'static str| METRICS.cache_lookups.with_label_values(&[o]).inc();
+        if directive == Directive::NoStore {
+            outcome("bypass");
+            ctx.cache = Some("bypass");
+            plan.cache_header = Some("bypass");
+            return Lookup::Off;
+        }
+        let parsed;
+        let json = match &plan.json {
+            Some(j) => j,
+            None => match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
+                Ok(v) => {
+                    parsed = v;
+                    &parsed
+                }
+                Err(_) => return Lookup::Off,
+            },
+        };
+        let cfg = self.shared.runtime.load();
+        let scope = KeyScope {
+            model,
+            route: route.map(|r| r.name.as_str()),
+            endpoint: plan.endpoint.as_str(),
+            identity: client_scope(session, &cfg.config),
+        };
+        let Some(key) = cache_key(json, &scope) else {
+            return Lookup::Off;
+        };
+        let family = plan.endpoint.family();
+        if directive == Directive::Normal {
+            if let Some(c) = self.shared.cache.get(&key) {
+                match freshness(c.stored_at.elapsed(), c.ttl, c.stale_if_error) {
+                    Freshness::Fresh => {
+                        if let Some(r) = cache::render(&c, body.stream) {
+                            outcome("hit");
+                            ctx.cache = Some("hit");
+                            return Lookup::Hit(r);
+                        }
+                    }
+                    Freshness::Stale => plan.stale = cache::render(&c, body.stream),
+                    Freshness::Gone => {}
+                }
+            }
+        }
+        let label = if directive == Directive::Normal {
+            "miss"
+        } else {
+            "bypass"
+        };
+        outcome(label);
+        ctx.cache = Some(label);
+        plan.cache_header = Some(label);
+        Lookup::Miss(CacheState {
+            key,
+            policy,
+            family,
+        })
+    }
+
+    /// Keep the answer the recording saw, when it is a complete success with content (a stream
+    /// folded into the answer it stands for).
+    fn cache_keep(&self, ctx: &RequestLog, state: &CacheState, rec: &Recording, stream: bool) {
+        if ctx.cache == Some("stale") || ctx.error.is_some() {
+            return;
+        }
+        let Some(bytes) = rec.body_bytes() else {
+            return;
+        };
+        let answer = if stream {
+            crate::wire::answer::fold(state.family, &bytes)
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        let Some(answer) = answer else {
+            return;
+        };
+        let c = crate::wire::answer::content(state.family, &answer);
+        if !cacheable(
+            rec.status().unwrap_or(0),
+            rec.complete(),
+            c.non_empty,
+            c.tool_calls,
+            state.policy.tool_calls,
+        ) {
+            return;
+        }
+        let weight = answer.to_string().len().min(u32::MAX as usize) as u32;
+        self.shared.cache.put(
+            state.key,
+            std::sync::Arc::new(cache::Cached {
+                answer,
+                family: state.family,
+                stored_at: std::time::Instant::now(),
+                ttl: state.policy.ttl,
+                stale_if_error: state.policy.stale_if_error,
+                weight,
+            }),
+        );
+    }
+}
+
+/// The client's identity for scoping keys: its token (hashed) when client tokens are on.
+fn client_scope(session: &Session, cfg: &crate::model::Config) -> [u8; 32] {
+    let h = &session.req_header().headers;
+    let token = (!cfg.client_tokens.is_empty())
+        .then(|| {
+            h.get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()))
+        })
+        .flatten();
+    scope(token)
 }
 
 /// Whether a request takes part in idempotency, and its claim.
@@ -561,15 +745,8 @@ impl Proxy {
             }
         };
         let cfg = self.shared.runtime.load();
-        let token = (!cfg.config.client_tokens.is_empty())
-            .then(|| {
-                h.get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                    .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()))
-            })
-            .flatten();
         let scoped = ScopedKey {
-            scope: scope(token),
+            scope: client_scope(session, &cfg.config),
             key,
         };
         let fp = fingerprint(session.req_header().uri.path(), body.bytes());

@@ -43,6 +43,9 @@ pub struct Shared {
     /// Answers to requests with an `Idempotency-Key` (`None`: off). Built from the first config;
     /// a reload keeps it (and its entries).
     pub idempotency: Option<Box<dyn crate::serve::idempotency::IdempotencyStore>>,
+    /// The prompt cache (used by models and routes whose policy sets `cache`). Built from the
+    /// first config; a reload keeps it.
+    pub cache: Box<dyn crate::serve::cache::AnswerCache>,
 }
 
 impl Shared {
@@ -51,8 +54,12 @@ impl Shared {
             Box::new(crate::serve::idempotency::MemoryStore::new(c))
                 as Box<dyn crate::serve::idempotency::IdempotencyStore>
         });
+        let cache = Box::new(crate::serve::cache::MemoryCache::new(
+            config.cache_max_bytes,
+        ));
         Arc::new(Shared {
             idempotency,
+            cache,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             connector: Connector::new(None),
             resolver: Resolver::default(),

@@ -5,6 +5,7 @@
 //! (`errors`), the SSE error event (`sse`), what an upstream stream event means for committing to it and
 //! continuing it (`stream_event`), and token usage in answers (`usage`).
 
+pub mod answer;
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;

@@ -1,0 +1,128 @@
+//! The prompt cache (opt-in per model or route with `cache: {ttl_s, ...}`): a complete,
+//! successful answer is kept under its request's canonical key and served again — as JSON or as
+//! a well-formed stream, whichever the new request asks for — with `x-twinroute-cache: hit` and
+//! `Age`; past its TTL, within `stale_if_error_s`, it is served only when every candidate fails
+//! (`x-twinroute-cache: stale`). The attempt loop's own retries never read it.
+//!
+//! Storage is behind `AnswerCache`; `MemoryCache` (moka: bounded by bytes, LRU, per-entry
+//! expiry) is the in-process default. Decisions are `decide::cache`; folding a stream into an
+//! answer and back is `wire::answer`.
+
+use crate::decide::cache::CacheKey;
+use crate::model::endpoint::Family;
+use crate::serve::downstream::Downstream;
+use crate::wire::answer;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::Result;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One kept answer: the client-format JSON of a non-streaming answer.
+#[derive(Debug)]
+pub struct Cached {
+    pub answer: serde_json::Value,
+    pub family: Family,
+    pub stored_at: Instant,
+    pub ttl: Duration,
+    pub stale_if_error: Duration,
+    /// Bytes it weighs in the cache.
+    pub weight: u32,
+}
+
+/// Where cached answers live.
+pub trait AnswerCache: Send + Sync {
+    fn get(&self, key: &CacheKey) -> Option<Arc<Cached>>;
+    fn put(&self, key: CacheKey, entry: Arc<Cached>);
+    /// Entries held and the bytes they weigh.
+    fn usage(&self) -> (u64, u64);
+}
+
+/// Each entry lives its TTL plus its stale-if-error window.
+struct Lifetime;
+
+impl moka::Expiry<CacheKey, Arc<Cached>> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Cached>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl + value.stale_if_error)
+    }
+}
+
+pub struct MemoryCache {
+    cache: moka::sync::Cache<CacheKey, Arc<Cached>>,
+}
+
+impl MemoryCache {
+    pub fn new(max_bytes: u64) -> MemoryCache {
+        MemoryCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_k: &CacheKey, v: &Arc<Cached>| v.weight)
+                .expire_after(Lifetime)
+                .build(),
+        }
+    }
+}
+
+impl AnswerCache for MemoryCache {
+    fn get(&self, key: &CacheKey) -> Option<Arc<Cached>> {
+        self.cache.get(key)
+    }
+
+    fn put(&self, key: CacheKey, entry: Arc<Cached>) {
+        self.cache.insert(key, entry);
+    }
+
+    fn usage(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+/// A kept answer rendered for one request: JSON, or a stream when the request asks for one.
+pub struct Rendered {
+    pub body: Bytes,
+    pub stream: bool,
+    pub age: Duration,
+}
+
+/// Render `cached` for a request that does (`stream`) or does not want a stream; `None` when a
+/// stream is wanted and the answer cannot be unfolded into one (not plain text).
+pub fn render(cached: &Cached, stream: bool) -> Option<Rendered> {
+    let body = if stream {
+        Bytes::from(answer::unfold(cached.family, &cached.answer)?)
+    } else {
+        Bytes::from(cached.answer.to_string())
+    };
+    Some(Rendered {
+        body,
+        stream,
+        age: cached.stored_at.elapsed(),
+    })
+}
+
+/// Answer the client from the cache, saying so (`label`: `hit` or `stale`).
+pub async fn serve(
+    down: &mut Downstream<'_>,
+    r: &Rendered,
+    label: &'static str,
+    request_id: &str,
+) -> Result<()> {
+    let mut h = ResponseHeader::build(200, Some(6))?;
+    if r.stream {
+        h.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
+        h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    } else {
+        h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    }
+    h.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
+    h.insert_header("x-twinroute-cache", label)?;
+    h.insert_header(http::header::AGE, r.age.as_secs())?;
+    h.insert_header("x-twinroute-request-id", request_id)?;
+    down.write_header(Box::new(h), false).await?;
+    down.write_body(Some(r.body.clone()), true).await
+}
