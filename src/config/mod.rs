@@ -1298,6 +1298,51 @@ models:
         let s = Secret::new("sk-live-123".into());
         assert_eq!(format!("{s:?}"), "Secret(***)");
     }
+
+    /// The stream and toolkit keys: provider timeouts with their defaults, policy overrides per
+    /// route and model, and the bad values refused with their key path.
+    #[test]
+    fn stream_and_toolkit_keys() {
+        let text = format!(
+            "{OK}  - name: n\n    offerings: [{{provider: a, model: y, prefill: false}}]\n    policy: {{stream_recovery: continue, cache: {{ttl_s: 30, stale_if_error_s: 600}}}}\nroutes:\n  - name: chat\n    match: {{headers: {{x-twinroute-route: chat}}}}\n    policy: {{first_token_ms: 700, stream_idle_ms: 900}}\nidempotency: {{ttl_s: 120}}\n"
+        );
+        let c = parse(&text, &env()).unwrap();
+        let p = &c.providers[0];
+        assert_eq!(p.timeouts.first_token, p.timeouts.first_byte);
+        assert_eq!(p.timeouts.stream_idle, p.timeouts.idle);
+        let n = c.catalog.resolve("n").unwrap();
+        let model_policy = c.policy_for(None, n);
+        assert_eq!(model_policy.stream_recovery, StreamRecovery::Continue);
+        assert_eq!(
+            model_policy.cache.unwrap().stale_if_error,
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            c.catalog.offering(n, crate::model::OfferingIdx(0)).prefill,
+            Some(false)
+        );
+        let route = &c.routes[0];
+        let routed = c.policy_for(Some(route), n);
+        assert_eq!(routed.first_token, Some(Duration::from_millis(700)));
+        assert_eq!(routed.stream_idle, Some(Duration::from_millis(900)));
+        // The route's policy goes over the model's: what it does not say stays the model's.
+        assert_eq!(routed.stream_recovery, StreamRecovery::Continue);
+        assert_eq!(
+            c.idempotency.as_ref().unwrap().ttl,
+            Duration::from_secs(120)
+        );
+        for (bad, key) in [
+            (
+                "policy: {stream_recovery: maybe}\n",
+                "policy.stream_recovery",
+            ),
+            ("policy: {cache: {ttl_s: 0}}\n", "policy.cache.ttl_s"),
+            ("idempotency: {ttl_s: 0}\n", "idempotency.ttl_s"),
+        ] {
+            let e = parse(&format!("{OK}{bad}"), &env()).unwrap_err();
+            assert_eq!(e.path, key, "{e}");
+        }
+    }
 }
 
 /// Property tests: the loader never panics, whatever the file holds.
