@@ -383,6 +383,17 @@ async fn a_stream_cut_after_40_of_60_tokens_is_completed_from_the_twin() {
         1
     );
     assert!(body.contains(": twinroute completed this stream from q after p broke it"));
+    // Usage covers both calls as far as each reported it: p's input 12 and q's 12; q's output 9
+    // (p was cut before it reported any).
+    let delta = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(
+        delta["usage"],
+        json!({"input_tokens": 24, "output_tokens": 9}),
+        "{body}"
+    );
     // The twin received exactly the 40 tokens sent, as the prefill (without the trailing space
     // the real API refuses).
     let sent_to_q = q.requests()[0].json();

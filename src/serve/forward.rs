@@ -1519,6 +1519,8 @@ async fn relay(
             ctx.request_id
         );
         (served.broken)(reason);
+        // What the broken part reported is still spent.
+        record_usage(ctx, &usage, &served, &provider.name);
         ctx.error = Some(why);
         match stage {
             Stage::Track(track) if track.continuable() => {
@@ -1702,9 +1704,15 @@ async fn relay_whole(
     Ok(())
 }
 
+/// Count an answer's reported tokens (and their cost) for its provider; summed into the access
+/// line, so a stream completed from a second provider shows what both calls reported.
 fn record_usage(ctx: &mut RequestLog, usage: &UsageScanner, served: &Served<'_>, provider: &str) {
-    ctx.input_tokens = usage.input_tokens;
-    ctx.output_tokens = usage.output_tokens;
+    let add = |prev: Option<u64>, new: Option<u64>| match (prev, new) {
+        (None, None) => None,
+        (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+    };
+    ctx.input_tokens = add(ctx.input_tokens, usage.input_tokens);
+    ctx.output_tokens = add(ctx.output_tokens, usage.output_tokens);
     let (input, output) = (
         usage.input_tokens.unwrap_or(0),
         usage.output_tokens.unwrap_or(0),
@@ -1723,7 +1731,7 @@ fn record_usage(ctx: &mut RequestLog, usage: &UsageScanner, served: &Served<'_>,
     }
     if let (Some(price), true) = (served.price, input + output > 0) {
         let cost = price.cost_usd(input, output);
-        ctx.cost_usd = Some(cost);
+        ctx.cost_usd = Some(ctx.cost_usd.unwrap_or(0.0) + cost);
         METRICS
             .cost_usd
             .with_label_values(&[served.model_name, provider])

@@ -339,6 +339,27 @@ pub struct StreamTrack {
     open_block: Option<u64>,
     /// Anthropic: how many content blocks were started.
     blocks: u64,
+    /// Tokens the first part reported (input, output), as far as it did before it broke.
+    usage: Usage,
+}
+
+/// Token counts a stream reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+}
+
+impl Usage {
+    /// Anthropic's `usage` object (`message_start`'s or `message_delta`'s): what it says.
+    fn read_anthropic(&mut self, u: &Value) {
+        if let Some(n) = u["input_tokens"].as_u64() {
+            self.input = n;
+        }
+        if let Some(n) = u["output_tokens"].as_u64() {
+            self.output = n;
+        }
+    }
 }
 
 impl StreamTrack {
@@ -352,6 +373,7 @@ impl StreamTrack {
             ident: serde_json::Map::new(),
             open_block: None,
             blocks: 0,
+            usage: Usage::default(),
         }
     }
 
@@ -413,6 +435,12 @@ impl StreamTrack {
     fn note(&mut self, v: &Value) {
         match self.family {
             Family::OpenAi => {
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    self.usage = Usage {
+                        input: u["prompt_tokens"].as_u64().unwrap_or(0),
+                        output: u["completion_tokens"].as_u64().unwrap_or(0),
+                    };
+                }
                 if self.ident.is_empty() {
                     for k in ["id", "created", "model"] {
                         if let Some(x) = v.get(k) {
@@ -429,8 +457,10 @@ impl StreamTrack {
                                 self.ident.insert(k.to_string(), x.clone());
                             }
                         }
+                        self.usage.read_anthropic(&m["usage"]);
                     }
                 }
+                Some("message_delta") => self.usage.read_anthropic(&v["usage"]),
                 Some("content_block_start") => {
                     let kind = v
                         .pointer("/content_block/type")
@@ -473,6 +503,8 @@ impl StreamTrack {
             merge_first: self.open_block.is_some(),
             skip_ws: cut.to_string(),
             started: false,
+            first: self.usage,
+            continuation_input: 0,
         }
     }
 }
@@ -491,6 +523,11 @@ pub struct Splice {
     merge_first: bool,
     skip_ws: String,
     started: bool,
+    /// What the first part reported, added to what the continuation reports: the client's
+    /// usage covers both calls, as far as each reported it.
+    first: Usage,
+    /// Anthropic: the continuation's input tokens (its `message_start` is not sent).
+    continuation_input: u64,
 }
 
 impl Splice {
@@ -561,6 +598,13 @@ impl Splice {
             }
             self.started = true;
         }
+        if let Some(u) = v.get_mut("usage").filter(|u| u.is_object()) {
+            let prompt = u["prompt_tokens"].as_u64().unwrap_or(0) + self.first.input;
+            let completion = u["completion_tokens"].as_u64().unwrap_or(0) + self.first.output;
+            u["prompt_tokens"] = Value::from(prompt);
+            u["completion_tokens"] = Value::from(completion);
+            u["total_tokens"] = Value::from(prompt + completion);
+        }
         if let Some(obj) = v.as_object_mut() {
             for (k, x) in &self.ident {
                 if obj.contains_key(k) {
@@ -573,7 +617,22 @@ impl Splice {
 
     fn anthropic(&mut self, v: &mut Value) -> bool {
         match v.get("type").and_then(Value::as_str) {
-            Some("message_start") | Some("ping") => return false,
+            Some("message_start") => {
+                self.continuation_input = v
+                    .pointer("/message/usage/input_tokens")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                return false;
+            }
+            Some("ping") => return false,
+            Some("message_delta") => {
+                let output = v["usage"]["output_tokens"].as_u64().unwrap_or(0);
+                v["usage"]["output_tokens"] = Value::from(output + self.first.output);
+                let input = self.first.input + self.continuation_input;
+                if input > 0 {
+                    v["usage"]["input_tokens"] = Value::from(input);
+                }
+            }
             Some("content_block_start") => {
                 let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let is_text =
@@ -788,7 +847,7 @@ mod tests {
         let mut track = StreamTrack::new(Family::Anthropic);
         let mut sent = Vec::new();
         let first = [
-            ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "model": "m-a"}})),
+            ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_1", "model": "m-a", "usage": {"input_tokens": 25, "output_tokens": 2}}})),
             ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
             ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "one two "}})),
         ]
@@ -797,16 +856,24 @@ mod tests {
         assert_eq!(track.prefill(), ("one two", " "));
         let mut splice = track.splice();
         let cont = [
-            ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_2", "model": "m-b"}})),
+            ev("message_start", serde_json::json!({"type": "message_start", "message": {"id": "msg_2", "model": "m-b", "usage": {"input_tokens": 30, "output_tokens": 1}}})),
             ev("content_block_start", serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
             ev("content_block_delta", serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " three"}})),
             ev("content_block_stop", serde_json::json!({"type": "content_block_stop", "index": 0})),
-            ev("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}})),
+            ev("message_delta", serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}})),
             ev("message_stop", serde_json::json!({"type": "message_stop"})),
         ]
         .concat();
         let mut out = Vec::new();
         splice.feed(cont.as_bytes(), &mut out);
+        // Usage covers both calls: the first part's input 25 (message_start) + the
+        // continuation's 30; its output 2 + the continuation's 7.
+        assert!(
+            String::from_utf8_lossy(&out)
+                .contains(r#""usage":{"input_tokens":55,"output_tokens":9}"#),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(
             !text.contains("msg_2") && !text.contains("content_block_start"),
