@@ -632,3 +632,33 @@ async fn the_real_sdks_read_a_completed_stream_as_one_answer() {
     t.wait_for_log("stream_recovery=completed:q").await;
     t.wait_for_log("stream_recovery=failed:p").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_that_breaks_too_ends_with_the_error_event_naming_the_first_break() {
+    let (_p, q, t) =
+        recovery_case("model: claude-sonnet-4-5-20250929", anthropic_cut_after(10)).await;
+    // The twin starts the continuation, then is cut as well.
+    q.set_behavior(Behavior::sse_script(
+        vec![
+            (
+                MS(0),
+                anthropic_event("message_start", json!({"type": "message_start", "message": {"id": "msg_q", "type": "message", "role": "assistant", "model": "q-m", "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}})),
+            ),
+            (
+                MS(0),
+                anthropic_event("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " t10"}})),
+            ),
+        ],
+        true,
+    ));
+    let r = messages_stream(&t).await;
+    let body = r.text();
+    let (text, _) = client_text(&body);
+    let eleven: String = (0..11).map(|i| format!("t{i} ")).collect();
+    assert_eq!(text, eleven.trim_end(), "{body}");
+    assert!(
+        body.trim_end().ends_with(r#"{"error":{"message":"upstream provider p ended the stream unexpectedly","type":"api_error"},"type":"error"}"#),
+        "{body}"
+    );
+    t.wait_for_log("stream_recovery=failed:p").await;
+}

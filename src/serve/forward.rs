@@ -1533,7 +1533,15 @@ async fn relay(
                     .with_label_values(&["not_continuable"])
                     .inc();
             }
-            Stage::Plain | Stage::Splice(_) => {}
+            Stage::Splice(_) => {
+                // The continuation broke too: the error event names the original break.
+                METRICS
+                    .stream_recoveries
+                    .with_label_values(&["failed"])
+                    .inc();
+                ctx.stream_recovery = Some(format!("failed:{}", served.origin));
+            }
+            Stage::Plain => {}
         }
         // Never a silent truncation that looks like a finished answer: end the stream with an
         // error event the SDKs surface as an exception. The upstream connection is dropped
