@@ -87,10 +87,9 @@ async fn read_body(
             format!("request body exceeds max_body_bytes ({limit} bytes)"),
         )
     };
-    if let Some(len) = header_str(session, "content-length").and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Ok(Err(too_large()));
-        }
+    let announced = header_str(session, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        return Ok(Err(too_large()));
     }
     if session
         .req_header()
@@ -104,14 +103,31 @@ async fn read_body(
             .await?;
     }
     session.set_read_timeout(Some(CLIENT_BODY_READ_TIMEOUT));
+    // A body that arrives in one read is kept as it came (no copy); one in several is gathered
+    // into a buffer sized once from Content-Length (within the limit), not grown by doubling.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
+    let mut total = 0usize;
     while let Some(chunk) = session.read_request_body().await? {
-        if buf.len() + chunk.len() > limit {
+        total += chunk.len();
+        if total > limit {
             return Ok(Err(too_large()));
         }
-        buf.extend_from_slice(&chunk);
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            held => {
+                if buf.is_empty() {
+                    let expected = announced.map_or(0, |n| n as usize).min(limit);
+                    buf.reserve(expected.max(total));
+                }
+                if let Some(h) = held {
+                    buf.extend_from_slice(&h);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(Ok(buf.freeze()))
+    Ok(Ok(first.unwrap_or_else(|| buf.freeze())))
 }
 
 /// Counts a request as active for as long as it is served.
