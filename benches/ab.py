@@ -17,6 +17,9 @@ on, at 1,000 concurrent streams):
     AB_STREAM=1 AB_CONNS=1000 AB_NEW_POLICY="stream_recovery: continue" \
         python3 benches/ab.py OLD NEW 1024 4
 
+AB_RUST_LOG (default warn: no access line) sets both sides' log level; AB_RUST_LOG=info measures
+with the access log on, one line per request.
+
 AB_OLD_PATH / AB_NEW_PATH (default /v1/chat/completions) send each side's load to another client
 route; /v1/messages sends an Anthropic Messages body. With the same binary twice and
 AB_NEW_PATH=/v1/messages, "new" is the translated path (Anthropic client, OpenAI-format mock)
@@ -50,7 +53,7 @@ for name,b in bins.items():
     port,admin=free_port(),free_port()
     conf=os.path.join(tmp,name+".yaml")
     open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n' + (f'policy: {{{policies[name]}}}\n' if policies[name] else ''))
-    p=subprocess.Popen([b,"run","--config",conf],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env={**os.environ,"RUST_LOG":"warn"})
+    p=subprocess.Popen([b,"run","--config",conf],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env={**os.environ,"RUST_LOG":os.environ.get("AB_RUST_LOG","warn")})
     procs.append(p); targets[name]=(p,port); wait_port(port)
 paths={"old":os.environ.get("AB_OLD_PATH","/v1/chat/completions"),"new":os.environ.get("AB_NEW_PATH","/v1/chat/completions")}
 pad="x"*max(0,size-80)

@@ -81,6 +81,20 @@ fn init_logging() {
         .init();
 }
 
+/// The proxy's logging: as `init_logging`, with the writes on the log writer's thread (off the
+/// request path; see `observe::log_writer`).
+fn init_proxy_logging() {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    b.format_timestamp_millis();
+    match twinroute::observe::log_writer::start(16_384) {
+        Ok(pipe) => {
+            b.target(env_logger::Target::Pipe(Box::new(pipe)));
+        }
+        Err(e) => eprintln!("twinroute: log writer thread: {e}; logging from request threads"),
+    }
+    b.init();
+}
+
 /// One line naming every provider left out of rotation for want of a credential.
 fn warn_without_credentials(cfg: &twinroute::model::Config) {
     let out = cfg.without_credentials();
@@ -97,7 +111,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
-            init_logging();
+            init_proxy_logging();
             let cfg = match config::load_file(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -126,7 +140,10 @@ fn main() -> ExitCode {
                 );
             }
             let (server, _shared) = twinroute::serve::server::build(cfg, Some(config));
-            server.run_forever()
+            server.run(pingora::server::RunArgs::default());
+            // Graceful shutdown is over: write out every line before the process ends.
+            twinroute::observe::log_writer::drain(std::time::Duration::from_secs(2));
+            std::process::exit(0)
         }
         Command::Check {
             config,

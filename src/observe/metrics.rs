@@ -27,6 +27,7 @@ pub struct Metrics {
     pub idempotency_bytes: prometheus::IntGauge,
     pub idempotency_replays: prometheus::IntCounter,
     pub cache_lookups: IntCounterVec,
+    pub log_waits: prometheus::IntCounter,
     pub cache_entries: prometheus::IntGauge,
     pub cache_bytes: prometheus::IntGauge,
     pub offering_healthy: IntGaugeVec,
@@ -152,6 +153,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "twinroute_cache_bytes",
         "Bytes the prompt cache's answers weigh",
     )?;
+    let log_waits = prometheus::IntCounter::new(
+        "twinroute_log_waits_total",
+        "Log lines whose request waited for room in the log writer's queue (none are dropped)",
+    )?;
     let offering_healthy = IntGaugeVec::new(
         Opts::new(
             "twinroute_offering_healthy",
@@ -216,6 +221,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(idempotency_bytes.clone()))?;
     registry.register(Box::new(idempotency_replays.clone()))?;
     registry.register(Box::new(cache_lookups.clone()))?;
+    registry.register(Box::new(log_waits.clone()))?;
     registry.register(Box::new(cache_entries.clone()))?;
     registry.register(Box::new(cache_bytes.clone()))?;
     registry.register(Box::new(probe_latency.clone()))?;
@@ -242,6 +248,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         idempotency_bytes,
         idempotency_replays,
         cache_lookups,
+        log_waits,
         cache_entries,
         cache_bytes,
         probe_latency,

@@ -1,5 +1,7 @@
 //! What twinroute tells its operator: Prometheus metrics and the access log. Plain records that
-//! serve/ fills; nothing here decides or does I/O on the request path.
+//! serve/ fills; nothing here decides or does I/O on the request path (the log's writes happen
+//! on `log_writer`'s thread).
 
 pub mod access_log;
+pub mod log_writer;
 pub mod metrics;
