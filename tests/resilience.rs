@@ -229,6 +229,21 @@ async fn sigterm_stops_accepting_finishes_the_stream_and_exits_zero() {
     a.set_stream(20, Duration::from_millis(50));
     let body = format!("grace_period_s: 5\n{}", two(&a, &b, ""));
     let mut t = Twinroute::start(&body, &[]).await;
+    // 200 quick requests first: each has its access line, written by the log writer thread.
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let url = t.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                for _ in 0..25 {
+                    let r = client::post_json(&url, &[], &chat_body("m")).await.unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for b in burst {
+        b.await.unwrap();
+    }
     let mut req = chat_body("m");
     req["stream"] = true.into();
     let url = t.url("/v1/chat/completions");
@@ -257,6 +272,10 @@ async fn sigterm_stops_accepting_finishes_the_stream_and_exits_zero() {
         "{:?}",
         started.elapsed()
     );
+    // No access line lost, the stream's (finished during shutdown) included: the log writer's
+    // queue is drained before the process exits.
+    let lines = t.logs().matches("twinroute::access] request id=").count();
+    assert_eq!(lines, 201, "access lines written: {lines}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
