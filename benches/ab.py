@@ -53,7 +53,14 @@ for name,b in bins.items():
     port,admin=free_port(),free_port()
     conf=os.path.join(tmp,name+".yaml")
     open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n' + (f'policy: {{{policies[name]}}}\n' if policies[name] else ''))
-    p=subprocess.Popen([b,"run","--config",conf],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env={**os.environ,"RUST_LOG":os.environ.get("AB_RUST_LOG","warn")})
+    # AB_LOG_TO=pipe: the proxy's stderr is a pipe read by a drain (as a container runtime
+    # reads it); =file: a file; default /dev/null (what a line costs to format, not to write).
+    log_to=os.environ.get("AB_LOG_TO","null")
+    err=subprocess.DEVNULL if log_to=="null" else (open(os.path.join(tmp,name+".log"),"w") if log_to=="file" else subprocess.PIPE)
+    p=subprocess.Popen([b,"run","--config",conf],stdout=subprocess.DEVNULL,stderr=err,env={**os.environ,"RUST_LOG":os.environ.get("AB_RUST_LOG","warn")})
+    if log_to=="pipe":
+        import threading
+        threading.Thread(target=lambda f=p.stderr: [None for _ in iter(lambda: f.read(65536), b"")],daemon=True).start()
     procs.append(p); targets[name]=(p,port); wait_port(port)
 paths={"old":os.environ.get("AB_OLD_PATH","/v1/chat/completions"),"new":os.environ.get("AB_NEW_PATH","/v1/chat/completions")}
 pad="x"*max(0,size-80)

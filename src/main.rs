@@ -86,7 +86,7 @@ fn init_logging() {
 fn init_proxy_logging() {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     b.format_timestamp_millis();
-    match twinroute::observe::log_writer::start(16_384) {
+    match twinroute::observe::log_writer::start(1 << 20) {
         Ok(pipe) => {
             b.target(env_logger::Target::Pipe(Box::new(pipe)));
         }
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             let (server, _shared) = twinroute::serve::server::build(cfg, Some(config));
             server.run(pingora::server::RunArgs::default());
             // Graceful shutdown is over: write out every line before the process ends.
-            twinroute::observe::log_writer::drain(std::time::Duration::from_secs(2));
+            twinroute::observe::log_writer::drain();
             std::process::exit(0)
         }
         Command::Check {

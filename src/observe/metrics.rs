@@ -155,7 +155,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     let log_waits = prometheus::IntCounter::new(
         "twinroute_log_waits_total",
-        "Log lines whose request waited for room in the log writer's queue (none are dropped)",
+        "Log lines whose request waited for the log writer to make room in its buffer (none are dropped)",
     )?;
     let offering_healthy = IntGaugeVec::new(
         Opts::new(
