@@ -98,7 +98,7 @@ async fn anthropic_streams_are_held_until_their_first_content_delta() {
         vec![
             (
                 MS(0),
-                ev("message_start", json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}})),
+                message_start("msg_p", "p-m"),
             ),
             (MS(0), ev("ping", json!({"type": "ping"}))),
             (
@@ -138,7 +138,7 @@ async fn anthropic_streams_are_held_until_their_first_content_delta() {
         vec![
             (
                 MS(0),
-                ev("message_start", json!({"type": "message_start", "message": {"id": "msg_p2", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}})),
+                message_start("msg_p2", "p-m"),
             ),
             (
                 MS(10),
@@ -284,16 +284,18 @@ fn anthropic_event(name: &str, v: serde_json::Value) -> String {
     format!("event: {name}\ndata: {v}\n\n")
 }
 
+/// The `message_start` event of an Anthropic stream with this message id and model.
+fn message_start(id: &str, model: &str) -> String {
+    anthropic_event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": 12, "output_tokens": 0}}}),
+    )
+}
+
 /// The first `n` tokens of the full answer as an Anthropic stream that is then cut.
 fn anthropic_cut_after(n: usize) -> Behavior {
     let mut parts = vec![
-        (
-            MS(0),
-            anthropic_event(
-                "message_start",
-                json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "stop_reason": null, "usage": {"input_tokens": 12, "output_tokens": 0}}}),
-            ),
-        ),
+        (MS(0), message_start("msg_p", "p-m")),
         (
             MS(0),
             anthropic_event(
@@ -504,13 +506,7 @@ async fn a_twin_that_refuses_prefill_leaves_the_error_event_naming_the_cut() {
 async fn a_break_inside_a_tool_call_is_never_continued() {
     let tool_call_cut = Behavior::sse_script(
         vec![
-            (
-                MS(0),
-                anthropic_event(
-                    "message_start",
-                    json!({"type": "message_start", "message": {"id": "msg_p", "type": "message", "role": "assistant", "model": "p-m", "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}}),
-                ),
-            ),
+            (MS(0), message_start("msg_p", "p-m")),
             (
                 MS(0),
                 anthropic_event(
@@ -642,7 +638,7 @@ async fn a_continuation_that_breaks_too_ends_with_the_error_event_naming_the_fir
         vec![
             (
                 MS(0),
-                anthropic_event("message_start", json!({"type": "message_start", "message": {"id": "msg_q", "type": "message", "role": "assistant", "model": "q-m", "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}})),
+                message_start("msg_q", "q-m"),
             ),
             (
                 MS(0),

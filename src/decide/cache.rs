@@ -30,20 +30,40 @@ pub struct KeyScope<'a> {
 /// `stream_options` (a streamed and a whole answer are the same answer) and with `model`
 /// replaced by the canonical model, plus the scope. `None` when the body is not a JSON object.
 pub fn key(body: &Value, scope: &KeyScope<'_>) -> Option<CacheKey> {
-    let mut canonical = body.as_object()?.clone();
-    canonical.remove("stream");
-    canonical.remove("stream_options");
-    canonical.remove("model");
-    let mut h = Sha256::new();
+    let members = body.as_object()?;
+    let mut h = HashWriter(Sha256::new());
     for part in [scope.model, scope.route.unwrap_or(""), scope.endpoint] {
-        h.update(part.as_bytes());
-        h.update([0]);
+        h.0.update(part.as_bytes());
+        h.0.update([0]);
     }
-    h.update(scope.identity);
+    h.0.update(scope.identity);
     // serde_json's map is ordered by key: the same request gives the same bytes whatever order
-    // the client wrote its keys in.
-    h.update(Value::Object(canonical).to_string().as_bytes());
-    Some(CacheKey(h.finalize().into()))
+    // the client wrote its keys in. Each member is serialized straight into the hash: the
+    // prompt is neither cloned nor rendered into a string first.
+    for (k, v) in members {
+        if matches!(k.as_str(), "stream" | "stream_options" | "model") {
+            continue;
+        }
+        serde_json::to_writer(&mut h, k).ok()?;
+        h.0.update([b':']);
+        serde_json::to_writer(&mut h, v).ok()?;
+        h.0.update([b',']);
+    }
+    Some(CacheKey(h.0.finalize().into()))
+}
+
+/// Serializes into the hash as it goes.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How a kept answer stands at a given age.

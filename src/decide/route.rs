@@ -988,14 +988,11 @@ models:
                 ),
             );
         }
-        let got = full(
-            &eq_policy(""),
-            &Default::default(),
-            &h,
-            Endpoint::ChatCompletions,
-            0,
-        )
-        .unwrap();
+        let text = eq_policy("");
+        let fail_open = |h: &FakeHealth| {
+            full(&text, &Default::default(), h, Endpoint::ChatCompletions, 0).unwrap()
+        };
+        let got = fail_open(&h);
         let order: Vec<(usize, bool)> = got
             .iter()
             .map(|c| (c.provider.0, c.grade.is_some()))
@@ -1007,15 +1004,7 @@ models:
             .insert(0, (SkipReason::Drained, now + Duration::from_secs(1)));
         h.skip
             .insert(2, (SkipReason::ProbeDown, now + Duration::from_secs(30)));
-        let got = full(
-            &eq_policy(""),
-            &Default::default(),
-            &h,
-            Endpoint::ChatCompletions,
-            0,
-        )
-        .unwrap();
-        let order: Vec<usize> = got.iter().map(|c| c.provider.0).collect();
+        let order: Vec<usize> = fail_open(&h).iter().map(|c| c.provider.0).collect();
         assert_eq!(order, vec![2, 1, 3, 0]);
     }
 

@@ -196,12 +196,46 @@ pub struct OfferingSnapshot {
     pub held_out_at: Vec<String>,
 }
 
+/// Offerings' health by provider, then model ID: looked up with a borrowed `&str` on every
+/// request, so the key is never built (allocated) to find an entry, only to add one.
+#[derive(Debug, Default)]
+struct OfferingTable(HashMap<ProviderId, HashMap<String, OfferingState>>);
+
+impl OfferingTable {
+    fn get(&self, provider: ProviderId, model_id: &str) -> Option<&OfferingState> {
+        self.0.get(&provider)?.get(model_id)
+    }
+
+    fn get_mut(&mut self, provider: ProviderId, model_id: &str) -> Option<&mut OfferingState> {
+        self.0.get_mut(&provider)?.get_mut(model_id)
+    }
+
+    /// The entry, created when missing.
+    fn entry(&mut self, provider: ProviderId, model_id: &str) -> &mut OfferingState {
+        let models = self.0.entry(provider).or_default();
+        if !models.contains_key(model_id) {
+            models.insert(model_id.to_string(), OfferingState::default());
+        }
+        models.get_mut(model_id).expect("inserted above")
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ProviderId, &String, &OfferingState)> {
+        self.0
+            .iter()
+            .flat_map(|(p, models)| models.iter().map(move |(id, st)| (*p, id, st)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.values().all(HashMap::is_empty)
+    }
+}
+
 #[derive(Debug)]
 pub struct Health {
     /// Shared with the next config's `Health` when a reload leaves the provider unchanged.
     providers: Vec<Arc<ProviderHealth>>,
     /// Keyed by (provider index, upstream model ID): the unit the provider answers about.
-    offerings: Mutex<HashMap<(ProviderId, String), OfferingState>>,
+    offerings: Mutex<OfferingTable>,
     /// Fast path: while no offering was ever marked, routing never takes the lock above.
     offerings_marked: AtomicBool,
 }
@@ -222,7 +256,7 @@ impl Health {
         // One connector for every pool's probes: off the request path, shared keep-alive.
         let connector = Arc::new(Connector::new(None));
         let resolver = Arc::new(Resolver::default());
-        let offerings = Mutex::new(HashMap::new());
+        let offerings = Mutex::new(OfferingTable::default());
         let list = providers
             .iter()
             .map(|p| {
@@ -234,10 +268,8 @@ impl Health {
                     Some((h, old_p, old_id)) if old_p.same_upstream(p) => {
                         let kept = h.offerings();
                         let mut g = offerings.lock().unwrap_or_else(|e| e.into_inner());
-                        for ((op, id), st) in kept.iter() {
-                            if *op == old_id {
-                                g.insert((p.id, id.clone()), st.clone());
-                            }
+                        if let Some(models) = kept.0.get(&old_id) {
+                            g.0.insert(p.id, models.clone());
                         }
                         h.providers[old_id].clone()
                     }
@@ -405,7 +437,7 @@ impl Health {
         f: impl FnOnce(&mut OfferingState, &BreakerConf) -> R,
     ) -> R {
         let mut g = self.offerings();
-        let st = g.entry((provider, model_id.to_string())).or_default();
+        let st = g.entry(provider, model_id);
         self.offerings_marked.store(true, Ordering::Relaxed);
         f(st, &self.providers[provider].breaker_conf)
     }
@@ -461,7 +493,7 @@ impl Health {
             return Admission::Admit;
         }
         let mut g = self.offerings();
-        let Some(st) = g.get_mut(&(provider, model_id.to_string())) else {
+        let Some(st) = g.get_mut(provider, model_id) else {
             return Admission::Admit;
         };
         match st.at.get_mut(endpoint) {
@@ -481,7 +513,7 @@ impl Health {
             return Vec::new();
         }
         let g = self.offerings();
-        let Some(st) = g.get(&(provider, model_id.to_string())) else {
+        let Some(st) = g.get(provider, model_id) else {
             return Vec::new();
         };
         st.at.iter().map(|a| a.blocked(now).is_some()).collect()
@@ -500,7 +532,7 @@ impl Health {
         }
         let mut g = self.offerings();
         if let Some(b) = g
-            .get_mut(&(provider, model_id.to_string()))
+            .get_mut(provider, model_id)
             .and_then(|st| st.at.get_mut(endpoint))
             .and_then(|a| a.breaker.as_mut())
         {
@@ -596,7 +628,7 @@ impl Health {
         self.providers[provider].pool.best_breaker()
     }
 
-    fn offerings(&self) -> MutexGuard<'_, HashMap<(ProviderId, String), OfferingState>> {
+    fn offerings(&self) -> MutexGuard<'_, OfferingTable> {
         self.offerings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -622,7 +654,7 @@ impl Health {
             return;
         }
         let mut g = self.offerings();
-        if let Some(st) = g.get_mut(&(provider, model_id.to_string())) {
+        if let Some(st) = g.get_mut(provider, model_id) {
             st.unavailable_until = None;
             if let Some(a) = st.at.get_mut(endpoint) {
                 a.cooldown_until = None;
@@ -646,10 +678,9 @@ impl Health {
         let mut g = self.offerings();
         for id in offered {
             let missing = !listed.contains(*id);
-            let key = (provider, id.to_string());
-            let was = g.get(&key).is_some_and(|s| s.missing_from_listing);
+            let was = g.get(provider, id).is_some_and(|s| s.missing_from_listing);
             if was != missing {
-                g.entry(key).or_default().missing_from_listing = missing;
+                g.entry(provider, id).missing_from_listing = missing;
                 changed.push((id.to_string(), missing));
             }
         }
@@ -668,19 +699,19 @@ impl Health {
         let g = self.offerings();
         let mut out: Vec<OfferingSnapshot> = g
             .iter()
-            .filter_map(|((p, id), st)| {
-                let endpoints = self.providers[*p].pool.len();
+            .filter_map(|(p, id, st)| {
+                let endpoints = self.providers[p].pool.len();
                 let verdict = offering_verdict(st, endpoints, now);
                 let breaker = st.best_breaker(endpoints);
                 let held_out_at: Vec<String> = (0..endpoints)
                     .filter(|i| st.at.get(*i).is_some_and(|a| a.blocked(now).is_some()))
-                    .map(|i| self.providers[*p].urls[i].clone())
+                    .map(|i| self.providers[p].urls[i].clone())
                     .collect();
                 if verdict.is_none() && breaker.gauge() == 0 && held_out_at.is_empty() {
                     return None;
                 }
                 Some(OfferingSnapshot {
-                    provider: self.providers[*p].name.clone(),
+                    provider: self.providers[p].name.clone(),
                     model_id: id.clone(),
                     reason: verdict.map(|(r, _)| r),
                     remaining_ms: verdict.and_then(|(_, ms)| ms),
@@ -827,10 +858,10 @@ impl Health {
             }
         }
         if self.offerings_marked.load(Ordering::Relaxed) {
-            for ((p, id), st) in self.offerings().iter() {
-                let endpoints = self.providers[*p].pool.len();
+            for (p, id, st) in self.offerings().iter() {
+                let endpoints = self.providers[p].pool.len();
                 if let Some((reason, until)) = offering_until(st, endpoints, now) {
-                    snap.skip_offering(*p, id, reason, until);
+                    snap.skip_offering(p, id, reason, until);
                 }
             }
         }
@@ -864,7 +895,7 @@ impl Health {
         }
         let g = self.offerings();
         let endpoints = self.providers[provider].pool.len();
-        offering_until(g.get(&(provider, model_id.to_string()))?, endpoints, now)
+        offering_until(g.get(provider, model_id)?, endpoints, now)
     }
 }
 

@@ -68,11 +68,11 @@ fn committed(held: BytesMut) -> Held {
 }
 
 async fn hold_body(up: &mut HttpSession, mut held: BytesMut, spec: &HoldSpec) -> Held {
-    if let Some(Ok(Some(n))) = up
+    let announced = up
         .response_header()
         .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
-        .map(|v| v.to_str().map(|s| s.parse::<usize>().ok()))
-    {
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if let Some(n) = announced {
         held.reserve(n.min(spec.max_body).saturating_sub(held.len()));
     }
     loop {

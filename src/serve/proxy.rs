@@ -212,11 +212,7 @@ impl Proxy {
             return Some(e);
         }
         if !cfg.client_tokens.is_empty() {
-            let h = &session.req_header().headers;
-            let presented = h
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()));
+            let presented = presented_token(&session.req_header().headers);
             if !presented.is_some_and(|p| token_ok(p, &cfg.client_tokens)) {
                 return Some(GatewayError::new(
                     ErrorKind::Unauthorized,
@@ -476,7 +472,18 @@ impl Proxy {
             cache_header: None,
             stale: None,
         };
-        let cache = match self.cache_lookup(session, ctx, &body, &mut plan, route, &model.name) {
+        let scope = KeyScope {
+            model: &model.name,
+            route: route.map(|r| r.name.as_str()),
+            endpoint: plan.endpoint.as_str(),
+            // Hashed only when the cache is in play.
+            identity: if plan.policy.cache.is_some() {
+                client_scope(session, cfg)
+            } else {
+                [0; 32]
+            },
+        };
+        let cache = match self.cache_lookup(session, ctx, &body, &mut plan, &scope) {
             Lookup::Hit(rendered) => {
                 let mut down = Downstream::new(session, None);
                 cache::serve(&mut down, &rendered, "hit", &ctx.request_id).await?;
@@ -491,7 +498,7 @@ impl Proxy {
         let cache_rec = cache
             .as_ref()
             .map(|c| Recording::new([0; 32], c.policy.max_entry_bytes));
-        let result = match self.idempotency(session, &body, plan.zero_retention) {
+        let result = match self.idempotency(session, cfg, &body, plan.zero_retention) {
             Keyed::No => {
                 let mut down = Downstream::new(session, cache_rec.as_ref());
                 let result = forward::run(&self.shared, &rt, &mut down, ctx, &plan, &body).await;
@@ -576,8 +583,7 @@ impl Proxy {
         ctx: &mut RequestLog,
         body: &RequestBody,
         plan: &mut forward::Plan,
-        route: Option<&crate::model::Route>,
-        model: &str,
+        scope: &KeyScope<'_>,
     ) -> Lookup {
         let Some(policy) = plan.policy.cache else {
             return Lookup::Off;
@@ -610,14 +616,7 @@ impl Proxy {
                 Err(_) => return Lookup::Off,
             },
         };
-        let cfg = self.shared.runtime.load();
-        let scope = KeyScope {
-            model,
-            route: route.map(|r| r.name.as_str()),
-            endpoint: plan.endpoint.as_str(),
-            identity: client_scope(session, &cfg.config),
-        };
-        let Some(key) = cache_key(json, &scope) else {
+        let Some(key) = cache_key(json, scope) else {
             return Lookup::Off;
         };
         let family = plan.endpoint.family();
@@ -695,15 +694,17 @@ impl Proxy {
 
 /// The client's identity for scoping keys: its token (hashed) when client tokens are on.
 fn client_scope(session: &Session, cfg: &crate::model::Config) -> [u8; 32] {
-    let h = &session.req_header().headers;
     let token = (!cfg.client_tokens.is_empty())
-        .then(|| {
-            h.get(http::header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()))
-        })
+        .then(|| presented_token(&session.req_header().headers))
         .flatten();
     scope(token)
+}
+
+/// The client token a request presents: `Authorization: Bearer`, else `x-api-key`.
+fn presented_token(h: &http::HeaderMap) -> Option<&[u8]> {
+    h.get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()))
 }
 
 /// Whether a request takes part in idempotency, and its claim.
@@ -743,7 +744,13 @@ impl Drop for Lease<'_> {
 
 impl Proxy {
     /// Claim the request's `Idempotency-Key`, scoped to the client's token.
-    fn idempotency(&self, session: &Session, body: &RequestBody, zero_retention: bool) -> Keyed {
+    fn idempotency(
+        &self,
+        session: &Session,
+        cfg: &crate::model::Config,
+        body: &RequestBody,
+        zero_retention: bool,
+    ) -> Keyed {
         let Some(store) = self.shared.idempotency.as_deref() else {
             return Keyed::No;
         };
@@ -760,9 +767,8 @@ impl Proxy {
                 return Keyed::Invalid(GatewayError::new(ErrorKind::InvalidRequest, e.message()))
             }
         };
-        let cfg = self.shared.runtime.load();
         let scoped = ScopedKey {
-            scope: client_scope(session, &cfg.config),
+            scope: client_scope(session, cfg),
             key,
         };
         let fp = fingerprint(session.req_header().uri.path(), body.bytes());

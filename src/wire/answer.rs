@@ -36,7 +36,7 @@ pub fn content(family: Family, answer: &Value) -> Content {
             }
         }
         Family::Anthropic => {
-            let blocks = answer["content"].as_array().cloned().unwrap_or_default();
+            let blocks: &[Value] = answer["content"].as_array().map_or(&[], Vec::as_slice);
             let text: usize = blocks
                 .iter()
                 .filter_map(|b| b["text"].as_str())
@@ -82,7 +82,7 @@ fn fold_openai(events: &[SseEvent]) -> Option<Value> {
         if !v["usage"].is_null() {
             usage = Some(v["usage"].clone());
         }
-        let choices = v["choices"].as_array().cloned().unwrap_or_default();
+        let choices: &[Value] = v["choices"].as_array().map_or(&[], Vec::as_slice);
         if choices.len() > 1 {
             return None;
         }
