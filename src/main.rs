@@ -139,7 +139,14 @@ fn main() -> ExitCode {
                     cfg.listen
                 );
             }
-            let (server, _shared) = twinroute::serve::server::build(cfg, Some(config));
+            let (server, _shared) = match twinroute::serve::server::build(cfg, Some(config)) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("twinroute: {e}");
+                    twinroute::observe::log_writer::drain();
+                    return ExitCode::from(1);
+                }
+            };
             server.run(pingora::server::RunArgs::default());
             // Graceful shutdown is over: write out every line before the process ends.
             twinroute::observe::log_writer::drain();

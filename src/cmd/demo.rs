@@ -99,7 +99,7 @@ fn run_inner() -> Result<(), String> {
     .collect();
     let cfg = config::parse(&demo_config(&alpha, &beta, &claude, listen, admin), &env)
         .map_err(|e| e.to_string())?;
-    let (server, shared) = server::build(cfg, None);
+    let (server, shared) = server::build(cfg, None)?;
     std::thread::spawn(move || server.run_forever());
 
     println!("twinroute demo: three mock providers on loopback");

@@ -21,6 +21,11 @@ pub struct FileConfig {
     pub idempotency: Option<FileIdempotency>,
     /// Memory for the prompt cache, all entries together (default 64 MiB).
     pub cache_max_bytes: Option<u64>,
+    /// Directory for state that must survive a restart (the background queue's job store).
+    /// Unset: nothing is written to disk and nothing is queued.
+    pub state_dir: Option<String>,
+    /// The background queue's limits (used when `state_dir` is set).
+    pub queue: Option<FileQueue>,
     pub log_format: Option<String>,
     /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
     pub grace_period_s: Option<u64>,
@@ -243,6 +248,34 @@ pub struct FilePolicy {
     pub stream_recovery: Option<String>,
     /// The prompt cache for this scope (off unless set).
     pub cache: Option<FileCache>,
+    /// Background work for this scope: queued when no capacity is found.
+    pub queue: Option<FilePolicyQueue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePolicyQueue {
+    /// Every request of this scope is background work (default false: only those with
+    /// `x-twinroute-priority: background`).
+    pub background: Option<bool>,
+    /// Without `Prefer: respond-async`, how long the connection is held for the job (default
+    /// 30000) before 202 and its location.
+    pub max_wait_ms: Option<u64>,
+    /// A job not done this long after it was queued fails (default 86400).
+    pub max_age_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQueue {
+    /// Jobs waiting or running at most (default 10000); past it 503 `queue_full`.
+    pub max_jobs: Option<u64>,
+    /// Jobs started per second at most while the queue drains (default 5).
+    pub drain_per_s: Option<f64>,
+    /// The longest wait between two tries of a job that found no capacity (default 10000).
+    pub retry_max_ms: Option<u64>,
+    /// How long a finished job's answer stays at its location (default 3600).
+    pub keep_done_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -249,6 +249,23 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
             tool_calls: c.tool_calls.unwrap_or(false),
         });
     }
+    if let Some(q) = &p.queue {
+        if let Some(b) = q.background {
+            out.queue.background = b;
+        }
+        if let Some(ms) = q.max_wait_ms {
+            out.queue.max_wait = Duration::from_millis(ms.min(600_000));
+        }
+        if let Some(s) = q.max_age_s {
+            if s == 0 || s > 30 * 86_400 {
+                return Err(err(
+                    format!("{path}.queue.max_age_s"),
+                    "must be between 1 and 2592000",
+                ));
+            }
+            out.queue.max_age = Duration::from_secs(s);
+        }
+    }
     if let Some(v) = &p.stream_recovery {
         out.stream_recovery = match v.as_str() {
             "error" => StreamRecovery::Error,
@@ -262,6 +279,47 @@ fn build_policy(path: &str, p: Option<&FilePolicy>, base: &Policy) -> Result<Pol
         };
     }
     Ok(out)
+}
+
+fn build_queue(
+    state_dir: Option<&str>,
+    f: Option<&file::FileQueue>,
+) -> Result<Option<crate::model::QueueConf>, ConfigError> {
+    let Some(dir) = state_dir else {
+        if f.is_some() {
+            return Err(err(
+                "queue",
+                "the background queue keeps its jobs on disk: set state_dir too",
+            ));
+        }
+        return Ok(None);
+    };
+    if dir.is_empty() {
+        return Err(err("state_dir", "must name a directory"));
+    }
+    let max_jobs = f.and_then(|f| f.max_jobs).unwrap_or(10_000);
+    if max_jobs == 0 || max_jobs > 10_000_000 {
+        return Err(err("queue.max_jobs", "must be between 1 and 10000000"));
+    }
+    let drain_per_s = f.and_then(|f| f.drain_per_s).unwrap_or(5.0);
+    if !(drain_per_s.is_finite() && (0.01..=10_000.0).contains(&drain_per_s)) {
+        return Err(err("queue.drain_per_s", "must be between 0.01 and 10000"));
+    }
+    let retry_max_ms = f.and_then(|f| f.retry_max_ms).unwrap_or(10_000);
+    if !(100..=3_600_000).contains(&retry_max_ms) {
+        return Err(err("queue.retry_max_ms", "must be between 100 and 3600000"));
+    }
+    let keep_done_s = f.and_then(|f| f.keep_done_s).unwrap_or(3600);
+    if keep_done_s == 0 || keep_done_s > 30 * 86_400 {
+        return Err(err("queue.keep_done_s", "must be between 1 and 2592000"));
+    }
+    Ok(Some(crate::model::QueueConf {
+        dir: dir.into(),
+        max_jobs: max_jobs as usize,
+        drain_per_s,
+        retry_max: Duration::from_millis(retry_max_ms),
+        keep_done: Duration::from_secs(keep_done_s),
+    }))
 }
 
 fn build_idempotency(
@@ -1030,6 +1088,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         max_response_body_bytes: max_response_body_bytes as usize,
         idempotency: build_idempotency(file.idempotency.as_ref())?,
         cache_max_bytes: file.cache_max_bytes.unwrap_or(64 << 20),
+        queue: build_queue(file.state_dir.as_deref(), file.queue.as_ref())?,
         log_format,
         grace_period_s: file.grace_period_s.unwrap_or(20),
         max_concurrent_requests,
@@ -1338,6 +1397,43 @@ models:
             ),
             ("policy: {cache: {ttl_s: 0}}\n", "policy.cache.ttl_s"),
             ("idempotency: {ttl_s: 0}\n", "idempotency.ttl_s"),
+        ] {
+            let e = parse(&format!("{OK}{bad}"), &env()).unwrap_err();
+            assert_eq!(e.path, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn queue_keys() {
+        let c = parse(OK, &env()).unwrap();
+        assert!(c.queue.is_none(), "no state_dir, no queue");
+        let text = format!(
+            "{OK}  - name: n\n    offerings: [{{provider: a, model: y}}]\n    policy: {{queue: {{background: true, max_wait_ms: 250, max_age_s: 60}}}}\nstate_dir: /var/lib/twinroute\nqueue: {{max_jobs: 50, drain_per_s: 2.5}}\n"
+        );
+        let c = parse(&text, &env()).unwrap();
+        let q = c.queue.as_ref().unwrap();
+        assert_eq!(q.dir, std::path::PathBuf::from("/var/lib/twinroute"));
+        assert_eq!((q.max_jobs, q.drain_per_s), (50, 2.5));
+        assert_eq!(q.keep_done, Duration::from_secs(3600));
+        let n = c.catalog.resolve("n").unwrap();
+        let p = c.policy_for(None, n).queue;
+        assert!(p.background);
+        assert_eq!(p.max_wait, Duration::from_millis(250));
+        assert_eq!(p.max_age, Duration::from_secs(60));
+        let m = c.catalog.resolve("m").unwrap();
+        assert!(!c.policy_for(None, m).queue.background);
+        for (bad, key) in [
+            ("queue: {max_jobs: 5}\n", "queue"),
+            ("state_dir: /x\nqueue: {max_jobs: 0}\n", "queue.max_jobs"),
+            (
+                "state_dir: /x\nqueue: {drain_per_s: 0}\n",
+                "queue.drain_per_s",
+            ),
+            ("state_dir: \"\"\n", "state_dir"),
+            (
+                "policy: {queue: {max_age_s: 0}}\n",
+                "policy.queue.max_age_s",
+            ),
         ] {
             let e = parse(&format!("{OK}{bad}"), &env()).unwrap_err();
             assert_eq!(e.path, key, "{e}");

@@ -1,12 +1,13 @@
 //! Pure decisions: no I/O, no clock reads (time is passed in), no locks. Candidate order over a
 //! health snapshot (`route`), what an attempt's result means (`outcome`), how long to wait
 //! between attempts (`backoff`), and the attempt state machine (`attempt`): an attempt's outcome
-//! in, the next step and the health signal to emit out; and `Idempotency-Key` rules
-//! (`idempotency`).
+//! in, the next step and the health signal to emit out; `Idempotency-Key` rules
+//! (`idempotency`), the prompt cache's (`cache`) and the background queue's (`queue`).
 
 pub mod attempt;
 pub mod backoff;
 pub mod cache;
 pub mod idempotency;
 pub mod outcome;
+pub mod queue;
 pub mod route;

@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Overloaded,
     UpstreamFailed,
     UpstreamTimeout,
+    /// The background queue is at `queue.max_jobs` (503).
+    QueueFull,
+    /// A background job passed `queue.max_age_s` without an answer (504).
+    JobExpired,
 }
 
 impl ErrorKind {
@@ -45,6 +49,8 @@ impl ErrorKind {
             ErrorKind::Overloaded => 503,
             ErrorKind::UpstreamFailed => 502,
             ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::QueueFull => 503,
+            ErrorKind::JobExpired => 504,
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod provider;
 
 pub use catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use ids::{ModelId, OfferingIdx, ProviderId};
-pub use policy::{Backoff, CachePolicy, OnCeiling, Policy, Strategy, StreamRecovery};
+pub use policy::{Backoff, CachePolicy, OnCeiling, Policy, QueuePolicy, Strategy, StreamRecovery};
 pub use provider::{
     ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, GcpConf, GcpCredentials,
     ProbeConf, Provider, ProviderEndpoint, Secret, Timeouts, UpstreamBase,
@@ -56,6 +56,21 @@ pub struct IdempotencyConf {
     pub max_entry_bytes: usize,
 }
 
+/// The durable background queue (on when `state_dir` is set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConf {
+    /// Where the job store lives (`state_dir`; a volume in Kubernetes).
+    pub dir: std::path::PathBuf,
+    /// Jobs waiting or running at most; past it a background request gets 503 `queue_full`.
+    pub max_jobs: usize,
+    /// Jobs started per second at most when the queue drains.
+    pub drain_per_s: f64,
+    /// The longest a job that found no capacity waits before its next try.
+    pub retry_max: Duration,
+    /// How long a finished job's answer stays readable at its location.
+    pub keep_done: Duration,
+}
+
 /// The whole runtime configuration, swapped in as one immutable unit.
 #[derive(Debug)]
 pub struct Config {
@@ -69,6 +84,8 @@ pub struct Config {
     pub idempotency: Option<IdempotencyConf>,
     /// Memory for the prompt cache.
     pub cache_max_bytes: u64,
+    /// The background queue (`None`: no `state_dir`, nothing is queued).
+    pub queue: Option<QueueConf>,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
     pub max_concurrent_requests: usize,

@@ -77,6 +77,31 @@ pub struct Policy {
     pub stream_recovery: StreamRecovery,
     /// The prompt cache (`None`: off).
     pub cache: Option<CachePolicy>,
+    /// Background work: whether this scope's requests may wait in the queue, and how long.
+    pub queue: QueuePolicy,
+}
+
+/// How requests of a model or route wait for capacity in the durable queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePolicy {
+    /// Every request of this scope is background work (as with `x-twinroute-priority:
+    /// background`).
+    pub background: bool,
+    /// Without `Prefer: respond-async`, how long the client's connection is held waiting for
+    /// its job before it gets 202 and the job's location.
+    pub max_wait: Duration,
+    /// A job not done this long after it was queued is failed with its reason.
+    pub max_age: Duration,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            background: false,
+            max_wait: Duration::from_secs(30),
+            max_age: Duration::from_secs(86_400),
+        }
+    }
 }
 
 /// How answers of a model or route are cached.
@@ -128,6 +153,7 @@ impl Default for Policy {
             stream_idle: None,
             stream_recovery: StreamRecovery::Error,
             cache: None,
+            queue: QueuePolicy::default(),
         }
     }
 }

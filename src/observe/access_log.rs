@@ -56,6 +56,8 @@ pub struct RequestLog {
     pub idempotent_replay: bool,
     /// The prompt cache's part: `hit`, `miss`, `stale` or `bypass`.
     pub cache: Option<&'static str>,
+    /// The background job this request was queued as (or, for the drain's own request, runs).
+    pub queued: Option<String>,
     pub error: Option<String>,
 }
 
@@ -87,6 +89,7 @@ impl RequestLog {
             stream_recovery: None,
             idempotent_replay: false,
             cache: None,
+            queued: None,
             error: None,
         }
     }
@@ -145,6 +148,7 @@ impl RequestLog {
                 if self.idempotent_replay {
                     s.push_str(" idempotent_replay=true");
                 }
+                opt(&mut s, "queued", &self.queued);
                 if let Some(r) = &self.stream_recovery {
                     let _ = write!(s, " stream_recovery={r}");
                 }

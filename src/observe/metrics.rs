@@ -30,6 +30,9 @@ pub struct Metrics {
     pub log_waits: prometheus::IntCounter,
     pub cache_entries: prometheus::IntGauge,
     pub cache_bytes: prometheus::IntGauge,
+    pub queue_jobs: IntCounterVec,
+    pub queue_depth: prometheus::IntGauge,
+    pub queue_oldest_age: prometheus::Gauge,
     pub offering_healthy: IntGaugeVec,
     pub probe_latency: GaugeVec,
     pub tokens: IntCounterVec,
@@ -153,6 +156,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "twinroute_cache_bytes",
         "Bytes the prompt cache's answers weigh",
     )?;
+    let queue_jobs = IntCounterVec::new(
+        Opts::new(
+            "twinroute_queue_jobs_total",
+            "Background jobs by event: queued, retried (no capacity yet), succeeded, expired, cancelled, full (refused at queue.max_jobs)",
+        ),
+        &["event"],
+    )?;
+    let queue_depth = prometheus::IntGauge::new(
+        "twinroute_queue_depth",
+        "Background jobs waiting or running",
+    )?;
+    let queue_oldest_age = prometheus::Gauge::new(
+        "twinroute_queue_oldest_age_seconds",
+        "Age of the oldest background job still waiting or running (0 when none)",
+    )?;
     let log_waits = prometheus::IntCounter::new(
         "twinroute_log_waits_total",
         "Log lines whose request waited for the log writer to make room in its buffer (none are dropped)",
@@ -224,6 +242,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(log_waits.clone()))?;
     registry.register(Box::new(cache_entries.clone()))?;
     registry.register(Box::new(cache_bytes.clone()))?;
+    registry.register(Box::new(queue_jobs.clone()))?;
+    registry.register(Box::new(queue_depth.clone()))?;
+    registry.register(Box::new(queue_oldest_age.clone()))?;
     registry.register(Box::new(probe_latency.clone()))?;
     registry.register(Box::new(tokens.clone()))?;
     registry.register(Box::new(cost_usd.clone()))?;
@@ -251,6 +272,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         log_waits,
         cache_entries,
         cache_bytes,
+        queue_jobs,
+        queue_depth,
+        queue_oldest_age,
         probe_latency,
         tokens,
         cost_usd,

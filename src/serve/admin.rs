@@ -32,7 +32,8 @@ fn json_response(status: u16, v: Value) -> Response<Vec<u8>> {
     respond(status, "application/json", v.to_string().into_bytes())
 }
 
-/// Refresh the idempotency store's gauges (entries held, bytes they weigh).
+/// Refresh the stores' gauges: idempotency and cache (entries held, bytes they weigh), the
+/// queue (depth, oldest job's age).
 pub fn update_store_gauges(shared: &Shared) {
     let (entries, bytes) = shared.cache.usage();
     METRICS.cache_entries.set(entries as i64);
@@ -41,6 +42,11 @@ pub fn update_store_gauges(shared: &Shared) {
         let (entries, bytes) = store.usage();
         METRICS.idempotency_entries.set(entries as i64);
         METRICS.idempotency_bytes.set(bytes as i64);
+    }
+    if let Some(q) = shared.queue.as_deref() {
+        let s = q.stats();
+        METRICS.queue_depth.set(s.waiting as i64);
+        METRICS.queue_oldest_age.set(s.oldest_age_s);
     }
 }
 
@@ -211,6 +217,15 @@ impl ServeHttp for Admin {
                     "hit_ratio": (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
                     "stale_served": lookups("stale"),
                 });
+                if let Some(q) = self.shared.queue.as_deref() {
+                    let s = q.stats();
+                    v["queue"] = json!({
+                        "depth": s.waiting,
+                        "running": s.running,
+                        "finished_kept": s.finished,
+                        "oldest_age_s": s.oldest_age_s,
+                    });
+                }
                 json_response(200, v)
             }
             ("GET", "/metrics") => {

@@ -82,6 +82,18 @@ pub struct Plan {
     /// A cached answer past its TTL but within `stale_if_error_s`: served instead of the error
     /// when every candidate fails.
     pub stale: Option<Rendered>,
+    /// Background work (or the queue's own run of it): when every candidate fails, nothing is
+    /// written and `run` returns `Ran::NoCapacity` with the error the client would have had.
+    pub queue_on_fail: bool,
+}
+
+/// How `run` ended.
+pub enum Ran {
+    /// An answer or an error reached the client.
+    Done,
+    /// Background work found no capacity; nothing was written. The error, and the attempts it
+    /// made (for `x-twinroute-attempts`).
+    NoCapacity(GatewayError, usize),
 }
 
 /// A committed stream that broke under `stream_recovery: continue`: what the client has, and
@@ -104,6 +116,8 @@ pub struct Continuation {
 enum Attempted {
     /// An answer or an error reached the client.
     Done,
+    /// Every candidate failed on a `queue_on_fail` plan; nothing was written.
+    NoCapacity(GatewayError, usize),
     /// A committed stream broke and can be completed from another candidate.
     Broken(Box<BrokenStream>),
 }
@@ -138,7 +152,8 @@ enum Exchange {
     },
 }
 
-/// Run the attempts and write the response (the answer or an error) to the client.
+/// Run the attempts and write the response (the answer or an error) to the client; background
+/// work that finds no capacity comes back as `Ran::NoCapacity`, unanswered.
 /// Returns `Err` only when the client connection broke.
 ///
 /// The loop only executes: `decide::attempt::Attempts` says how long to wait, how long an
@@ -150,9 +165,10 @@ pub async fn run(
     ctx: &mut RequestLog,
     plan: &Plan,
     body: &RequestBody,
-) -> Result<()> {
+) -> Result<Ran> {
     let broken = match attempt_loop(shared, rt, session, ctx, plan, body).await? {
-        Attempted::Done => return Ok(()),
+        Attempted::Done => return Ok(Ran::Done),
+        Attempted::NoCapacity(e, tried) => return Ok(Ran::NoCapacity(e, tried)),
         Attempted::Broken(b) => b,
     };
     let origin = rt.config.providers[broken.provider].name.clone();
@@ -161,15 +177,18 @@ pub async fn run(
             .stream_recoveries
             .with_label_values(&["no_candidate"])
             .inc();
-        return end_broken_stream(session, ctx, plan.endpoint.family(), &origin).await;
+        end_broken_stream(session, ctx, plan.endpoint.family(), &origin).await?;
+        return Ok(Ran::Done);
     };
     match attempt_loop(shared, rt, session, ctx, &next, body).await? {
-        Attempted::Done => Ok(()),
-        // A continuation's own break is not continued again: the relay ends it.
-        Attempted::Broken(_) => {
-            end_broken_stream(session, ctx, plan.endpoint.family(), &origin).await
+        Attempted::Done => {}
+        // A continuation's own break is not continued again: the relay ends it. (A
+        // continuation never queues: the client already holds half a stream.)
+        Attempted::Broken(_) | Attempted::NoCapacity(..) => {
+            end_broken_stream(session, ctx, plan.endpoint.family(), &origin).await?
         }
     }
+    Ok(Ran::Done)
 }
 
 /// The plan that completes a broken stream: the candidates left that accept assistant prefill
@@ -221,6 +240,7 @@ fn continuation_plan(
         include_usage: plan.include_usage,
         cache_header: None,
         stale: None,
+        queue_on_fail: false,
         continuation: Some(Continuation {
             track: broken.track,
             json,
@@ -683,6 +703,9 @@ async fn attempt_loop(
         return Ok(Attempted::Done);
     }
     let e = attempts.final_error();
+    if plan.queue_on_fail {
+        return Ok(Attempted::NoCapacity(e, attempts.failures().len()));
+    }
     let tried = attempts.failures().len().to_string();
     send_error(
         session,
@@ -697,7 +720,7 @@ async fn attempt_loop(
 
 /// Answer the client with twinroute's own error: recorded in the access line (unless a more
 /// precise cause already is), the connection not reused, the request id among the headers.
-async fn send_error(
+pub async fn send_error(
     session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     e: GatewayError,

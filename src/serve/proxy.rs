@@ -16,6 +16,7 @@ use crate::model::endpoint::{Endpoint, Family};
 use crate::model::Strategy;
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
+use crate::serve::background::{self, Queueing};
 use crate::serve::cache;
 use crate::serve::downstream::Downstream;
 use crate::serve::forward;
@@ -211,7 +212,10 @@ impl Proxy {
             e.retry_after_s = Some(1);
             return Some(e);
         }
-        if !cfg.client_tokens.is_empty() {
+        // The drain's own runs carry this process's job token instead of a client's.
+        if !cfg.client_tokens.is_empty()
+            && background::job_run(&self.shared, &session.req_header().headers).is_none()
+        {
             let presented = presented_token(&session.req_header().headers);
             if !presented.is_some_and(|p| token_ok(p, &cfg.client_tokens)) {
                 return Some(GatewayError::new(
@@ -231,6 +235,16 @@ impl Proxy {
             if session.req_header().method == http::Method::GET {
                 return Ok(self.models(session, cfg, rest));
             }
+        }
+        if let Some(id) = crate::wire::job::id_from_path(&path) {
+            let scope = client_scope(session, cfg);
+            let mut down = Downstream::new(session, None);
+            return Ok(
+                match background::resource(&self.shared, &mut down, ctx, id, scope).await? {
+                    Ok(()) => Handled::Done,
+                    Err(e) => Handled::Reject(e),
+                },
+            );
         }
         let Some(endpoint) = Endpoint::from_path(&path) else {
             return Ok(Handled::Reject(GatewayError::new(
@@ -471,7 +485,19 @@ impl Proxy {
             continuation: None,
             cache_header: None,
             stale: None,
+            queue_on_fail: false,
         };
+        let queueing =
+            match background::queueing(&self.shared, &session.req_header().headers, &plan, || {
+                client_scope(session, cfg)
+            }) {
+                Ok(q) => q,
+                Err(e) => return Ok(Handled::Reject(e)),
+            };
+        plan.queue_on_fail = !matches!(queueing, Queueing::No);
+        if let Queueing::Run(id) = &queueing {
+            ctx.queued = Some(id.clone());
+        }
         let scope = KeyScope {
             model: &model.name,
             route: route.map(|r| r.name.as_str()),
@@ -501,7 +527,9 @@ impl Proxy {
         let result = match self.idempotency(session, cfg, &body, plan.zero_retention) {
             Keyed::No => {
                 let mut down = Downstream::new(session, cache_rec.as_ref());
-                let result = forward::run(&self.shared, &rt, &mut down, ctx, &plan, &body).await;
+                let result =
+                    background::execute(&self.shared, &rt, &mut down, ctx, &plan, &body, &queueing)
+                        .await;
                 if let (Some(rec), Some(state)) = (&cache_rec, &cache) {
                     rec.finish(result.is_ok());
                     self.cache_keep(ctx, state, rec, body.stream);
@@ -537,7 +565,9 @@ impl Proxy {
                     settled: false,
                 };
                 let mut down = Downstream::new(session, Some(&rec));
-                let result = forward::run(&self.shared, &rt, &mut down, ctx, &plan, &body).await;
+                let result =
+                    background::execute(&self.shared, &rt, &mut down, ctx, &plan, &body, &queueing)
+                        .await;
                 rec.finish(result.is_ok());
                 let keep = storable(ctx.status, rec.complete() && ctx.error.is_none());
                 lease.settle(keep);

@@ -41,8 +41,9 @@ impl BackgroundService for Readiness {
 }
 
 /// Build a server for `config` (read from `config_path`, watched for reloads when given). The
-/// returned `Shared` is what the admin API and tests observe.
-pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared>) {
+/// returned `Shared` is what the admin API and tests observe. Fails when the job store under
+/// `state_dir` cannot be opened.
+pub fn build(config: Config, config_path: Option<String>) -> Result<(Server, Arc<Shared>), String> {
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(config.grace_period_s),
@@ -64,7 +65,7 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
     let h2_idle = config.client_keepalive_timeout;
     let admin_listen = config.admin_listen.clone();
     let threads = config.threads;
-    let shared = Shared::new(config);
+    let shared = Shared::new(config)?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
     let mut http = pingora::proxy::http_proxy(&server.configuration, Proxy::new(shared.clone()));
@@ -121,6 +122,14 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
             shared: shared.clone(),
         },
     ));
+    if shared.queue.is_some() {
+        server.add_service(background_service(
+            "queue drain",
+            crate::serve::drain::Drain {
+                shared: shared.clone(),
+            },
+        ));
+    }
     if let Some(path) = config_path {
         server.add_service(background_service(
             "reload",
@@ -130,5 +139,5 @@ pub fn build(config: Config, config_path: Option<String>) -> (Server, Arc<Shared
             },
         ));
     }
-    (server, shared)
+    Ok((server, shared))
 }

@@ -46,10 +46,14 @@ pub struct Shared {
     /// The prompt cache (used by models and routes whose policy sets `cache`). Built from the
     /// first config; a reload keeps it.
     pub cache: Box<dyn crate::serve::cache::AnswerCache>,
+    /// The durable background queue (`None`: no `state_dir`). Opened from the first config; a
+    /// reload keeps it.
+    pub queue: Option<Arc<crate::serve::queue::Queue>>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Arc<Shared> {
+    /// Fails only when the job store under `state_dir` cannot be opened.
+    pub fn new(config: Config) -> Result<Arc<Shared>, String> {
         let idempotency = config.idempotency.as_ref().map(|c| {
             Box::new(crate::serve::idempotency::MemoryStore::new(c))
                 as Box<dyn crate::serve::idempotency::IdempotencyStore>
@@ -57,15 +61,20 @@ impl Shared {
         let cache = Box::new(crate::serve::cache::MemoryCache::new(
             config.cache_max_bytes,
         ));
-        Arc::new(Shared {
+        let queue = match &config.queue {
+            Some(q) => Some(crate::serve::queue::Queue::open(q)?),
+            None => None,
+        };
+        Ok(Arc::new(Shared {
             idempotency,
             cache,
+            queue,
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             connector: Connector::new(None),
             resolver: Resolver::default(),
             ready: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             tokens: Default::default(),
-        })
+        }))
     }
 }

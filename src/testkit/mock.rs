@@ -129,6 +129,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// When it arrived (rates are checked on these).
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -444,6 +446,7 @@ impl MockProvider {
             path: path.clone(),
             headers,
             body,
+            at: std::time::Instant::now(),
         };
         let parsed = recorded.json();
         let aws = self.lock().aws.clone();

@@ -74,6 +74,8 @@ fn names(kind: ErrorKind) -> (&'static str, &'static str, &'static str) {
         ErrorKind::Overloaded => ("server_error", "overloaded", "overloaded_error"),
         ErrorKind::UpstreamFailed => ("api_error", "all_providers_failed", "api_error"),
         ErrorKind::UpstreamTimeout => ("api_error", "upstream_timeout", "timeout_error"),
+        ErrorKind::QueueFull => ("server_error", "queue_full", "overloaded_error"),
+        ErrorKind::JobExpired => ("api_error", "job_expired", "timeout_error"),
     }
 }
 

@@ -3,7 +3,7 @@
 //! Beside them: the request body scanner/splicer (`body`), building an upstream request for a
 //! provider (`request`), provider error bodies (`error_body`), twinroute's own error JSON
 //! (`errors`), the SSE error event (`sse`), what an upstream stream event means for committing to it and
-//! continuing it (`stream_event`), and token usage in answers (`usage`).
+//! continuing it (`stream_event`), token usage in answers (`usage`), and twinroute's background-job resource (`job`).
 
 pub mod answer;
 pub mod anthropic;
@@ -12,6 +12,7 @@ pub mod bedrock;
 pub mod body;
 pub mod error_body;
 pub mod errors;
+pub mod job;
 pub mod listing;
 pub mod openai;
 pub mod request;
