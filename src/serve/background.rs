@@ -162,9 +162,14 @@ pub async fn execute(
     ctx.error = Some(e.message);
     if !respond_async {
         // Held: answered as soon as the job is, or given its location when the wait runs out.
-        let finished = tokio::time::timeout(policy.max_wait, done.wait_for(|d| *d))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let mut closing = queue.closing();
+        let finished = tokio::select! {
+            r = tokio::time::timeout(policy.max_wait, done.wait_for(|d| *d)) => {
+                r.is_ok_and(|r| r.is_ok())
+            }
+            // Shutting down: the location now, not a connection cut at the end of the grace.
+            _ = closing.wait_for(|c| *c) => false,
+        };
         if finished {
             if let Some(found) = queue.find(&id, &scope).await {
                 ctx.error = None;

@@ -48,6 +48,9 @@ impl BackgroundService for Drain {
         let Some(q) = self.shared.queue.clone() else {
             return;
         };
+        // On shutdown no job starts, and held connections are answered with their location.
+        let closing = q.clone();
+        let _close = Defer(move || closing.close());
         let spacing = decide::spacing(q.conf().drain_per_s);
         let running = Arc::new(Semaphore::new(MAX_RUNNING));
         let mut last_start: Option<Instant> = None;
@@ -94,6 +97,15 @@ impl BackgroundService for Drain {
                 }
             }
         }
+    }
+}
+
+/// Runs its closure when dropped (when the drain service ends, however it ends).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
 }
 

@@ -293,6 +293,9 @@ pub struct Queue {
     index: Mutex<Index>,
     /// Wakes the drain when a job arrives.
     pub wake: Notify,
+    /// Turns true when the process shuts down: held connections get their 202 at once
+    /// instead of being cut at the end of the grace period.
+    closing: watch::Sender<bool>,
     /// This process's job token (random per start; the drain's requests carry it).
     token: String,
     /// Monotonic origin for `not_before` in milliseconds (`decide::queue::Waiting`).
@@ -345,6 +348,7 @@ impl Queue {
             conf: conf.clone(),
             index: Mutex::new(index),
             wake: Notify::new(),
+            closing: watch::channel(false).0,
             token: hex::encode(rand::random::<[u8; 32]>()),
             origin: now,
         }))
@@ -352,6 +356,16 @@ impl Queue {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The process is shutting down: release every held connection.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Turns true when the process is shutting down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     pub fn conf(&self) -> &QueueConf {
