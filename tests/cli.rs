@@ -176,3 +176,44 @@ fn check_lists_every_provider_without_a_credential_and_strict_fails() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ANTHROPIC_API_KEY is not set"));
 }
+
+/// The configs shipped for Kubernetes (the raw manifests' ConfigMap, the chart's default
+/// `config`) load: a key the binary does not know would crash-loop every injected sidecar.
+#[test]
+fn the_kubernetes_configs_load() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let configmap: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{root}/k8s/configmap.yaml")).unwrap(),
+    )
+    .unwrap();
+    let raw = configmap["data"]["twinroute.yaml"]
+        .as_str()
+        .expect("k8s/configmap.yaml has data.twinroute.yaml")
+        .to_string();
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(format!("{root}/helm/twinroute/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let chart = serde_yaml::to_string(&values["config"]).unwrap();
+    for (name, text) in [("k8s/configmap.yaml", raw), ("helm values config", chart)] {
+        assert!(text.contains("state_dir: /var/lib/twinroute"), "{name}");
+        let path = std::env::temp_dir().join(format!(
+            "twinroute-k8s-config-{}-{}.yaml",
+            std::process::id(),
+            name.len()
+        ));
+        std::fs::write(&path, &text).unwrap();
+        let out = twinroute()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! Takes the body of an AdmissionReview (admission.k8s.io/v1) and returns the review response:
 //! for a pod annotated `twinroute.io/inject: "true"` that does not carry the sidecar yet, a JSON
 //! Patch (RFC 6902) adding the twinroute container (a native sidecar: first init container with
-//! `restartPolicy: Always`, or a classic container), its config and tmp volumes, the app
+//! `restartPolicy: Always`, or a classic container), its config, tmp and state volumes, the app
 //! containers' `OPENAI_BASE_URL`/`ANTHROPIC_BASE_URL`, and a status annotation. Everything else
 //! is allowed unchanged. No I/O here: `server` serves it over TLS.
 //!
@@ -21,6 +21,11 @@ pub const ANNOTATION_STATUS: &str = "twinroute.io/status";
 pub const CONTAINER_NAME: &str = "twinroute";
 const CONFIG_VOLUME: &str = "twinroute-config";
 const TMP_VOLUME: &str = "twinroute-tmp";
+/// Where `state_dir` points (the background queue's job store): an emptyDir, so jobs survive
+/// the sidecar's own crash or OOM kill (a container restart keeps the pod's emptyDirs), not the
+/// pod's deletion.
+const STATE_VOLUME: &str = "twinroute-state";
+pub const STATE_MOUNT: &str = "/var/lib/twinroute";
 const PORT_PROXY: &str = "twinroute-proxy";
 const PORT_ADMIN: &str = "twinroute-admin";
 
@@ -69,6 +74,9 @@ fn default_listen() -> u16 {
 fn default_admin() -> u16 {
     9464
 }
+fn default_state_size() -> String {
+    "256Mi".into()
+}
 fn yes() -> bool {
     true
 }
@@ -95,6 +103,9 @@ pub struct InjectorSettings {
     pub failure_policy: FailurePolicy,
     #[serde(default)]
     pub resources: Resources,
+    /// Size limit of the sidecar's state volume (the background queue's jobs).
+    #[serde(default = "default_state_size")]
+    pub state_size_limit: String,
 }
 
 impl InjectorSettings {
@@ -276,6 +287,7 @@ fn sidecar(s: &InjectorSettings) -> Value {
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": "/etc/twinroute", "readOnly": true},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            {"name": STATE_VOLUME, "mountPath": STATE_MOUNT},
         ],
     });
     if let Some(secret) = &s.keys_secret {
@@ -295,7 +307,7 @@ fn patch(pod: &Value, s: &InjectorSettings) -> Result<Vec<Value>, String> {
         .ok_or("pod has no spec")?;
     let mut ops = Vec::new();
 
-    for name in [CONFIG_VOLUME, TMP_VOLUME] {
+    for name in [CONFIG_VOLUME, TMP_VOLUME, STATE_VOLUME] {
         let clash = spec
             .get("volumes")
             .and_then(|v| v.as_array())
@@ -307,6 +319,7 @@ fn patch(pod: &Value, s: &InjectorSettings) -> Result<Vec<Value>, String> {
     let volumes = [
         json!({"name": CONFIG_VOLUME, "configMap": {"name": s.config_map}}),
         json!({"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}}),
+        json!({"name": STATE_VOLUME, "emptyDir": {"sizeLimit": s.state_size_limit}}),
     ];
     if spec.get("volumes").and_then(|v| v.as_array()).is_some() {
         for v in volumes {

@@ -158,6 +158,13 @@ fn annotated_pod_gets_a_native_sidecar_volumes_env_and_status() {
     let vols = pod["spec"]["volumes"].as_array().unwrap();
     assert_eq!(vols[0]["configMap"]["name"], "twinroute-config");
     assert_eq!(vols[1]["name"], "twinroute-tmp");
+    // The state volume state_dir points at (the background queue's jobs).
+    assert_eq!(vols[2]["name"], "twinroute-state");
+    assert_eq!(vols[2]["emptyDir"]["sizeLimit"], "256Mi");
+    assert!(sc["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "twinroute-state", "mountPath": "/var/lib/twinroute"})));
     // Both app containers learn the base URLs; the worker keeps its own OPENAI_BASE_URL.
     let env = |i: usize| {
         pod["spec"]["containers"][i]["env"]
@@ -204,7 +211,15 @@ fn sidecar_goes_first_among_existing_init_containers() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vols, vec!["cache", "twinroute-config", "twinroute-tmp"]);
+    assert_eq!(
+        vols,
+        vec![
+            "cache",
+            "twinroute-config",
+            "twinroute-tmp",
+            "twinroute-state"
+        ]
+    );
     assert_eq!(pod["metadata"]["labels"]["twinroute.io/injected"], "true");
     golden("injected-with-init-containers.yaml", &pod);
 }
