@@ -17,6 +17,10 @@ on, at 1,000 concurrent streams):
     AB_STREAM=1 AB_CONNS=1000 AB_NEW_POLICY="stream_recovery: continue" \
         python3 benches/ab.py OLD NEW 1024 4
 
+AB_OLD_TOP / AB_NEW_TOP add top-level config lines to that side, e.g. the queue configured but
+unused (its drain service idle, no request background):
+    AB_NEW_TOP="state_dir: /tmp/ab-state" python3 benches/ab.py OLD NEW 1024 6
+
 AB_RUST_LOG (default warn: no access line) sets both sides' log level; AB_RUST_LOG=info measures
 with the access log on, one line per request.
 
@@ -46,13 +50,14 @@ stream=os.environ.get("AB_STREAM")=="1"
 chunks=int(os.environ.get("AB_CHUNKS","40"))
 conns=os.environ.get("AB_CONNS","32")
 policies={"old":os.environ.get("AB_OLD_POLICY",""),"new":os.environ.get("AB_NEW_POLICY","")}
+tops={"old":os.environ.get("AB_OLD_TOP",""),"new":os.environ.get("AB_NEW_TOP","")}
 procs=[subprocess.Popen([bins["new"],"mock","--listen",f"127.0.0.1:{mp}","--name","mock","--sse-chunks",str(chunks),"--sse-interval-ms",os.environ.get("AB_INTERVAL_MS","10")],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL)]
 wait_port(mp)
 targets={}
 for name,b in bins.items():
     port,admin=free_port(),free_port()
     conf=os.path.join(tmp,name+".yaml")
-    open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n' + (f'policy: {{{policies[name]}}}\n' if policies[name] else ''))
+    open(conf,"w").write(f'listen: "127.0.0.1:{port}"\nadmin_listen: "127.0.0.1:{admin}"\nthreads: 2\nmax_concurrent_requests: 20000\n{tops[name]+chr(10) if tops[name] else ""}providers:\n  - {{name: a, api: openai, base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\nmodels:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n' + (f'policy: {{{policies[name]}}}\n' if policies[name] else ''))
     # AB_LOG_TO=pipe: the proxy's stderr is a pipe read by a drain (as a container runtime
     # reads it); =file: a file; default /dev/null (what a line costs to format, not to write).
     log_to=os.environ.get("AB_LOG_TO","null")
