@@ -1,7 +1,8 @@
 //! The Pingora glue, and the only layer that serves sockets: the proxy phases (`proxy`), the
-//! attempt executor and relay (`forward`), the commit point (`commit`), the header guard below Pingora's parser, the admin
-//! listener, server assembly, reload and drain, the probe service, the background queue (`queue`) and its
-//! drain (`drain`), a request's part in it (`background`), and the shared state they hold (`state`).
+//! attempt executor and relay (`forward`), the commit point (`commit`), the header guard below
+//! Pingora's parser, the admin listener, server assembly, reload and drain, the probe service,
+//! the background queue (`queue`) and its drain (`drain`), a request's part in it
+//! (`background`), the memory trimmer (`trim`), and the shared state they hold (`state`).
 
 pub mod admin;
 pub mod background;
@@ -20,3 +21,4 @@ pub mod refresh;
 pub mod reload;
 pub mod server;
 pub mod state;
+pub mod trim;

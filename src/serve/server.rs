@@ -7,6 +7,8 @@ use crate::serve::header_guard::GuardedApp;
 use crate::serve::proxy::Proxy;
 use crate::serve::state::Shared;
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -14,6 +16,9 @@ use pingora::services::listening::Service;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Read buffer of each client connection (see `build`).
+const CLIENT_READ_BUFFER: usize = 0;
 
 /// Marks the process ready once the data-plane listener accepts connections.
 struct Readiness {
@@ -79,7 +84,14 @@ pub fn build(config: Config, config_path: Option<String>) -> Result<(Server, Arc
         "twinroute data plane".to_string(),
         GuardedApp::new(http, shared.clone()),
     );
-    proxy.add_tcp(&listen);
+    // Small downstream read buffers: Pingora's default is 64 KiB per connection, zeroed at
+    // accept, which at thousands of concurrent streams was most of the heap. Pingora's HTTP/1
+    // parser reads into its own header and body buffers, so the buffered reader under it only
+    // copies twice; `CLIENT_READ_BUFFER` keeps one small read for a request that arrives whole.
+    proxy.add_listener(
+        ListenerConfig::tcp(listen.as_str())
+            .l4_buffer(L4BufferSettings::new(CLIENT_READ_BUFFER, 1460)),
+    );
     proxy.threads = Some(threads);
 
     let mut admin = Service::new(
@@ -119,6 +131,12 @@ pub fn build(config: Config, config_path: Option<String>) -> Result<(Server, Arc
     server.add_service(background_service(
         "drain",
         crate::serve::reload::Drainer {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "memory trim",
+        crate::serve::trim::Trimmer {
             shared: shared.clone(),
         },
     ));
