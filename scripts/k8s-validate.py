@@ -115,7 +115,7 @@ CRD_KINDS = {
 
 SETTINGS_KEYS = {
     "image", "imagePullPolicy", "configMap", "keysSecret", "listenPort", "adminPort",
-    "nativeSidecar", "failurePolicy", "resources",
+    "nativeSidecar", "failurePolicy", "resources", "stateSizeLimit",
 }
 
 # Every call of kubernetes_validate.utils.validate re-reads the 1.3 MB definitions file; keep
