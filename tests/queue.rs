@@ -23,6 +23,15 @@ fn state_dir() -> PathBuf {
     d
 }
 
+/// Two providers answering 503, and a fresh state_dir.
+async fn both_down() -> (MockProvider, MockProvider, PathBuf) {
+    let a = MockProvider::start("a").await.unwrap();
+    a.set_behavior(Behavior::status(503));
+    let b = MockProvider::start("b").await.unwrap();
+    b.set_behavior(Behavior::status(503));
+    (a, b, state_dir())
+}
+
 /// Providers a and b serve `m`; `queue` and `policy` are YAML maps.
 fn config(a: &str, b: &str, dir: &std::path::Path, queue: &str, policy: &str) -> String {
     format!(
@@ -237,11 +246,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_request_is_answered_when_capacity_returns_and_a_job_past_max_age_fails() {
-    let a = MockProvider::start("a").await.unwrap();
-    a.set_behavior(Behavior::status(503));
-    let b = MockProvider::start("b").await.unwrap();
-    b.set_behavior(Behavior::status(503));
-    let dir = state_dir();
+    let (a, b, dir) = both_down().await;
     let yaml = format!(
         "{}routes:\n  - name: batch\n    match: {{headers: {{x-twinroute-route: batch}}}}\n    policy: {{queue: {{background: true, max_age_s: 1}}}}\n",
         config(
@@ -331,11 +336,7 @@ async fn a_held_request_is_answered_when_capacity_returns_and_a_job_past_max_age
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_is_bounded_scoped_to_its_client_and_never_holds_zero_retention_work() {
-    let a = MockProvider::start("a").await.unwrap();
-    a.set_behavior(Behavior::status(503));
-    let b = MockProvider::start("b").await.unwrap();
-    b.set_behavior(Behavior::status(503));
-    let dir = state_dir();
+    let (a, b, dir) = both_down().await;
     let yaml = format!(
         "client_tokens_env: TQ_TOKENS\n{}routes:\n  - name: private\n    match: {{headers: {{x-twinroute-route: private}}}}\n    zero_retention: true\n",
         config(

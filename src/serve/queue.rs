@@ -137,21 +137,42 @@ fn encode(meta: &JobMeta) -> Result<Vec<u8>, String> {
     serde_json::to_vec(meta).map_err(|x| e("encode")(x.to_string()))
 }
 
+/// One change to one table inside a write transaction.
+enum Put<'a> {
+    Set(TableDefinition<'static, u64, &'static [u8]>, &'a [u8]),
+    Remove(TableDefinition<'static, u64, &'static [u8]>),
+}
+
+impl RedbStore {
+    /// Apply `changes` to job `seq` as one durable transaction.
+    fn apply(&self, context: &str, seq: u64, changes: &[Put<'_>]) -> Result<(), String> {
+        self.write(|w| {
+            let err = |x: redb::Error| e(context)(x.to_string());
+            for c in changes {
+                match c {
+                    Put::Set(t, v) => {
+                        w.open_table(*t)
+                            .map_err(|x| err(x.into()))?
+                            .insert(seq, *v)
+                            .map_err(|x| err(x.into()))?;
+                    }
+                    Put::Remove(t) => {
+                        w.open_table(*t)
+                            .map_err(|x| err(x.into()))?
+                            .remove(seq)
+                            .map_err(|x| err(x.into()))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 impl JobStore for RedbStore {
     fn insert(&self, seq: u64, meta: &JobMeta, body: &[u8]) -> Result<(), String> {
         let m = encode(meta)?;
-        self.write(|w| {
-            let err = |x: redb::Error| e("insert")(x.to_string());
-            w.open_table(META)
-                .map_err(|x| err(x.into()))?
-                .insert(seq, m.as_slice())
-                .map_err(|x| err(x.into()))?;
-            w.open_table(BODIES)
-                .map_err(|x| err(x.into()))?
-                .insert(seq, body)
-                .map_err(|x| err(x.into()))?;
-            Ok(())
-        })
+        self.apply("insert", seq, &[Put::Set(META, &m), Put::Set(BODIES, body)])
     }
 
     fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, String> {
@@ -160,24 +181,11 @@ impl JobStore for RedbStore {
 
     fn finish(&self, seq: u64, meta: &JobMeta, answer: Option<&[u8]>) -> Result<(), String> {
         let m = encode(meta)?;
-        self.write(|w| {
-            let err = |x: redb::Error| e("finish")(x.to_string());
-            w.open_table(META)
-                .map_err(|x| err(x.into()))?
-                .insert(seq, m.as_slice())
-                .map_err(|x| err(x.into()))?;
-            w.open_table(BODIES)
-                .map_err(|x| err(x.into()))?
-                .remove(seq)
-                .map_err(|x| err(x.into()))?;
-            if let Some(a) = answer {
-                w.open_table(ANSWERS)
-                    .map_err(|x| err(x.into()))?
-                    .insert(seq, a)
-                    .map_err(|x| err(x.into()))?;
-            }
-            Ok(())
-        })
+        let mut changes = vec![Put::Set(META, &m), Put::Remove(BODIES)];
+        if let Some(a) = answer {
+            changes.push(Put::Set(ANSWERS, a));
+        }
+        self.apply("finish", seq, &changes)
     }
 
     fn answer(&self, seq: u64) -> Result<Option<Vec<u8>>, String> {
@@ -185,16 +193,8 @@ impl JobStore for RedbStore {
     }
 
     fn remove(&self, seq: u64) -> Result<(), String> {
-        self.write(|w| {
-            let err = |x: redb::Error| e("remove")(x.to_string());
-            for t in [META, BODIES, ANSWERS] {
-                w.open_table(t)
-                    .map_err(|x| err(x.into()))?
-                    .remove(seq)
-                    .map_err(|x| err(x.into()))?;
-            }
-            Ok(())
-        })
+        let all = [META, BODIES, ANSWERS].map(Put::Remove);
+        self.apply("remove", seq, &all)
     }
 
     fn load(&self) -> Result<Vec<(u64, JobMeta)>, String> {
