@@ -86,7 +86,14 @@ fn init_logging() {
 fn init_proxy_logging() {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     b.format_timestamp_millis();
-    match twinroute::observe::log_writer::start(1 << 20) {
+    // The buffer lines wait in for the writer thread (1 MiB; TWINROUTE_LOG_BUFFER_BYTES for
+    // tuning and for the tests that put the writer under pressure).
+    let capacity = std::env::var("TWINROUTE_LOG_BUFFER_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1 << 20);
+    match twinroute::observe::log_writer::start(capacity) {
         Ok(pipe) => {
             b.target(env_logger::Target::Pipe(Box::new(pipe)));
         }

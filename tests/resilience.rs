@@ -279,6 +279,48 @@ async fn sigterm_stops_accepting_finishes_the_stream_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_2000_requests_under_log_pressure_loses_no_access_line() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    a.set_record(false);
+    // A 2 KiB buffer (a few debug-level requests' lines): requests wait for the writer thread.
+    let t = Twinroute::start(&two(&a, &b, ""), &[("TWINROUTE_LOG_BUFFER_BYTES", "2048")]).await;
+    let burst: Vec<_> = (0..32)
+        .map(|_| {
+            let url = t.url("/v1/chat/completions");
+            tokio::spawn(async move {
+                for _ in 0..63 {
+                    let r = client::post_json(&url, &[], &chat_body("m")).await.unwrap();
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for b in burst {
+        b.await.unwrap();
+    }
+    let metrics = t.metrics().await;
+    let waits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("twinroute_log_waits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        waits > 0.0,
+        "the writer was never under pressure:\n{metrics}"
+    );
+    let mut lines = 0;
+    for _ in 0..100 {
+        lines = t.logs().matches("twinroute::access] request id=").count();
+        if lines >= 2016 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines, 32 * 63, "access lines written for 2,016 requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_concurrent_requests_answers_a_fast_503_not_a_queue() {
     let a = MockProvider::start("a").await.unwrap();
     let b = MockProvider::start("b").await.unwrap();
