@@ -217,3 +217,33 @@ fn the_kubernetes_configs_load() {
         );
     }
 }
+
+/// A data-plane port another process holds is an error at start (exit 1, naming the address),
+/// not a process that retries the bind while the other process answers its readiness check.
+#[test]
+fn a_port_in_use_fails_fast() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = free.local_addr().unwrap();
+    drop(free);
+    let path =
+        std::env::temp_dir().join(format!("twinroute-port-in-use-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!("listen: \"{addr}\"\nadmin_listen: \"{admin}\"\nproviders:\n  - {{name: a, api: openai, base_url: \"http://127.0.0.1:9\"}}\nmodels:\n  - name: m\n    offerings: [{{provider: a, model: x}}]\n"),
+    )
+    .unwrap();
+    let out = twinroute()
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}

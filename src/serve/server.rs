@@ -70,6 +70,12 @@ pub fn build(config: Config, config_path: Option<String>) -> Result<(Server, Arc
     let h2_idle = config.client_keepalive_timeout;
     let admin_listen = config.admin_listen.clone();
     let threads = config.threads;
+    // Fail fast on a port another process holds: Pingora would retry the bind forever while that
+    // process's socket answered the readiness check (in a pod, the app's own server on 4000).
+    for addr in [&listen, &admin_listen] {
+        std::net::TcpListener::bind(addr.as_str())
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
     let shared = Shared::new(config)?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
 

@@ -118,6 +118,11 @@ impl Twinroute {
                     if t.child.try_wait().ok().flatten().is_some() {
                         return Err(t.logs());
                     }
+                    // Pingora keeps retrying a bind that failed, while another process's
+                    // socket on that port answers the readiness check: not ours, start again.
+                    if t.logs().contains("is in use, will try again") {
+                        return Err(t.logs());
+                    }
                     return Ok(t);
                 }
             }
