@@ -436,3 +436,58 @@ async fn the_queue_is_bounded_scoped_to_its_client_and_never_holds_zero_retentio
     assert!(hay.contains("fourth"), "the job's body is in the store");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_finds_twinroute_itself_at_its_limit_tries_again() {
+    let (a, b, dir) = both_down().await;
+    // A second model, s, on a: slow but answering, while m (the job's) has no capacity.
+    let yaml = format!(
+        "max_concurrent_requests: 1\n{}",
+        config(
+            &a.base_url(),
+            &b.base_url(),
+            &dir,
+            "{drain_per_s: 50, retry_max_ms: 200}",
+            "{max_attempts: 2, backoff: {base_ms: 1, max_ms: 2}}",
+        )
+        .replace(
+            "models:\n",
+            "models:\n  - name: s\n    offerings: [{provider: a, model: a-s}]\n",
+        )
+    );
+    let t = Twinroute::start(&yaml, &[]).await;
+    let r = post(&t, &ask("job"), &[BG, ASYNC]).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let loc = r.header("location").unwrap().to_string();
+    // Slow interactive requests (model s), back to back, hold twinroute's only slot while the
+    // job's runs come in (every run that gets the slot still finds no capacity for m).
+    a.set_model_behavior("a-s", Some(Behavior::Delay(Duration::from_millis(300))));
+    let url = t.url("/v1/chat/completions");
+    let slow = json!({"model": "s", "messages": [{"role": "user", "content": "slow"}]});
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let _ = client::post_json(&url, &[], &slow).await.unwrap();
+    }
+    assert!(
+        t.logs().contains("maximum of 1 concurrent"),
+        "no run met the limit"
+    );
+    a.set_behavior(Behavior::Ok);
+    let mut last = (0, String::new());
+    for _ in 0..50 {
+        let r = get(&t, &loc, &[]).await;
+        last = (r.status, r.text());
+        // Waiting, or the GET itself over the limit (no job header: a job run holds the slot).
+        let own_overload = r.status == 503 && r.header("x-twinroute-job").is_none();
+        if r.status != 202 && !own_overload {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last.0, 200,
+        "the job kept twinroute's own 503 as its answer: {}",
+        last.1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

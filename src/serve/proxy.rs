@@ -867,12 +867,14 @@ impl ProxyHttp for Proxy {
                 // The body may be unread (413, early rejections): the connection cannot be reused.
                 session.set_keepalive(None);
                 let id = ctx.request_id.clone();
-                e.send(
-                    session,
-                    family_of(session),
-                    &[("x-twinroute-request-id", id)],
-                )
-                .await?;
+                let mut extra = vec![("x-twinroute-request-id", id)];
+                // twinroute itself at its limit is no answer to a job: the drain tries it again.
+                if e.kind == ErrorKind::Overloaded
+                    && background::job_run(&self.shared, &session.req_header().headers).is_some()
+                {
+                    extra.push((crate::serve::queue::NO_CAPACITY_HEADER, "retry".into()));
+                }
+                e.send(session, family_of(session), &extra).await?;
                 Ok(true)
             }
         }
