@@ -27,7 +27,9 @@ Workloads
 Knobs (environment): BENCH_TARGET_DIR (release binaries; default target), BENCH_DURATION (per
 non-streaming round, 5s), BENCH_CONNECTIONS (32), BENCH_SSE_CHUNKS (200), BENCH_SSE_INTERVAL_MS
 (10), BENCH_SSE_SLOW (40x250: chunks x ms of the second 5,000-stream run; 0 skips it),
-BENCH_LITELLM=1, BENCH_SMOKE=1, BENCH_LITELLM_VERSION (1.106.2); run.sh adds BENCH_NO_BUILD=1.
+BENCH_LITELLM=1, BENCH_SMOKE=1, BENCH_LITELLM_VERSION (1.106.2), BENCH_TWINROUTE_LOG (twinroute's
+RUST_LOG; unset = its default level, info, one access line per request, as users run it); run.sh
+adds BENCH_NO_BUILD=1.
 
 Writes bench-results/results.json, results.md and latency.svg (a full run also copies the plot
 to benches/latency.svg). Every ratio is computed from numbers measured in this run.
@@ -61,10 +63,17 @@ SSE_SLOW_CHUNKS, SSE_SLOW_MS = (int(x) for x in SSE_SLOW.split("x")) if SSE_SLOW
 SSE_SLOW_DURATION = "25s"
 # LiteLLM moves ~1,000-1,600 chunks/s here, so its 100 streams of 200 chunks take 15-30 s each.
 PEER_SSE_DURATION = "60s"
+# (label, body bytes, connections). "1KB c1" is one client: the per-request latency a proxy adds
+# when nothing queues, which -c32 hides behind queueing on two cores.
 if SMOKE:
-    BODIES = [("1KB", 1024, CONNS)]
+    BODIES = [("1KB", 1024, CONNS), ("1KB c1", 1024, 1)]
 else:
-    BODIES = [("1KB", 1024, CONNS), ("64KB", 64 * 1024, CONNS), ("1MB", 1024 * 1024, 8)]
+    BODIES = [("1KB", 1024, CONNS), ("1KB c1", 1024, 1), ("64KB", 64 * 1024, CONNS), ("1MB", 1024 * 1024, 8)]
+# twinroute's log level in every run (None: RUST_LOG unset, its default).
+TW_LOG = os.environ.get("BENCH_TWINROUTE_LOG")
+TW_LOG_SHOWN = f"RUST_LOG={TW_LOG}" if TW_LOG else "the default level (info: one access line per request, to a file)"
+# How long after the 5,000-stream loads their RSS is read again (the target: <= 2x idle by then).
+RSS_SETTLE_S = 30
 # Every target gets the same Authorization header; only LiteLLM checks it (it refuses to start
 # without a master key). twinroute and the floor drop or ignore it.
 MASTER_KEY = "sk-bench-0123456789abcdef"
@@ -222,7 +231,7 @@ function done(summary, latency, requests)
 end
 ''')
     lua.close()
-    out = subprocess.run(["wrk", "-t", str(THREADS), "-c", str(conns), "-d", duration, "--timeout", timeout,
+    out = subprocess.run(["wrk", "-t", str(min(THREADS, conns)), "-c", str(conns), "-d", duration, "--timeout", timeout,
                           "--latency", "-s", lua.name, url], capture_output=True, text=True).stdout
     os.unlink(lua.name)
     lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
@@ -403,8 +412,9 @@ def main():
     def spawn(name, args, env=None):
         log = open(os.path.join(tmp, f"{name}.log"), "w")
         logs[name] = log.name
+        env = {**os.environ, "RUST_LOG": "warn", **(env or {})}
         p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                             env={**os.environ, "RUST_LOG": "warn", **(env or {})})
+                             env={k: v for k, v in env.items() if v is not None})
         procs.append(p); return p
 
     def log_lines(name, needle):
@@ -428,7 +438,7 @@ def main():
             port, admin = free_port(), free_port()
             conf = os.path.join(tmp, f"{name}.yaml")
             open(conf, "w").write(twinroute_conf(port, admin, providers))
-            targets[name] = (spawn(name, [BIN, "run", "--config", conf]), port, admin)
+            targets[name] = (spawn(name, [BIN, "run", "--config", conf], env={"RUST_LOG": TW_LOG}), port, admin)
             wait_port(port)
         peer = None
         if LITELLM:
@@ -472,6 +482,13 @@ def main():
         for _ in range(3):
             subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "content-type: application/json",
                             "--data-binary", chat_body(200), f"http://127.0.0.1:{targets['twinroute_dead_first'][1]}/v1/chat/completions"])
+
+        settled, timers = {}, []
+
+        def settle_timer(label, pid):
+            """Read the proxy's RSS RSS_SETTLE_S after a load ends, while the run goes on."""
+            t = threading.Timer(RSS_SETTLE_S, lambda: settled.__setitem__(label, tree_rss_mb(pid)))
+            t.start(); timers.append(t)
 
         def measure(label, tname, url, pid, bf, conns, duration, timeout="10s", sse=False, keep=True):
             t0 = time.time()
@@ -552,6 +569,8 @@ def main():
                         continue
                     before = (scrape_non_2xx(tw_admin), log_lines("twinroute", "mid-body"))
                     measure(label, tname, u, pid, sse_bf, n, dur, timeout="60s", sse=True)
+                    if tname == "twinroute" and n == SSE_LEVELS[-1][0]:
+                        settle_timer(label, pid)
                     after = (scrape_non_2xx(tw_admin), log_lines("twinroute", "mid-body"))
                     if tname == "twinroute":
                         stream_checks[label] = {"twinroute_metrics_non_2xx": None if None in (before[0], after[0]) else after[0] - before[0],
@@ -561,7 +580,7 @@ def main():
                 measure(f"SSE x{SSE_LEVELS[0][0]}", "peer", url(peer[1]), peer[0].pid, sse_bf, SSE_LEVELS[0][0],
                         PEER_SSE_DURATION, timeout="120s", sse=True)
                 time.sleep(0.5)
-        slow_label = None
+        slow_label, idle_rss_slow = None, None
         if SSE_SLOW_MS:
             # The same 5,000 streams at a pace the box can carry, through a second mock (and a
             # fresh floor and twinroute in front of it) so the first keeps its settings.
@@ -573,17 +592,23 @@ def main():
             port, admin = free_port(), free_port()
             conf = os.path.join(tmp, "twinroute_slow.yaml")
             open(conf, "w").write(twinroute_conf(port, admin, [("a", f"http://127.0.0.1:{slow_port}"), ("b", f"http://127.0.0.1:{slow_port}")]))
-            tw_slow = spawn("twinroute_slow", [BIN, "run", "--config", conf])
+            tw_slow = spawn("twinroute_slow", [BIN, "run", "--config", conf], env={"RUST_LOG": TW_LOG})
             fl_port = free_port()
             fl_slow = spawn("floor_slow", [FLOOR, f"127.0.0.1:{fl_port}", f"127.0.0.1:{slow_port}", str(THREADS)])
             wait_port(port); wait_port(fl_port)
+            time.sleep(1.0)
+            idle_rss_slow = tree_rss_mb(tw_slow.pid)
             with cpu.stage("sse_slow"):
                 for tname, u, pid in [("direct", url(slow_port), None), ("floor", url(fl_port), fl_slow.pid),
                                       ("twinroute", url(port), tw_slow.pid)]:
                     measure(slow_label, tname, u, pid, sse_bf, SSE_LEVELS[-1][0], SSE_SLOW_DURATION, timeout="60s", sse=True)
+                    if tname == "twinroute":
+                        settle_timer(slow_label, pid)
                     time.sleep(3)
             stream_checks[slow_label] = {"twinroute_metrics_non_2xx": scrape_non_2xx(admin),
                                          "twinroute_log_mid_body_breaks": log_lines("twinroute_slow", "mid-body")}
+        for t in timers:
+            t.join()
         after_rss = tree_rss_mb(targets["twinroute"][0].pid)
         # Chunks/s actually delivered (bytes read / bytes per event, partial streams included),
         # against what the streams ask for: shows when the machine, not a proxy, sets the pace.
@@ -604,12 +629,18 @@ def main():
             "1KB added p50 over direct, twinroute (ms)": r1["twinroute"]["p50_ms"] - r1["direct"]["p50_ms"],
             "1KB added p50 over direct, floor (ms)": r1["floor"]["p50_ms"] - r1["direct"]["p50_ms"],
         }
+        c1 = results.get("1KB c1")
+        if c1:
+            ratios["1KB c1 p50 twinroute - floor (µs)"] = (c1["twinroute"]["p50_ms"] - c1["floor"]["p50_ms"]) * 1000
+            ratios["1KB c1 p50 floor - direct (µs)"] = (c1["floor"]["p50_ms"] - c1["direct"]["p50_ms"]) * 1000
         if "64KB" in results:
             ratios["64KB twinroute/floor throughput"] = results["64KB"]["twinroute"]["rps"] / results["64KB"]["floor"]["rps"]
         if "1MB" in results:
             ratios["1MB twinroute/floor throughput"] = results["1MB"]["twinroute"]["rps"] / results["1MB"]["floor"]["rps"]
             ratios["1MB added p50 over direct, twinroute (ms)"] = results["1MB"]["twinroute"]["p50_ms"] - results["1MB"]["direct"]["p50_ms"]
             ratios["1MB added p50 over direct, floor (ms)"] = results["1MB"]["floor"]["p50_ms"] - results["1MB"]["direct"]["p50_ms"]
+            m = results["1MB"]
+            ratios["1MB proxy CPU per request twinroute / floor"] = (m["twinroute"]["cpu_us_per_req"] / m["floor"]["cpu_us_per_req"]) if m["floor"].get("cpu_us_per_req") else None
         ratios.update({
             "failover: median p99 dead-first / median p99 one-provider": fo2["p99_ms"] / fo1["p99_ms"],
             "failover: one-provider p99 spread over rounds, (max-min)/median %": fo1["p99_spread_pct"],
@@ -627,6 +658,9 @@ def main():
             ratios[f"{label}: twinroute streams completed"] = t["requests"]
             ratios[f"{label}: twinroute peak RSS (MB)"] = t["peak_rss_mb"]
             ratios[f"{label}: floor peak RSS (MB)"] = results[label]["floor"]["peak_rss_mb"]
+            if label in settled:
+                ratios[f"{label}: twinroute RSS {RSS_SETTLE_S} s after the load (MB)"] = settled[label]
+                ratios[f"{label}: twinroute idle RSS before it (MB)"] = idle_rss_slow if label == slow_label else idle_rss
             if label in stream_checks:
                 for k, v in stream_checks[label].items():
                     ratios[f"{label}: {k.replace('_', ' ')}"] = v
@@ -647,23 +681,41 @@ def main():
             return {"target": name, "value": value, "met": bool(ok), "shown": shown}
         checks = []
         if not SMOKE:
-            t5 = results[top]["twinroute"]
+            cpu1 = ratios["1KB proxy CPU per request twinroute / floor"]
+            c1d = ratios["1KB c1 p50 twinroute - floor (µs)"]
+            cpu_m = ratios["1MB proxy CPU per request twinroute / floor"]
             checks += [
-                target("1 KB: >= 0.9x the floor's throughput", ratios["1KB twinroute/floor throughput"],
+                target(f"1 KB, log at {TW_LOG or 'its default (info)'}: >= 0.9x the floor's throughput", ratios["1KB twinroute/floor throughput"],
                        ratios["1KB twinroute/floor throughput"] >= 0.9, f"{ratios['1KB twinroute/floor throughput']:.2f}x"),
+                target("1 KB: CPU per request <= 1.15x the floor's", cpu1, cpu1 is not None and cpu1 <= 1.15,
+                       f"{cpu1:.2f}x ({r1['twinroute']['cpu_us_per_req']} vs {r1['floor']['cpu_us_per_req']} µs)" if cpu1 else "-"),
+                target("1 KB, one client (-c1): p50 within 30 µs of the floor's", c1d, c1d <= 30,
+                       f"{c1d:+.0f} µs ({c1['twinroute']['p50_ms'] * 1000:.0f} vs {c1['floor']['p50_ms'] * 1000:.0f} µs; direct {c1['direct']['p50_ms'] * 1000:.0f} µs)"),
                 target("1 KB: added p50 over direct <= 0.2 ms", ratios["1KB added p50 over direct, twinroute (ms)"],
                        ratios["1KB added p50 over direct, twinroute (ms)"] <= 0.2,
                        f"{ratios['1KB added p50 over direct, twinroute (ms)']:.2f} ms (floor: {ratios['1KB added p50 over direct, floor (ms)']:.2f} ms)"),
                 target("64 KB: >= 0.8x the floor's throughput", ratios["64KB twinroute/floor throughput"],
                        ratios["64KB twinroute/floor throughput"] >= 0.8, f"{ratios['64KB twinroute/floor throughput']:.2f}x"),
+                target("1 MB: CPU per request <= 1.5x the floor's", cpu_m, cpu_m is not None and cpu_m <= 1.5,
+                       f"{cpu_m:.2f}x ({results['1MB']['twinroute']['cpu_us_per_req']} vs {results['1MB']['floor']['cpu_us_per_req']} µs)" if cpu_m else "-"),
                 target("1 MB: added p50 over direct <= 3 ms", ratios["1MB added p50 over direct, twinroute (ms)"],
                        ratios["1MB added p50 over direct, twinroute (ms)"] <= 3,
                        f"{ratios['1MB added p50 over direct, twinroute (ms)']:.2f} ms (floor: {ratios['1MB added p50 over direct, floor (ms)']:.2f} ms)"),
-                target(f"{top}: no broken streams", broken(t5), broken(t5) == 0 and errors(t5) == 0 and t5["requests"] > 0,
-                       f"{broken(t5)} broken, {errors(t5)} errors of any kind, {t5['requests']} streams completed"),
-                target(f"{top}: proxy peak RSS <= 150 MB", t5["peak_rss_mb"], t5["peak_rss_mb"] <= 150,
-                       f"{t5['peak_rss_mb']:.0f} MB (floor: {results[top]['floor']['peak_rss_mb']:.0f} MB)"),
-                target("idle RSS <= 20 MB", idle_rss, idle_rss <= 20, f"{idle_rss:.1f} MB"),
+            ]
+            for label in [top] + ([slow_label] if slow_label else []):
+                t5 = results[label]["twinroute"]
+                idle = idle_rss_slow if label == slow_label else idle_rss
+                after = settled.get(label)
+                checks += [
+                    target(f"{label}: no broken streams", broken(t5), broken(t5) == 0 and errors(t5) == 0 and t5["requests"] > 0,
+                           f"{broken(t5)} broken, {errors(t5)} errors of any kind, {t5['requests']} streams completed"),
+                    target(f"{label}: proxy peak RSS <= 150 MB", t5["peak_rss_mb"], t5["peak_rss_mb"] <= 150,
+                           f"{t5['peak_rss_mb']:.0f} MB (floor: {results[label]['floor']['peak_rss_mb']:.0f} MB)"),
+                    target(f"{label}: RSS <= 2x idle {RSS_SETTLE_S} s after", after, after is not None and after <= 2 * idle,
+                           f"{after:.1f} MB (idle {idle:.1f} MB)" if after is not None else "-"),
+                ]
+            checks += [
+                target("idle RSS <= 15 MB", idle_rss, idle_rss <= 15, f"{idle_rss:.1f} MB"),
                 target("dead first provider: median p99 within 10 % of one provider",
                        ratios["failover: median p99 dead-first / median p99 one-provider"],
                        ratios["failover: median p99 dead-first / median p99 one-provider"] <= 1.10,
@@ -688,13 +740,13 @@ def main():
                 f"Non-streaming: -c{CONNS}" + ("" if SMOKE else " (1 MB: -c8, the mock's 1 MB round trips saturate sooner)") + f", -d{DURATION}, medians of {BODY_ROUNDS} interleaved rounds. "
                 f"SSE: {SSE_CHUNKS} chunks {SSE_INTERVAL_MS} ms apart ({STREAM_S:g} s per stream unloaded), -c = concurrent streams, "
                 f"-d{', '.join(f'{d} at {n}' for n, d in SSE_LEVELS)}" + (f"; second 5,000-stream run: {SSE_SLOW_CHUNKS} chunks {SSE_SLOW_MS} ms apart, -d{SSE_SLOW_DURATION}" if slow_label else "") +
-                f"; req/s = streams completed per second; latency = whole stream. Failover: {FAILOVER_ROUNDS}x (one-provider, dead-first) interleaved, -d{FAILOVER_DURATION} each, medians.")
+                f"; req/s = streams completed per second; latency = whole stream. twinroute's log: {TW_LOG_SHOWN}. Failover: {FAILOVER_ROUNDS}x (one-provider, dead-first) interleaved, -d{FAILOVER_DURATION} each, medians.")
         out = {"smoke": SMOKE, "settings": {"threads": THREADS, "connections": CONNS, "duration": DURATION,
                                             "body_rounds": BODY_ROUNDS, "failover_rounds": FAILOVER_ROUNDS,
                                             "failover_duration": FAILOVER_DURATION,
                                             "sse": {"chunks": SSE_CHUNKS, "interval_ms": SSE_INTERVAL_MS,
                                                     "levels": SSE_LEVELS, "slow": SSE_SLOW, "bytes_per_event": event_bytes},
-                                            "nofile": nofile, "binary": BIN},
+                                            "nofile": nofile, "binary": BIN, "twinroute_log": TW_LOG_SHOWN},
                "machine": {"cpus": os.cpu_count(), "load_avg_before": load_before, "load_avg_after": load_after},
                "cpu_by_stage": cpu.stages, "idle_rss_mb": idle_rss, "results": results, "ratios": ratios,
                "targets": checks, "stream_checks": stream_checks, "failover_rounds": {t: [{k: r[k] for k in ("rps", "p50_ms", "p99_ms")} for r in rs] for t, rs in rounds.items()},
@@ -738,7 +790,7 @@ def main():
         print(md)
         plot_targets = ["direct", "floor", "twinroute", "peer", "twinroute_one_provider", "twinroute_dead_first"]
         svg = os.path.join(res_dir, "latency.svg")
-        titles = {"1KB": f"1 KB bodies, {CONNS} connections", "64KB": f"64 KB bodies, {CONNS} connections",
+        titles = {"1KB": f"1 KB bodies, {CONNS} connections", "1KB c1": "1 KB bodies, one client", "64KB": f"64 KB bodies, {CONNS} connections",
                   "1MB": "1 MB bodies, 8 connections", "failover": f"failover pair, 1 KB, {CONNS} conns (medians)"}
         for n, _ in SSE_LEVELS:
             titles[f"SSE x{n}"] = f"SSE: {n:,} streams, {SSE_CHUNKS} chunks x {SSE_INTERVAL_MS} ms"

@@ -1,18 +1,14 @@
 //! The request body: find the top-level `model` and splice in another one.
 //!
-//! The body is parsed once, by serde_json into a list of top-level members that borrow raw
-//! values (validated, never decoded or allocated). That gives exact byte offsets of `model` and
+//! The body is scanned once (`wire::json_scan`: a grammar check that crosses strings with
+//! memchr and decodes nothing but escaped keys), which gives exact byte offsets of `model` and
 //! of every top-level parameter, so the rewrite for each attempt (a new model ID, and for some
 //! offerings a dropped parameter) is a splice of `Bytes` that share the original buffer: no
 //! copy of a 1 MB prompt per provider, and every byte not rewritten goes out as the client
-//! sent it.
+//! sent it. Only `model` itself is decoded, by serde.
 
+use super::json_scan::{self, Key};
 use bytes::Bytes;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use std::borrow::Cow;
-use std::fmt;
 
 const UTF8_BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 
@@ -38,74 +34,16 @@ impl BodyError {
 }
 
 /// One top-level member of the body object, as byte offsets into it.
-#[derive(Debug, Clone)]
-struct Member {
-    /// The key's text between its quotes, when it has no escapes (almost always).
-    key_span: Option<(usize, usize)>,
-    /// The key decoded, only when it had escapes.
-    escaped_key: Option<Box<str>>,
-    /// Offset of the key's opening quote.
-    start: usize,
-    /// Offset just past the value.
-    end: usize,
-}
+type Member = json_scan::Member;
 
-/// A map key that borrows from the body unless it had escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// What one serde pass over the body yields: every top-level value as a borrowed raw slice,
-/// nothing decoded but the keys.
-struct TopLevel<'a> {
-    members: Vec<(Key<'a>, &'a RawValue)>,
-}
-
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TopLevel<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
-                let mut members = Vec::with_capacity(8);
-                while let Some(key) = map.next_key::<Key<'de>>()? {
-                    // Two `model` (or `stream`) keys: providers disagree on which wins, so
-                    // neither do we guess.
-                    if matches!(&*key.0, "model" | "stream")
-                        && members.iter().any(|(k, _): &(Key, _)| k.0 == key.0)
-                    {
-                        return Err(de::Error::custom(format_args!(
-                            "duplicate field `{}`",
-                            key.0
-                        )));
-                    }
-                    let value: &'de RawValue = map.next_value()?;
-                    members.push((key, value));
-                }
-                Ok(TopLevel { members })
-            }
-        }
-        d.deserialize_map(V)
+/// A member's key as text (`parse` refused the body if a key was not UTF-8).
+fn key_text<'s>(body: &'s [u8], m: &'s Member) -> &'s str {
+    match &m.key {
+        Key::Escaped(k) => k,
+        Key::Plain(a, b) => body
+            .get(*a..*b)
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or(""),
     }
 }
 
@@ -130,53 +68,55 @@ impl RequestBody {
         } else {
             raw
         };
-        let text = std::str::from_utf8(&bytes).map_err(|_| BodyError::NotUtf8)?;
-        if !text.trim_start().starts_with('{') {
-            return Err(BodyError::NotJson("expected a JSON object".into()));
-        }
-        let top: TopLevel =
-            serde_json::from_str(text).map_err(|e| BodyError::NotJson(e.to_string()))?;
-        let base = text.as_ptr() as usize;
-        let mut members = Vec::with_capacity(top.members.len());
+        // Only what twinroute reads is checked for UTF-8 (the keys and `model`): the prompt's
+        // strings go to the provider, which validates them, and checking 1 MB here costs as
+        // much as the scan itself.
+        let members =
+            json_scan::object_members(&bytes).map_err(|e| BodyError::NotJson(e.to_string()))?;
         let mut model = None;
+        let mut model_seen = false;
         let mut stream = false;
+        let mut stream_seen = false;
         let mut max_output_tokens = None;
-        // Between one value's end and the next key there are only `,` and whitespace, so each
-        // key's opening quote is the first `"` after the previous value (or after `{`).
-        let mut cursor = text.len() - text.trim_start().len() + 1;
-        for (key, value) in &top.members {
-            let raw = value.get();
-            // `raw` borrows from `text`, so the pointer difference is its offset in the body.
-            let vstart = raw.as_ptr() as usize - base;
-            let start = cursor + text[cursor..vstart].find('"').unwrap_or(0);
-            let (key_span, escaped_key) = match &key.0 {
-                Cow::Borrowed(k) => {
-                    let ks = k.as_ptr() as usize - base;
-                    (Some((ks, ks + k.len())), None)
+        for m in &members {
+            let key = match &m.key {
+                Key::Escaped(k) => k,
+                Key::Plain(a, b) => {
+                    std::str::from_utf8(&bytes[*a..*b]).map_err(|_| BodyError::NotUtf8)?
                 }
-                Cow::Owned(k) => (None, Some(k.clone().into_boxed_str())),
             };
-            members.push(Member {
-                key_span,
-                escaped_key,
-                start,
-                end: vstart + raw.len(),
-            });
-            cursor = vstart + raw.len();
-            match &*key.0 {
-                // serde reads `null` as absent elsewhere; keep that meaning: no model.
-                "model" if raw != "null" => model = Some((vstart, raw)),
-                "stream" => stream = raw == "true",
+            // Values read below are ASCII when they matter (`true`, digits); anything else is
+            // compared as bytes and fails to match.
+            let raw = &bytes[m.value_start..m.end];
+            if key == "model" || key == "stream" {
+                // Two `model` (or `stream`) keys: providers disagree on which wins, so neither
+                // do we guess.
+                let seen = if key == "model" {
+                    &mut model_seen
+                } else {
+                    &mut stream_seen
+                };
+                if std::mem::replace(seen, true) {
+                    return Err(BodyError::NotJson(format!("duplicate field `{key}`")));
+                }
+            }
+            match key {
+                // `null` reads as absent, as an optional field does in serde: no model.
+                "model" => model = (raw != b"null").then_some((m.value_start, raw)),
+                "stream" => stream = raw == b"true",
                 "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
-                    max_output_tokens = max_output_tokens.or(raw.parse::<u64>().ok())
+                    max_output_tokens = max_output_tokens.or(std::str::from_utf8(raw)
+                        .ok()
+                        .and_then(|n| n.parse::<u64>().ok()))
                 }
                 _ => {}
             }
         }
         let (start, value) = model.ok_or(BodyError::NoModel)?;
-        if !value.starts_with('"') {
+        if !value.starts_with(b"\"") {
             return Err(BodyError::ModelNotString);
         }
+        let value = std::str::from_utf8(value).map_err(|_| BodyError::NotUtf8)?;
         let model: String = serde_json::from_str(value).map_err(|_| BodyError::ModelNotString)?;
         Ok(RequestBody {
             model_span: (start, start + value.len()),
@@ -202,12 +142,7 @@ impl RequestBody {
     }
 
     fn key<'s>(&'s self, m: &'s Member) -> &'s str {
-        match (&m.escaped_key, m.key_span) {
-            (Some(k), _) => k,
-            // The span came from a `&str` of this buffer, so it is UTF-8 on char boundaries.
-            (None, Some((a, b))) => std::str::from_utf8(&self.bytes[a..b]).unwrap_or(""),
-            (None, None) => "",
-        }
+        key_text(&self.bytes, m)
     }
 
     /// Overwrite the body's bytes with zeros (for `zero_retention`): freed memory then holds no
@@ -427,6 +362,19 @@ mod tests {
             RequestBody::parse(Bytes::from_static(b"{\"model\":\"\xff\"}")).unwrap_err(),
             BodyError::NotUtf8
         );
+        assert_eq!(
+            RequestBody::parse(Bytes::from_static(b"{\"mod\xffel\":\"a\"}")).unwrap_err(),
+            BodyError::NotUtf8
+        );
+    }
+
+    #[test]
+    fn prompt_bytes_are_not_decoded_only_carried() {
+        // Not UTF-8 inside a prompt string: the provider judges it; twinroute forwards it as sent.
+        let raw = b"{\"messages\":\"caf\xe9\",\"model\":\"a\"}";
+        let b = RequestBody::parse(Bytes::from_static(raw)).unwrap();
+        assert_eq!(b.model, "a");
+        assert_eq!(b.with_model("a").to_vec(), raw.to_vec());
     }
 
     #[test]

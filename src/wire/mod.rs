@@ -13,6 +13,7 @@ pub mod body;
 pub mod error_body;
 pub mod errors;
 pub mod job;
+pub mod json_scan;
 pub mod listing;
 pub mod openai;
 pub mod request;
