@@ -569,7 +569,7 @@ def main():
                         continue
                     before = (scrape_non_2xx(tw_admin), log_lines("twinroute", "mid-body"))
                     measure(label, tname, u, pid, sse_bf, n, dur, timeout="60s", sse=True)
-                    if tname == "twinroute" and n == SSE_LEVELS[-1][0]:
+                    if tname == "twinroute" and n == SSE_LEVELS[-1][0] and not SMOKE:
                         settle_timer(label, pid)
                     after = (scrape_non_2xx(tw_admin), log_lines("twinroute", "mid-body"))
                     if tname == "twinroute":
