@@ -652,6 +652,8 @@ def main():
             "idle RSS floor, at start (MB)": idle_rss_floor,
             "RSS twinroute after the whole run, idle (MB)": after_rss,
         })
+        # Each 5,000-stream load ran on its own twinroute, with its own idle RSS before it.
+        idle_before = lambda label: idle_rss_slow if label == slow_label else idle_rss
         for label in [f"SSE x{n}" for n, _ in SSE_LEVELS] + ([slow_label] if slow_label else []):
             t = results[label]["twinroute"]
             ratios[f"{label}: twinroute broken streams (wrk)"] = broken(t)
@@ -660,7 +662,7 @@ def main():
             ratios[f"{label}: floor peak RSS (MB)"] = results[label]["floor"]["peak_rss_mb"]
             if label in settled:
                 ratios[f"{label}: twinroute RSS {RSS_SETTLE_S} s after the load (MB)"] = settled[label]
-                ratios[f"{label}: twinroute idle RSS before it (MB)"] = idle_rss_slow if label == slow_label else idle_rss
+                ratios[f"{label}: twinroute idle RSS before it (MB)"] = idle_before(label)
             if label in stream_checks:
                 for k, v in stream_checks[label].items():
                     ratios[f"{label}: {k.replace('_', ' ')}"] = v
@@ -704,7 +706,7 @@ def main():
             ]
             for label in [top] + ([slow_label] if slow_label else []):
                 t5 = results[label]["twinroute"]
-                idle = idle_rss_slow if label == slow_label else idle_rss
+                idle = idle_before(label)
                 after = settled.get(label)
                 checks += [
                     target(f"{label}: no broken streams", broken(t5), broken(t5) == 0 and errors(t5) == 0 and t5["requests"] > 0,

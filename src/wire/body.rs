@@ -36,15 +36,21 @@ impl BodyError {
 /// One top-level member of the body object, as byte offsets into it.
 type Member = json_scan::Member;
 
-/// A member's key as text (`parse` refused the body if a key was not UTF-8).
-fn key_text<'s>(body: &'s [u8], m: &'s Member) -> &'s str {
+/// A member's key as text; `None` when it is not UTF-8 (which `parse` refuses).
+fn key_text<'s>(body: &'s [u8], m: &'s Member) -> Option<&'s str> {
     match &m.key {
-        Key::Escaped(k) => k,
-        Key::Plain(a, b) => body
-            .get(*a..*b)
-            .and_then(|k| std::str::from_utf8(k).ok())
-            .unwrap_or(""),
+        Key::Escaped(k) => Some(k),
+        Key::Plain(a, b) => body.get(*a..*b).and_then(|k| std::str::from_utf8(k).ok()),
     }
+}
+
+/// Refuses a second `model` or `stream`: providers disagree on which wins, so neither do we
+/// guess.
+fn first_time(seen: &mut bool, key: &str) -> Result<(), BodyError> {
+    if std::mem::replace(seen, true) {
+        return Err(BodyError::NotJson(format!("duplicate field `{key}`")));
+    }
+    Ok(())
 }
 
 /// A parsed request body: the original bytes plus where its top-level members sit in them.
@@ -79,31 +85,20 @@ impl RequestBody {
         let mut stream_seen = false;
         let mut max_output_tokens = None;
         for m in &members {
-            let key = match &m.key {
-                Key::Escaped(k) => k,
-                Key::Plain(a, b) => {
-                    std::str::from_utf8(&bytes[*a..*b]).map_err(|_| BodyError::NotUtf8)?
-                }
-            };
+            let key = key_text(&bytes, m).ok_or(BodyError::NotUtf8)?;
             // Values read below are ASCII when they matter (`true`, digits); anything else is
             // compared as bytes and fails to match.
             let raw = &bytes[m.value_start..m.end];
-            if key == "model" || key == "stream" {
-                // Two `model` (or `stream`) keys: providers disagree on which wins, so neither
-                // do we guess.
-                let seen = if key == "model" {
-                    &mut model_seen
-                } else {
-                    &mut stream_seen
-                };
-                if std::mem::replace(seen, true) {
-                    return Err(BodyError::NotJson(format!("duplicate field `{key}`")));
-                }
-            }
             match key {
-                // `null` reads as absent, as an optional field does in serde: no model.
-                "model" => model = (raw != b"null").then_some((m.value_start, raw)),
-                "stream" => stream = raw == b"true",
+                "model" => {
+                    first_time(&mut model_seen, key)?;
+                    // `null` reads as absent, as an optional field does in serde: no model.
+                    model = (raw != b"null").then_some((m.value_start, raw));
+                }
+                "stream" => {
+                    first_time(&mut stream_seen, key)?;
+                    stream = raw == b"true";
+                }
                 "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
                     max_output_tokens = max_output_tokens.or(std::str::from_utf8(raw)
                         .ok()
@@ -142,7 +137,7 @@ impl RequestBody {
     }
 
     fn key<'s>(&'s self, m: &'s Member) -> &'s str {
-        key_text(&self.bytes, m)
+        key_text(&self.bytes, m).unwrap_or("")
     }
 
     /// Overwrite the body's bytes with zeros (for `zero_retention`): freed memory then holds no

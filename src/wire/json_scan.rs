@@ -200,22 +200,17 @@ fn skip_value(b: &[u8], mut i: usize) -> Result<usize, ScanError> {
         i = ws(b, i);
         match b.get(i) {
             Some(b'"') => i = skip_string(b, i)?.0,
-            Some(b'{') => {
+            Some(&open @ (b'{' | b'[')) => {
+                let closer = if open == b'{' { b'}' } else { b']' };
                 i = ws(b, i + 1);
-                if b.get(i) == Some(&b'}') {
+                if b.get(i) == Some(&closer) {
                     i += 1;
                 } else {
-                    owed.push(b'}');
-                    i = key(b, i)?.1;
-                    continue;
-                }
-            }
-            Some(b'[') => {
-                i = ws(b, i + 1);
-                if b.get(i) == Some(&b']') {
-                    i += 1;
-                } else {
-                    owed.push(b']');
+                    owed.push(closer);
+                    if closer == b'}' {
+                        // An object's first member: its key and `:`, then the value below.
+                        i = key(b, i)?.1;
+                    }
                     continue;
                 }
             }
@@ -383,14 +378,18 @@ mod tests {
         ) {
             let scanned = object_members(&raw).is_ok();
             let serde_ok = matches!(serde_json::from_slice::<Value>(&raw), Ok(Value::Object(_)));
-            let serde_dup_ok = serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok()
-                && raw.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{');
             if serde_ok {
                 prop_assert!(scanned, "serde accepts {:?}", String::from_utf8_lossy(&raw));
             }
             if scanned {
-                let has_ctl = raw.contains(&b'\t');
-                prop_assert!(serde_dup_ok || has_ctl, "scan accepts {:?}", String::from_utf8_lossy(&raw));
+                // What serde's grammar-only pass (no range checks, duplicates allowed) says; the
+                // one refusal the scan may disagree with is a control character in a string.
+                if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&raw) {
+                    prop_assert!(
+                        e.to_string().contains("control character"),
+                        "scan accepts {:?}, serde: {e}", String::from_utf8_lossy(&raw)
+                    );
+                }
             }
         }
     }
