@@ -841,6 +841,9 @@ impl ProxyHttp for Proxy {
         let in_flight = METRICS.in_flight.with_label_values(&["all"]);
         in_flight.inc();
         let active = ActiveGuard::enter(&self.shared);
+        self.shared
+            .data_plane
+            .get_or_init(tokio::runtime::Handle::current);
         let result = match self.admit(session, active.count) {
             Some(reject) => Ok(Handled::Reject(reject)),
             None => self.handle(session, ctx).await,

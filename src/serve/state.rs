@@ -7,7 +7,7 @@ use crate::net::resolve::Resolver;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A config and the health table built for its providers (indexes match).
 pub struct Runtime {
@@ -49,6 +49,9 @@ pub struct Shared {
     /// The durable background queue (`None`: no `state_dir`). Opened from the first config; a
     /// reload keeps it.
     pub queue: Option<Arc<crate::serve::queue::Queue>>,
+    /// The data-plane runtime, recorded by the first request, so the memory trimmer can run a
+    /// task on each of its threads (`serve::trim`: their allocator caches).
+    pub data_plane: OnceLock<tokio::runtime::Handle>,
 }
 
 impl Shared {
@@ -75,6 +78,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             tokens: Default::default(),
+            data_plane: OnceLock::new(),
         }))
     }
 }
