@@ -693,3 +693,62 @@ async fn anthropic_overloaded_529_fails_over_to_the_twin() {
     assert_eq!(d.requests()[0].json()["model"], "claude-haiku-4-5");
     t.wait_for_log("c:status_5xx").await;
 }
+
+/// Events the provider sends back to back arrive at twinroute together, and are joined into
+/// fewer client writes (`forward::join_ready`); none may be lost, repeated or reordered, and the
+/// end of the body read right behind them must still end the stream — for a stream passed on
+/// as it is and for one translated to another API's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_stream_events_arrives_whole_and_in_order() {
+    let (a, _b, t) = two_providers("").await;
+    let n = 3000;
+    a.set_stream(n, Duration::ZERO);
+    let mut body = chat_body("m");
+    body["stream"] = json!(true);
+    let r = t.chat(&body, &[]).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    let expected: String = (0..n).map(|i| format!("tok{i} ")).collect();
+    assert_eq!(content, expected);
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "{}",
+        &text[text.len() - 200..]
+    );
+
+    // The same burst, translated for an Anthropic Messages client.
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("anthropic-version", "2023-06-01")],
+        &json!({"model": "m", "max_tokens": 16, "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .filter_map(|v| v["delta"]["text"].as_str().map(String::from))
+        .collect();
+    assert_eq!(content, expected);
+    assert!(
+        text.contains("event: message_stop"),
+        "{}",
+        &text[text.len() - 300..]
+    );
+}

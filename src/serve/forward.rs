@@ -1289,6 +1289,54 @@ async fn emit(
     Ok(error)
 }
 
+/// Most bytes `join_ready` joins into one write.
+const JOIN_AT_MOST: usize = 64 * 1024;
+
+/// `chunk`, joined with what the upstream has already delivered behind it: reads that complete
+/// without waiting (HTTP chunks already in Pingora's buffer, bytes already in the socket) are
+/// appended, so a run of small stream events goes to the client in one write and one wake-up
+/// instead of one each, as Pingora's own proxy loop batches them. A read that would wait is
+/// dropped unfinished, which Pingora's body readers allow (its proxy loop drops them in
+/// `select!`): its state stays in the session and nothing read is lost. A read that ends the
+/// body or fails is kept in `held` for the caller's next turn. `read_timeout` is the session's
+/// read timeout to put back (none is armed for a read that is not waited on).
+fn join_ready(
+    upstream: &mut HttpSession,
+    chunk: Bytes,
+    read_timeout: Option<Duration>,
+    held: &mut Option<Result<Option<Bytes>>>,
+) -> Bytes {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut joined: Option<BytesMut> = None;
+    let mut cx = Context::from_waker(Waker::noop());
+    upstream.set_read_timeout(None);
+    while joined.as_ref().map_or(chunk.len(), |j| j.len()) < JOIN_AT_MOST {
+        let ready = {
+            let read = std::pin::pin!(upstream.read_response_body());
+            match read.poll(&mut cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => break,
+            }
+        };
+        match ready {
+            Ok(Some(more)) => joined
+                .get_or_insert_with(|| {
+                    let mut j = BytesMut::with_capacity(chunk.len() + more.len());
+                    j.extend_from_slice(&chunk);
+                    j
+                })
+                .extend_from_slice(&more),
+            other => {
+                *held = Some(other);
+                break;
+            }
+        }
+    }
+    upstream.set_read_timeout(read_timeout);
+    joined.map_or(chunk, BytesMut::freeze)
+}
+
 /// The upstream side of the chosen answer.
 struct Upstream {
     session: Box<HttpSession>,
@@ -1407,20 +1455,28 @@ async fn relay(
     // A committed stream silent this long is broken (`stream_stall`); a whole body was read
     // before committing, so only streams need the watch.
     let stall_after = is_sse.then_some(served.stream_idle);
-    if let Some(idle) = stall_after {
+    // The read timeout the session carries (set here for streams; by `exchange` otherwise).
+    let restore_timeout = Some(match stall_after {
+        Some(idle) => idle + Duration::from_millis(500),
+        None => provider.timeouts.idle,
+    });
+    if stall_after.is_some() {
         // Pingora's own read timeout only as a backstop, so a stall is named as one.
-        upstream.set_read_timeout(Some(idle + Duration::from_millis(500)));
+        upstream.set_read_timeout(restore_timeout);
     }
     let mut staged = Vec::new();
     // Every upstream stream event is checked before it goes on: malformed ones are dropped.
     let mut guard = is_sse.then(|| EventGuard::new(answer_family(provider.api)));
     let mut slices: Vec<Bytes> = Vec::new();
+    // What a read that did not wait returned after the bytes it was joined to (`join_ready`).
+    let mut held: Option<Result<Option<Bytes>>> = None;
     // The stream's break, if it breaks: the reason and what the access line says.
     let broke: Option<(FailoverReason, String)> = loop {
-        let next = match (pending.take(), stall_after) {
-            (Some(p), _) => Ok(Some(p)),
-            (None, None) => upstream.read_response_body().await,
-            (None, Some(idle)) => {
+        let next = match (held.take(), pending.take(), stall_after) {
+            (Some(h), _, _) => h,
+            (None, Some(p), _) => Ok(Some(p)),
+            (None, None, None) => upstream.read_response_body().await,
+            (None, None, Some(idle)) => {
                 match tokio::time::timeout(idle, upstream.read_response_body()).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -1434,6 +1490,7 @@ async fn relay(
         };
         match next {
             Ok(Some(chunk)) => {
+                let chunk = join_ready(&mut upstream, chunk, restore_timeout, &mut held);
                 if success {
                     usage.feed(&chunk);
                 }
