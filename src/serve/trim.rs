@@ -36,9 +36,7 @@ impl BackgroundService for Trimmer {
             let active = self.shared.active.load(Ordering::Relaxed);
             let step = trim.step(active);
             let flushed = match (step, self.shared.data_plane.get()) {
-                (TrimStep::FlushAndPurge, Some(rt)) => {
-                    flush_thread_caches(rt, self.shared.runtime.load().config.threads).await
-                }
+                (TrimStep::FlushAndPurge, Some(rt)) => flush_thread_caches(rt).await,
                 _ => 0,
             };
             if step != TrimStep::Nothing {
@@ -53,12 +51,14 @@ impl BackgroundService for Trimmer {
     }
 }
 
-/// Empty the allocator cache of each of the data plane's `threads` threads; how many were
-/// reached. A thread's cache can only be flushed from that thread, and a task may run on any of
-/// them, so `threads` tasks each flush theirs and then hold their thread (up to `RENDEZVOUS`)
-/// until all have: no two land on the same thread. Run once a burst is over, when the threads
-/// are idle, so holding them costs nothing.
-async fn flush_thread_caches(rt: &tokio::runtime::Handle, threads: usize) -> usize {
+/// Empty the allocator cache of each of the runtime's worker threads; how many were reached. A
+/// thread's cache can only be flushed from that thread, and a task may run on any of them, so
+/// one task per worker flushes and then holds its thread (up to `RENDEZVOUS`) until all have: no
+/// two land on the same thread. Run once a burst is over, when the threads are idle, so holding
+/// them costs nothing. The worker count is the runtime's own (a reloaded `threads` takes effect
+/// only at a restart).
+async fn flush_thread_caches(rt: &tokio::runtime::Handle) -> usize {
+    let threads = rt.metrics().num_workers();
     let gate = Arc::new((Mutex::new(0usize), Condvar::new()));
     let tasks: Vec<_> = (0..threads)
         .map(|_| {
@@ -160,7 +160,7 @@ mod tests {
             .build()
             .unwrap();
         for _ in 0..3 {
-            let reached = trimmer.block_on(flush_thread_caches(data_plane.handle(), workers));
+            let reached = trimmer.block_on(flush_thread_caches(data_plane.handle()));
             assert_eq!(reached, workers);
         }
     }
