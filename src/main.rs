@@ -110,6 +110,11 @@ fn init_proxy_logging() {
     match twinroute::observe::log_writer::start(capacity) {
         Ok(pipe) => {
             b.target(env_logger::Target::Pipe(Box::new(pipe)));
+            // The access line skips env_logger's formatting unless a message regex
+            // (`RUST_LOG=info/pattern`) must see it.
+            if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains('/')) {
+                twinroute::observe::log_writer::allow_direct();
+            }
         }
         Err(e) => eprintln!("twinroute: log writer thread: {e}; logging from request threads"),
     }

@@ -9,6 +9,7 @@
 
 use crate::observe::metrics::METRICS;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -73,17 +74,45 @@ pub fn start(capacity: usize) -> std::io::Result<BufferWriter> {
     Ok(BufferWriter { buffer })
 }
 
-impl Write for BufferWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let b = &self.buffer;
-        let mut g = b.lock();
-        if !g.is_empty() && g.len() + bytes.len() > b.capacity {
+impl Buffer {
+    /// Append one or more whole lines, waiting while the buffer has no room for them.
+    fn append(&self, bytes: &[u8]) {
+        let mut g = self.lock();
+        if !g.is_empty() && g.len() + bytes.len() > self.capacity {
             METRICS.log_waits.inc();
-            while !g.is_empty() && g.len() + bytes.len() > b.capacity {
-                g = b.room.wait(g).unwrap_or_else(|p| p.into_inner());
+            while !g.is_empty() && g.len() + bytes.len() > self.capacity {
+                g = self.room.wait(g).unwrap_or_else(|p| p.into_inner());
             }
         }
         g.extend_from_slice(bytes);
+    }
+}
+
+/// Whether lines may come straight to the buffer, not through env_logger (`allow_direct`).
+static DIRECT: AtomicBool = AtomicBool::new(false);
+
+/// Let `append_line` take lines that bypass env_logger's formatting. The caller knows env_logger
+/// does nothing to a line beyond formatting it: its filter has no message regex (`RUST_LOG`
+/// with `/`), which only env_logger can apply.
+pub fn allow_direct() {
+    DIRECT.store(true, Ordering::Relaxed);
+}
+
+/// Append a line formatted as env_logger would have formatted it, when the writer runs and
+/// takes direct lines; `false` leaves the line to env_logger.
+pub fn append_line(line: &[u8]) -> bool {
+    match BUFFER.get() {
+        Some(b) if DIRECT.load(Ordering::Relaxed) => {
+            b.append(line);
+            true
+        }
+        _ => false,
+    }
+}
+
+impl Write for BufferWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.append(bytes);
         Ok(bytes.len())
     }
 

@@ -940,7 +940,7 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestLog) {
         ctx.latency_ms = ctx.start.elapsed().as_millis() as u64;
         let fmt = self.shared.runtime.load().config.log_format;
-        log::info!(target: "twinroute::access", "{}", ctx.render(fmt));
+        ctx.emit(fmt);
         let model = ctx.model.as_deref().unwrap_or("");
         let provider = ctx.provider.as_deref().unwrap_or("");
         METRICS
