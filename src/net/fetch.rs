@@ -121,8 +121,9 @@ pub async fn exchange(
         }
         req.insert_header(http::header::CONTENT_LENGTH, body.map_or(0, |b| b.len()))
             .map_err(|e| unsent(e.to_string()))?;
-        let (mut s, _) = connector
-            .get_http_session(&peer)
+        // Boxed: Pingora's connect future (~9 KB) would otherwise size every caller's future,
+        // credentials minted on the request path among them (see `forward::exchange`).
+        let (mut s, _) = Box::pin(connector.get_http_session(&peer))
             .await
             .map_err(|e| unsent(format!("connect: {}", e.etype().as_str())))?;
         s.write_request_header(Box::new(req))

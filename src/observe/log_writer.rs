@@ -1,7 +1,8 @@
 //! The log's last step off the request path: a formatted line (the access line above all) is
-//! appended to one shared buffer — a lock and a copy, no allocation, no wake-up — and one writer
-//! thread writes that buffer to stderr every few milliseconds, one syscall for many lines,
-//! instead of each request thread taking stderr's lock and writing its own line.
+//! appended to one shared buffer — a lock and a copy, no allocation; only the first line of a
+//! batch wakes the writer — and one writer thread writes that buffer to stderr a few
+//! milliseconds later, one syscall for many lines, instead of each request thread taking
+//! stderr's lock and writing its own line. With nothing to write the writer sleeps.
 //!
 //! Nothing is dropped: when the buffer is full the request waits for the writer (an audit log
 //! loses nothing) and `twinroute_log_waits_total` counts it. `drain` writes what is left before
@@ -20,6 +21,9 @@ struct Buffer {
     lines: Mutex<Vec<u8>>,
     /// Signalled when the writer took the buffer (room again).
     room: Condvar,
+    /// Signalled when a line lands in an empty buffer: the writer sleeps on it while there is
+    /// nothing to write, so an idle sidecar does not wake 200 times a second.
+    ready: Condvar,
     capacity: usize,
 }
 
@@ -58,6 +62,7 @@ pub fn start(capacity: usize) -> std::io::Result<BufferWriter> {
     let buffer = Arc::new(Buffer {
         lines: Mutex::new(Vec::with_capacity(capacity)),
         room: Condvar::new(),
+        ready: Condvar::new(),
         capacity,
     });
     let b = buffer.clone();
@@ -66,6 +71,14 @@ pub fn start(capacity: usize) -> std::io::Result<BufferWriter> {
         .spawn(move || {
             let mut spare = Vec::with_capacity(b.capacity);
             loop {
+                {
+                    let mut g = b.lock();
+                    while g.is_empty() {
+                        g = b.ready.wait(g).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                // The first line of a batch woke the writer; the lines of the next few
+                // milliseconds go out with it, one write for all.
                 std::thread::sleep(PERIOD);
                 b.write_out(&mut spare);
             }
@@ -84,7 +97,12 @@ impl Buffer {
                 g = self.room.wait(g).unwrap_or_else(|p| p.into_inner());
             }
         }
+        let was_empty = g.is_empty();
         g.extend_from_slice(bytes);
+        drop(g);
+        if was_empty {
+            self.ready.notify_one();
+        }
     }
 }
 

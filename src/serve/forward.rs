@@ -401,7 +401,9 @@ async fn attempt_loop(
         // SigV4 over the exact bytes sent, computed last.
         let mut no_credential = false;
         if provider.api == ApiKind::Bedrock {
-            match bedrock_credentials(shared, provider, budget).await {
+            // Boxed, as every rare path here: an inline future sizes the attempt loop's and
+            // each one above it, all moved once per request (see `exchange`).
+            match Box::pin(bedrock_credentials(shared, provider, budget)).await {
                 Some(creds) => {
                     let whole = spliced.to_vec();
                     if let Err(e) =
@@ -424,7 +426,7 @@ async fn attempt_loop(
                 retry_after_s: None,
             }
         } else if matches!(provider.api, ApiKind::Vertex | ApiKind::VertexOpenAi) {
-            vertex_exchange(
+            Box::pin(vertex_exchange(
                 shared,
                 provider,
                 upstream_ep,
@@ -432,7 +434,7 @@ async fn attempt_loop(
                 &spliced,
                 budget,
                 bounded_by_deadline,
-            )
+            ))
             .await
         } else {
             exchange(
@@ -657,10 +659,7 @@ async fn attempt_loop(
             (_, Some((mut upstream, peer, _))) => {
                 // An error answer read whole is pooled again, unless retention forbids it.
                 if upstream.response_done() && !ctx.zero_retention {
-                    shared
-                        .connector
-                        .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
-                        .await;
+                    pool_again(shared, upstream, &peer).await;
                 }
             }
             (_, None) => {
@@ -1045,7 +1044,10 @@ async fn exchange(
 
     let mut phase = AttemptPhase::Connect;
     let work = async {
-        let (mut up, _reused) = shared.connector.get_http_session(&*peer).await?;
+        // Boxed: Pingora's connect future is ~9 KB (its TLS handshake), and held inline it
+        // would size every future above this one, each of which is moved (copied) at least
+        // once per request: ~70 KB of memcpy a request before, by valgrind's count.
+        let (mut up, _reused) = Box::pin(shared.connector.get_http_session(&*peer)).await?;
         phase = AttemptPhase::Exchange;
         // The whole exchange is bounded by `budget` below; per-read timeouts apply to the body.
         up.set_read_timeout(None);
@@ -1225,6 +1227,18 @@ const CHUNKED: http::HeaderValue = http::HeaderValue::from_static("chunked");
 /// refused, like Pingora's `insert_header` refuses it, when it is not a valid header value.
 fn header_value(v: &str) -> Result<http::HeaderValue> {
     http::HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
+}
+
+/// Hand a finished upstream connection back to Pingora's pool. Boxed: the pool's future is
+/// ~3 KB, and inline it would size `relay`'s and the attempt loop's futures, moved once per
+/// request each (see `exchange`).
+async fn pool_again(shared: &Shared, upstream: Box<HttpSession>, peer: &HttpPeer) {
+    Box::pin(
+        shared
+            .connector
+            .release_http_session(*upstream, peer, Some(POOL_IDLE)),
+    )
+    .await;
 }
 
 /// What answered: for headers, usage accounting and cost.
@@ -1455,7 +1469,16 @@ async fn relay(
             peer,
             prefix,
         };
-        relay_whole(shared, session, ctx, up, provider, &served, resp.into()).await?;
+        Box::pin(relay_whole(
+            shared,
+            session,
+            ctx,
+            up,
+            provider,
+            &served,
+            resp.into(),
+        ))
+        .await?;
         return Ok(RelayEnd::Done);
     }
     let mut frames = None;
@@ -1691,10 +1714,7 @@ async fn relay(
         return Ok(RelayEnd::Done);
     }
     if upstream.response_done() {
-        shared
-            .connector
-            .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
-            .await;
+        pool_again(shared, upstream, &peer).await;
     }
     Ok(RelayEnd::Done)
 }
@@ -1823,10 +1843,7 @@ async fn relay_whole(
         record_usage(ctx, &usage, served, &provider.name);
     }
     if !ctx.zero_retention && upstream.response_done() {
-        shared
-            .connector
-            .release_http_session(*upstream, &*peer, Some(POOL_IDLE))
-            .await;
+        pool_again(shared, upstream, &peer).await;
     }
     Ok(())
 }

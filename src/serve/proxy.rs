@@ -943,9 +943,12 @@ impl ProxyHttp for Proxy {
         ctx.emit(fmt);
         let model = ctx.model.as_deref().unwrap_or("");
         let provider = ctx.provider.as_deref().unwrap_or("");
+        // `StatusCode::as_str` is a static table: no allocation per request.
+        let code = http::StatusCode::from_u16(ctx.status).ok();
+        let status = code.as_ref().map_or("0", |s| s.as_str());
         METRICS
             .requests
-            .with_label_values(&[model, provider, &ctx.status.to_string()])
+            .with_label_values(&[model, provider, status])
             .inc();
         if !model.is_empty() {
             METRICS
