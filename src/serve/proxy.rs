@@ -42,6 +42,19 @@ pub const HDR_ALLOW_EQUIVALENTS: &str = "x-twinroute-allow-equivalents";
 pub const HDR_REQUIRE_PARAMS: &str = "x-twinroute-require-parameters";
 pub const HDR_ROUTE: &str = "x-twinroute-route";
 
+/// The request headers above as `http`'s names: a lookup by a `&str` parses the name first, on
+/// every request.
+mod names {
+    use http::HeaderName;
+    pub const PROVIDER: HeaderName = HeaderName::from_static(super::HDR_PROVIDER);
+    pub const STRATEGY: HeaderName = HeaderName::from_static(super::HDR_STRATEGY);
+    pub const REGION: HeaderName = HeaderName::from_static(super::HDR_REGION);
+    pub const ALLOW_EQUIVALENTS: HeaderName = HeaderName::from_static(super::HDR_ALLOW_EQUIVALENTS);
+    pub const REQUIRE_PARAMS: HeaderName = HeaderName::from_static(super::HDR_REQUIRE_PARAMS);
+    pub const ROUTE: HeaderName = HeaderName::from_static(super::HDR_ROUTE);
+    pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+}
+
 /// How long a client may pause while sending its body.
 const CLIENT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -69,7 +82,7 @@ enum Handled {
     Done,
 }
 
-fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+fn header_str<'a>(session: &'a Session, name: &http::HeaderName) -> Option<&'a str> {
     session
         .req_header()
         .headers
@@ -88,7 +101,8 @@ async fn read_body(
             format!("request body exceeds max_body_bytes ({limit} bytes)"),
         )
     };
-    let announced = header_str(session, "content-length").and_then(|v| v.parse::<u64>().ok());
+    let announced =
+        header_str(session, &http::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|len| len > limit as u64) {
         return Ok(Err(too_large()));
     }
@@ -262,7 +276,7 @@ impl Proxy {
                 ),
             )));
         }
-        if let Some(enc) = header_str(session, "content-encoding") {
+        if let Some(enc) = header_str(session, &http::header::CONTENT_ENCODING) {
             if !enc.eq_ignore_ascii_case("identity") {
                 return Ok(Handled::Reject(GatewayError::new(
                     ErrorKind::UnsupportedMediaType,
@@ -305,7 +319,7 @@ impl Proxy {
 
         let mut constraints = RequestConstraints::default();
         let mut require_params: Option<bool> = None;
-        if let Some(name) = header_str(session, HDR_PROVIDER) {
+        if let Some(name) = header_str(session, &names::PROVIDER) {
             let name = name.to_string();
             match cfg.provider_by_name(&name) {
                 Some(p) => constraints.pin = Some(p.id),
@@ -325,7 +339,7 @@ impl Proxy {
                 }
             }
         }
-        if let Some(s) = header_str(session, HDR_STRATEGY) {
+        if let Some(s) = header_str(session, &names::STRATEGY) {
             match Strategy::parse(s) {
                 Some(s) => constraints.strategy = Some(s),
                 None => {
@@ -336,14 +350,14 @@ impl Proxy {
                 }
             }
         }
-        if let Some(r) = header_str(session, HDR_REGION) {
+        if let Some(r) = header_str(session, &names::REGION) {
             constraints.region = Some(r.to_string());
         }
         for (name, slot) in [
-            (HDR_ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
-            (HDR_REQUIRE_PARAMS, &mut require_params),
+            (names::ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
+            (names::REQUIRE_PARAMS, &mut require_params),
         ] {
-            if let Some(v) = header_str(session, name) {
+            if let Some(v) = header_str(session, &name) {
                 *slot = Some(match parse_bool(v) {
                     Some(b) => b,
                     None => {
@@ -362,7 +376,7 @@ impl Proxy {
         constraints.draw = rand::random::<f64>();
         let route = cfg.route_for(&path, &session.req_header().headers);
         if route.is_none() {
-            if let Some(asked) = header_str(session, HDR_ROUTE) {
+            if let Some(asked) = header_str(session, &names::ROUTE) {
                 let header = http::HeaderName::from_static(HDR_ROUTE);
                 let known: Vec<&str> = cfg
                     .routes
@@ -785,7 +799,7 @@ impl Proxy {
             return Keyed::No;
         };
         let h = &session.req_header().headers;
-        let Some(value) = h.get("idempotency-key") else {
+        let Some(value) = h.get(&names::IDEMPOTENCY_KEY) else {
             return Keyed::No;
         };
         if zero_retention {
