@@ -137,6 +137,8 @@ pub struct UpstreamBase {
     pub port: u16,
     /// Path prefix without a trailing slash; empty when the URL has no path.
     pub path: String,
+    /// The `Host` header value, formed once here rather than on every request.
+    host_header: String,
 }
 
 impl UpstreamBase {
@@ -158,27 +160,33 @@ impl UpstreamBase {
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = uri.path().trim_end_matches('/').to_string();
+        let host_header = host_header(&host, port, tls);
         Ok(UpstreamBase {
             tls,
             host,
             port,
             path,
+            host_header,
         })
     }
 
     /// `Host` header value: the port is shown only when it is not the scheme's default.
-    pub fn host_header(&self) -> String {
-        let default = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+    pub fn host_header(&self) -> &str {
+        &self.host_header
+    }
+}
+
+fn host_header(host: &str, port: u16, tls: bool) -> String {
+    let default = if tls { 443 } else { 80 };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == default {
+        host
+    } else {
+        format!("{host}:{port}")
     }
 }
 

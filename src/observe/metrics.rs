@@ -289,6 +289,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
 pub static METRICS: LazyLock<Metrics> =
     LazyLock::new(|| build().unwrap_or_else(|e| panic!("metric definitions are invalid: {e}")));
 
+/// `twinroute_in_flight_requests{endpoint="all"}`, every request's: looked up once, not per
+/// request (a label lookup hashes the values and takes the vector's lock).
+pub fn in_flight_all() -> &'static prometheus::IntGauge {
+    static ALL: LazyLock<prometheus::IntGauge> =
+        LazyLock::new(|| METRICS.in_flight.with_label_values(&["all"]));
+    &ALL
+}
+
 pub fn render() -> Vec<u8> {
     let mut out = Vec::new();
     let families = METRICS.registry.gather();

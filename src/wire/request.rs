@@ -106,7 +106,7 @@ pub fn build_request(
             h.append(name.clone(), value.clone());
         }
     }
-    h.insert(HOST, header_value(&upstream.base.host_header())?);
+    h.insert(HOST, header_value(upstream.base.host_header())?);
     h.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
     if !h.contains_key(CONTENT_TYPE) {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
