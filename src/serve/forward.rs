@@ -35,6 +35,7 @@ use crate::wire::bedrock;
 use crate::wire::body::{RequestBody, SplicedBody};
 use crate::wire::error_body::{account_problem, body_decides, classify_error_body};
 use crate::wire::request as provider;
+use crate::wire::request::header_value;
 use crate::wire::sse::stream_error_event;
 use crate::wire::stream_event::{EventGuard, Splice, StreamEnd, StreamTrack};
 use crate::wire::translate::{self, Direction};
@@ -1222,12 +1223,6 @@ mod answer {
 }
 
 const CHUNKED: http::HeaderValue = http::HeaderValue::from_static("chunked");
-
-/// A header value from text twinroute carries (a provider's name, a model id, a request id):
-/// refused, like Pingora's `insert_header` refuses it, when it is not a valid header value.
-fn header_value(v: &str) -> Result<http::HeaderValue> {
-    http::HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
-}
 
 /// Hand a finished upstream connection back to Pingora's pool. Boxed: the pool's future is
 /// ~3 KB, and inline it would size `relay`'s and the attempt loop's futures, moved once per

@@ -12,9 +12,10 @@ use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::{ErrorType, OrErr, Result};
 
-/// A header value twinroute writes (the upstream's host): refused, as Pingora's own
-/// `insert_header` would refuse it, when it is not a valid header value.
-fn header_value(v: &str) -> Result<HeaderValue> {
+/// A header value from text twinroute carries (the upstream's host; on answers a provider's
+/// name, a model id, a request id): refused, as Pingora's own `insert_header` would refuse it,
+/// when it is not a valid header value.
+pub fn header_value(v: &str) -> Result<HeaderValue> {
     HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
 }
 
