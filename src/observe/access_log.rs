@@ -113,21 +113,23 @@ impl RequestLog {
         thread_local! {
             static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
         }
-        let written = LINE.with_borrow_mut(|line| {
-            line.clear();
-            if write_prefix(line, SystemTime::now()).is_err() {
-                return false;
-            }
-            let msg = line.len();
-            self.render_into(format, line);
-            // env_logger indents the lines of a multi-line message; none is expected (values
-            // are escaped), but such a line would take env_logger's way.
-            if line[msg..].contains(&b'\n') {
-                return false;
-            }
-            line.push(b'\n');
-            log_writer::append_line(line)
-        });
+        // Formatted here only when the writer will take it; else once, by env_logger.
+        let written = log_writer::takes_direct()
+            && LINE.with_borrow_mut(|line| {
+                line.clear();
+                if write_prefix(line, SystemTime::now()).is_err() {
+                    return false;
+                }
+                let msg = line.len();
+                self.render_into(format, line);
+                // env_logger indents the lines of a multi-line message; none is expected (values
+                // are escaped), but such a line would take env_logger's way.
+                if line[msg..].contains(&b'\n') {
+                    return false;
+                }
+                line.push(b'\n');
+                log_writer::append_line(line)
+            });
         if !written {
             log::info!(target: TARGET, "{}", self.render(format));
         }

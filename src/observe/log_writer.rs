@@ -116,8 +116,13 @@ pub fn allow_direct() {
     DIRECT.store(true, Ordering::Relaxed);
 }
 
-/// Append a line formatted as env_logger would have formatted it, when the writer runs and
-/// takes direct lines; `false` leaves the line to env_logger.
+/// Whether the writer runs and takes lines that bypass env_logger (`append_line`).
+pub fn takes_direct() -> bool {
+    BUFFER.get().is_some() && DIRECT.load(Ordering::Relaxed)
+}
+
+/// Append a line formatted as env_logger would have formatted it, when the writer takes direct
+/// lines (`takes_direct`); `false` leaves the line to env_logger.
 pub fn append_line(line: &[u8]) -> bool {
     match BUFFER.get() {
         Some(b) if DIRECT.load(Ordering::Relaxed) => {

@@ -232,7 +232,7 @@ pub async fn resource(
         let body = Bytes::from(body.to_string());
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        h.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
+        h.insert_header(crate::serve::names::HDR_REQUEST_ID, ctx.request_id.as_str())?;
         down.write_header(Box::new(h), false).await?;
         down.write_body(Some(body), true).await?;
         return Ok(Ok(()));
@@ -290,7 +290,7 @@ async fn write_found(
     }
     h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     h.insert_header(JOB_HEADER, id)?;
-    h.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
+    h.insert_header(crate::serve::names::HDR_REQUEST_ID, ctx.request_id.as_str())?;
     down.write_header(Box::new(h), false).await?;
     down.write_body(Some(body), true).await
 }

@@ -30,6 +30,7 @@ use crate::observe::metrics::METRICS;
 use crate::serve::cache::Rendered;
 use crate::serve::commit::{self, Held, HoldSpec};
 use crate::serve::downstream::Downstream;
+use crate::serve::names;
 use crate::serve::state::{Runtime, Shared};
 use crate::wire::bedrock;
 use crate::wire::body::{RequestBody, SplicedBody};
@@ -730,7 +731,7 @@ pub async fn send_error(
     ctx.status = e.kind.status();
     ctx.error.get_or_insert_with(|| e.message.clone());
     session.set_keepalive(None);
-    extra.push(("x-twinroute-request-id", ctx.request_id.clone()));
+    extra.push((names::HDR_REQUEST_ID, ctx.request_id.clone()));
     let body = e.body(family);
     let mut h = e.header(body.len())?;
     for (k, v) in &extra {
@@ -1209,19 +1210,6 @@ const HOP_BY_HOP: &[&str] = &[
     "te",
 ];
 
-/// The headers twinroute adds to an answer (`http`'s own names: no parsing per request).
-mod answer {
-    use http::HeaderName;
-    pub const PROVIDER: HeaderName = HeaderName::from_static("x-twinroute-provider");
-    pub const MODEL: HeaderName = HeaderName::from_static("x-twinroute-model");
-    pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-twinroute-attempts");
-    pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-twinroute-request-id");
-    pub const EQUIVALENT: HeaderName = HeaderName::from_static("x-twinroute-equivalent");
-    pub const DROPPED_PARAMS: HeaderName = HeaderName::from_static("x-twinroute-dropped-params");
-    pub const CACHE: HeaderName = HeaderName::from_static("x-twinroute-cache");
-    pub const TRANSLATED: HeaderName = HeaderName::from_static("x-twinroute-translated");
-}
-
 const CHUNKED: http::HeaderValue = http::HeaderValue::from_static("chunked");
 
 /// Hand a finished upstream connection back to Pingora's pool. Boxed: the pool's future is
@@ -1419,21 +1407,21 @@ async fn relay(
         provider.api == ApiKind::Bedrock && content_type(b"application/vnd.amazon.eventstream");
     let is_sse = content_type(b"text/event-stream") || is_eventstream;
     let h = &mut resp.headers;
-    h.insert(answer::PROVIDER, header_value(provider.name.as_str())?);
-    h.insert(answer::MODEL, header_value(served_model)?);
-    h.insert(answer::ATTEMPTS, header_value(attempts)?);
-    h.insert(answer::REQUEST_ID, header_value(&ctx.request_id)?);
+    h.insert(names::PROVIDER, header_value(provider.name.as_str())?);
+    h.insert(names::MODEL, header_value(served_model)?);
+    h.insert(names::ATTEMPTS, header_value(attempts)?);
+    h.insert(names::REQUEST_ID, header_value(&ctx.request_id)?);
     if let Some(eq) = &served.equivalent {
-        h.insert(answer::EQUIVALENT, header_value(eq)?);
+        h.insert(names::EQUIVALENT, header_value(eq)?);
     }
     if !served.dropped.is_empty() {
         h.insert(
-            answer::DROPPED_PARAMS,
+            names::DROPPED_PARAMS,
             header_value(&served.dropped.join(","))?,
         );
     }
     if let Some(c) = served.cache_header {
-        h.insert(answer::CACHE, http::HeaderValue::from_static(c));
+        h.insert(names::CACHE, http::HeaderValue::from_static(c));
     }
     if ctx.zero_retention {
         // Said in the response header: the client's connection closes after this answer.
@@ -1445,7 +1433,7 @@ async fn relay(
     let mut translator = None;
     if let Some(dir) = served.translation {
         resp.headers.insert(
-            answer::TRANSLATED,
+            names::TRANSLATED,
             http::HeaderValue::from_static(dir.label()),
         );
         ctx.translated = Some(dir.label());

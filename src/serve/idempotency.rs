@@ -244,13 +244,13 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
                 Some((status, headers)) => {
                     let mut h = ResponseHeader::build(status, Some(headers.len() + 2))?;
                     for (k, v) in headers {
-                        if k == http::header::CONNECTION || k == "x-twinroute-request-id" {
+                        if k == http::header::CONNECTION || k == crate::serve::names::REQUEST_ID {
                             continue;
                         }
                         h.append_header(k, v)?;
                     }
                     h.insert_header("x-twinroute-idempotent-replay", "true")?;
-                    h.insert_header("x-twinroute-request-id", request_id)?;
+                    h.insert_header(crate::serve::names::HDR_REQUEST_ID, request_id)?;
                     session.write_response_header(Box::new(h), false).await?;
                     head_sent = true;
                 }

@@ -14,6 +14,7 @@ pub mod drain;
 pub mod forward;
 pub mod header_guard;
 pub mod idempotency;
+pub mod names;
 pub mod probe;
 pub mod proxy;
 pub mod queue;

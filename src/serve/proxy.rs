@@ -35,25 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-pub const HDR_PROVIDER: &str = "x-twinroute-provider";
-pub const HDR_STRATEGY: &str = "x-twinroute-strategy";
-pub const HDR_REGION: &str = "x-twinroute-region";
-pub const HDR_ALLOW_EQUIVALENTS: &str = "x-twinroute-allow-equivalents";
-pub const HDR_REQUIRE_PARAMS: &str = "x-twinroute-require-parameters";
-pub const HDR_ROUTE: &str = "x-twinroute-route";
-
-/// The request headers above as `http`'s names: a lookup by a `&str` parses the name first, on
-/// every request.
-mod names {
-    use http::HeaderName;
-    pub const PROVIDER: HeaderName = HeaderName::from_static(super::HDR_PROVIDER);
-    pub const STRATEGY: HeaderName = HeaderName::from_static(super::HDR_STRATEGY);
-    pub const REGION: HeaderName = HeaderName::from_static(super::HDR_REGION);
-    pub const ALLOW_EQUIVALENTS: HeaderName = HeaderName::from_static(super::HDR_ALLOW_EQUIVALENTS);
-    pub const REQUIRE_PARAMS: HeaderName = HeaderName::from_static(super::HDR_REQUIRE_PARAMS);
-    pub const ROUTE: HeaderName = HeaderName::from_static(super::HDR_ROUTE);
-    pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-}
+use crate::serve::names;
+pub use crate::serve::names::{
+    HDR_ALLOW_EQUIVALENTS, HDR_PROVIDER, HDR_REGION, HDR_REQUEST_ID, HDR_REQUIRE_PARAMS, HDR_ROUTE,
+    HDR_STRATEGY,
+};
 
 /// How long a client may pause while sending its body.
 const CLIENT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -392,11 +378,10 @@ impl Proxy {
         let route = cfg.route_for(&path, &session.req_header().headers);
         if route.is_none() {
             if let Some(asked) = header_str(session, &names::ROUTE) {
-                let header = http::HeaderName::from_static(HDR_ROUTE);
                 let known: Vec<&str> = cfg
                     .routes
                     .iter()
-                    .filter(|r| r.headers.iter().any(|(k, _)| *k == header))
+                    .filter(|r| r.headers.iter().any(|(k, _)| *k == names::ROUTE))
                     .map(|r| r.name.as_str())
                     .collect();
                 if !known.is_empty() {
@@ -886,7 +871,7 @@ impl ProxyHttp for Proxy {
                 let mut h = pingora::http::ResponseHeader::build(200, Some(3))?;
                 h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-                h.insert_header("x-twinroute-request-id", ctx.request_id.as_str())?;
+                h.insert_header(HDR_REQUEST_ID, ctx.request_id.as_str())?;
                 session.write_response_header(Box::new(h), false).await?;
                 session
                     .write_response_body(Some(Bytes::from(body)), true)
@@ -899,7 +884,7 @@ impl ProxyHttp for Proxy {
                 // The body may be unread (413, early rejections): the connection cannot be reused.
                 session.set_keepalive(None);
                 let id = ctx.request_id.clone();
-                let mut extra = vec![("x-twinroute-request-id", id)];
+                let mut extra = vec![(HDR_REQUEST_ID, id)];
                 // twinroute itself at its limit is no answer to a job: the drain tries it again.
                 if e.kind == ErrorKind::Overloaded
                     && background::job_run(&self.shared, &session.req_header().headers).is_some()
