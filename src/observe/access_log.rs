@@ -60,6 +60,9 @@ pub struct RequestLog {
     pub cache: Option<&'static str>,
     /// The background job this request was queued as (or, for the drain's own request, runs).
     pub queued: Option<String>,
+    /// The client's connection failed (it closed, reset or stopped reading) before the answer
+    /// was complete: a cancelled stream, not a failure of the proxy or the provider.
+    pub client_left: bool,
     pub error: Option<String>,
 }
 
@@ -92,6 +95,7 @@ impl RequestLog {
             idempotent_replay: false,
             cache: None,
             queued: None,
+            client_left: false,
             error: None,
         }
     }
@@ -206,6 +210,9 @@ impl RequestLog {
                 }
                 if let Some(c) = self.cost_usd {
                     let _ = write!(s, " cost_usd={c:.6}");
+                }
+                if self.client_left {
+                    s.extend_from_slice(b" client_left=true");
                 }
                 opt(s, "error", &self.error);
             }

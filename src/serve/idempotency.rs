@@ -251,7 +251,10 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
                     }
                     h.insert_header("x-twinroute-idempotent-replay", "true")?;
                     h.insert_header(crate::serve::names::HDR_REQUEST_ID, request_id)?;
-                    session.write_response_header(Box::new(h), false).await?;
+                    session
+                        .write_response_header(Box::new(h), false)
+                        .await
+                        .map_err(pingora::Error::into_down)?;
                     head_sent = true;
                 }
                 // Ended without a header: nothing to share (never waits on a finished answer).
@@ -262,11 +265,17 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
         if head_sent {
             for c in chunks {
                 sent += 1;
-                session.write_response_body(Some(c), false).await?;
+                session
+                    .write_response_body(Some(c), false)
+                    .await
+                    .map_err(pingora::Error::into_down)?;
             }
             match end {
                 End::Complete => {
-                    session.write_response_body(None, true).await?;
+                    session
+                        .write_response_body(None, true)
+                        .await
+                        .map_err(pingora::Error::into_down)?;
                     return Ok(true);
                 }
                 End::Abandoned => {

@@ -872,10 +872,14 @@ impl ProxyHttp for Proxy {
                 h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
                 h.insert_header(HDR_REQUEST_ID, ctx.request_id.as_str())?;
-                session.write_response_header(Box::new(h), false).await?;
+                session
+                    .write_response_header(Box::new(h), false)
+                    .await
+                    .map_err(Error::into_down)?;
                 session
                     .write_response_body(Some(Bytes::from(body)), true)
-                    .await?;
+                    .await
+                    .map_err(Error::into_down)?;
                 Ok(true)
             }
             Handled::Reject(e) => {
@@ -940,6 +944,7 @@ impl ProxyHttp for Proxy {
         if ctx.status == 0 {
             ctx.status = code;
         }
+        ctx.client_left |= client_gone;
         pingora::proxy::FailToProxy {
             error_code: code,
             can_reuse_downstream: false,

@@ -116,8 +116,15 @@ impl GatewayError {
         for (k, v) in extra {
             h.insert_header(*k, v.as_str())?;
         }
-        session.write_response_header(Box::new(h), false).await?;
-        session.write_response_body(Some(body), true).await
+        // A failed write is the client's side (see serve::downstream).
+        session
+            .write_response_header(Box::new(h), false)
+            .await
+            .map_err(pingora::Error::into_down)?;
+        session
+            .write_response_body(Some(body), true)
+            .await
+            .map_err(pingora::Error::into_down)
     }
 }
 
