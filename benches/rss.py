@@ -9,6 +9,10 @@ RSS_CHUNKS chunks (default 40) RSS_INTERVAL_MS apart (default 250): the issue's 
 streams (wrk socket errors and non-2xx), and RSS 30 s after the load (RSS_AFTER_S) — the part an
 allocator that returns memory changes. The same mock serves every binary, one after another.
 
+RSS_JEMALLOC_STATS=1: at that point (the process still running) print jemalloc's own account of
+the memory it holds: live bytes, bytes in used pages, its metadata, what its thread caches keep.
+Needs gdb and a binary built with `cargo build --release --features jemalloc-stats`.
+
 Needs wrk and an open-files limit of ~12000 (benches/run.sh raises it; here: ulimit -n 65536).
 """
 import json, os, re, socket, subprocess, sys, tempfile, threading, time
@@ -18,6 +22,7 @@ SECONDS = int(os.environ.get("RSS_SECONDS", "20"))
 CHUNKS = int(os.environ.get("RSS_CHUNKS", "40"))
 INTERVAL = int(os.environ.get("RSS_INTERVAL_MS", "250"))
 AFTER = int(os.environ.get("RSS_AFTER_S", "30"))
+JEMALLOC_STATS = os.environ.get("RSS_JEMALLOC_STATS") == "1"
 
 
 def free_port():
@@ -38,6 +43,27 @@ def rss_mb(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def jemalloc_stats(pid, err_path):
+    """jemalloc's totals for the running process: gdb calls its stats printer, which writes to
+    the process's stderr (a file here); merged-arena totals only."""
+    before = os.path.getsize(err_path)
+    # Options omit the general, per-arena, bin, large, mutex, extent and HPA sections.
+    subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex",
+                    'call (void)_rjem_je_stats_print(0, 0, "gablxeh")'],
+                   capture_output=True, timeout=60)
+    with open(err_path) as f:
+        f.seek(before)
+        text = f.read()
+    if "config.stats: false" in text or "Allocated:" not in text:
+        return "no statistics (build with --features jemalloc-stats; needs gdb)"
+    mb = lambda v: f"{int(v) / 1048576:.1f} MB"
+    tot = re.search(r"Allocated: (\d+), active: (\d+), metadata: (\d+).*resident: (\d+), mapped: (\d+)", text)
+    field = lambda name: (re.search(rf"^{name}:\s+(\d+)", text, re.M) or [None, "0"])[1]
+    return (f"live {mb(tot[1])}, in used pages {mb(tot[2])}, metadata {mb(tot[3])} "
+            f"(extent descriptors free for reuse: {field('extent_avail')}), thread caches "
+            f"{mb(field('tcache_bytes'))}, resident {mb(tot[4])}, mapped {mb(tot[5])}")
 
 
 def main():
@@ -65,8 +91,9 @@ def main():
                 f'max_concurrent_requests: 20000\nproviders:\n  - {{name: a, api: openai, '
                 f'base_url: "http://127.0.0.1:{mp}", timeouts: {{connect_ms: 3000, first_byte_ms: 10000}}}}\n'
                 f'models:\n  - name: m\n    offerings:\n      - {{provider: a, model: a-m}}\n')
+            err_path = os.path.join(tmp, f"{i}.stderr")
             p = subprocess.Popen([b, "run", "--config", conf], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+                                 stderr=open(err_path, "w"), env={**os.environ, "RUST_LOG": "warn"})
             wait_port(port)
             time.sleep(0.5)
             idle = rss_mb(p.pid)
@@ -91,6 +118,8 @@ def main():
                   f"streams {reqs.group(1) if reqs else '?'}, socket errors: "
                   f"{errs.group(1) if errs else 'none'}, non-2xx {non2xx.group(1) if non2xx else 0}",
                   flush=True)
+            if JEMALLOC_STATS:
+                print("  jemalloc: " + jemalloc_stats(p.pid, err_path), flush=True)
             p.terminate(); p.wait()
     finally:
         mock.terminate()
