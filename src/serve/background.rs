@@ -103,7 +103,7 @@ pub async fn execute(
         Ran::NoCapacity(e, tried) => (e, tried),
     };
     let family = plan.endpoint.family();
-    let mut extra = vec![("x-twinroute-attempts", tried.to_string())];
+    let mut extra = vec![(crate::serve::names::HDR_ATTEMPTS, tried.to_string())];
     let (
         Queueing::Client {
             respond_async,

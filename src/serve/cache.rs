@@ -120,7 +120,7 @@ pub async fn serve(
         h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     }
     h.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
-    h.insert_header("x-twinroute-cache", label)?;
+    h.insert_header(crate::serve::names::HDR_CACHE, label)?;
     h.insert_header(http::header::AGE, r.age.as_secs())?;
     h.insert_header(crate::serve::names::HDR_REQUEST_ID, request_id)?;
     down.write_header(Box::new(h), false).await?;

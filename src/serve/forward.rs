@@ -713,7 +713,7 @@ async fn attempt_loop(
         ctx,
         e,
         plan.endpoint.family(),
-        vec![("x-twinroute-attempts", tried)],
+        vec![(names::HDR_ATTEMPTS, tried)],
     )
     .await?;
     Ok(Attempted::Done)

@@ -249,8 +249,10 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
                         }
                         h.append_header(k, v)?;
                     }
-                    h.insert_header("x-twinroute-idempotent-replay", "true")?;
+                    h.insert_header(crate::serve::names::HDR_IDEMPOTENT_REPLAY, "true")?;
                     h.insert_header(crate::serve::names::HDR_REQUEST_ID, request_id)?;
+                    // Written here, not through serve::downstream (which imports this module's
+                    // Recording); failed writes are marked as the client's side the same way.
                     session
                         .write_response_header(Box::new(h), false)
                         .await

@@ -11,6 +11,9 @@ pub const HDR_ALLOW_EQUIVALENTS: &str = "x-twinroute-allow-equivalents";
 pub const HDR_REQUIRE_PARAMS: &str = "x-twinroute-require-parameters";
 pub const HDR_ROUTE: &str = "x-twinroute-route";
 pub const HDR_REQUEST_ID: &str = "x-twinroute-request-id";
+pub const HDR_ATTEMPTS: &str = "x-twinroute-attempts";
+pub const HDR_CACHE: &str = "x-twinroute-cache";
+pub const HDR_IDEMPOTENT_REPLAY: &str = "x-twinroute-idempotent-replay";
 
 // What a client asks with.
 pub const PROVIDER: HeaderName = HeaderName::from_static(HDR_PROVIDER);
@@ -23,9 +26,9 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 
 // What an answer says (`x-twinroute-provider` is both: the pin asked, the provider that served).
 pub const MODEL: HeaderName = HeaderName::from_static("x-twinroute-model");
-pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-twinroute-attempts");
+pub const ATTEMPTS: HeaderName = HeaderName::from_static(HDR_ATTEMPTS);
 pub const REQUEST_ID: HeaderName = HeaderName::from_static(HDR_REQUEST_ID);
 pub const EQUIVALENT: HeaderName = HeaderName::from_static("x-twinroute-equivalent");
 pub const DROPPED_PARAMS: HeaderName = HeaderName::from_static("x-twinroute-dropped-params");
-pub const CACHE: HeaderName = HeaderName::from_static("x-twinroute-cache");
+pub const CACHE: HeaderName = HeaderName::from_static(HDR_CACHE);
 pub const TRANSLATED: HeaderName = HeaderName::from_static("x-twinroute-translated");

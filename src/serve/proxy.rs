@@ -872,14 +872,9 @@ impl ProxyHttp for Proxy {
                 h.insert_header(http::header::CONTENT_TYPE, "application/json")?;
                 h.insert_header(http::header::CONTENT_LENGTH, body.len())?;
                 h.insert_header(HDR_REQUEST_ID, ctx.request_id.as_str())?;
-                session
-                    .write_response_header(Box::new(h), false)
-                    .await
-                    .map_err(Error::into_down)?;
-                session
-                    .write_response_body(Some(Bytes::from(body)), true)
-                    .await
-                    .map_err(Error::into_down)?;
+                let mut down = Downstream::new(session, None);
+                down.write_header(Box::new(h), false).await?;
+                down.write_body(Some(Bytes::from(body)), true).await?;
                 Ok(true)
             }
             Handled::Reject(e) => {
