@@ -1086,3 +1086,30 @@ async fn an_oversized_body_gets_its_413_even_when_the_client_writes_it_all_first
     assert_eq!(ok, got.len(), "answers: {got:?}");
     assert_eq!(a.request_count() + b.request_count(), 0);
 }
+
+/// jemalloc reads its options (`main.rs`) when the process starts and, for one it cannot parse,
+/// only prints a `<jemalloc>:` line to stderr and goes on with its defaults: a typo there would
+/// silently undo the memory tuning. The binary's log must carry no such line. (Setting
+/// `_RJEM_MALLOC_CONF=nosuch:1` in this test's environment, which the binary inherits, makes it
+/// fail.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allocator_accepts_every_option_the_binary_sets() {
+    let a = MockProvider::start("a").await.unwrap();
+    let b = MockProvider::start("b").await.unwrap();
+    let t = Twinroute::start(&two(&a, &b, ""), &[]).await;
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200);
+    // The access line is written by the log writer a few milliseconds later: once it is there,
+    // everything the process printed at start is there too.
+    let mut logs = t.logs();
+    for _ in 0..100 {
+        if logs.contains("status=200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        logs = t.logs();
+    }
+    assert!(logs.contains("status=200"), "{logs}");
+    let complaints: Vec<&str> = logs.lines().filter(|l| l.contains("<jemalloc>")).collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+}
