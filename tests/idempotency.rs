@@ -185,6 +185,47 @@ async fn keys_are_scoped_to_the_client_token_and_failures_are_not_kept() {
     assert_eq!(a.request_count(), 4);
 }
 
+/// The client holds the whole 502 a moment before the leader lets its key go; a retry sent the
+/// instant the failure arrives must be a new try, never the failure replayed. Eight clients at
+/// once, 25 rounds each on new keys, each on its own model (its own failing-then-healthy
+/// provider answer), so the retries land inside that moment often (a CI run hit it; the store's
+/// unit tests in `serve::idempotency` pin the ordering itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sent_the_moment_a_failure_arrives_is_a_new_try() {
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 25;
+    let a = std::sync::Arc::new(MockProvider::start("a").await.unwrap());
+    let models: String = (0..CLIENTS)
+        .map(|i| format!("  - name: m{i}\n    offerings: [{{provider: a, model: a-m{i}}}]\n"))
+        .collect();
+    let yaml = format!(
+        "providers:\n{}models:\n{models}policy: {{max_attempts: 1}}\n",
+        provider("a", &a.base_url(), ""),
+    );
+    let t = std::sync::Arc::new(Twinroute::start(&yaml, &[]).await);
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let (a, t) = (a.clone(), t.clone());
+        clients.push(tokio::spawn(async move {
+            let (model, wire) = (format!("m{i}"), format!("a-m{i}"));
+            for round in 0..ROUNDS {
+                let key = format!("retry-{i}-{round}");
+                a.set_model_behavior(&wire, Some(Behavior::status(503)));
+                let failed = keyed(&t, &chat_body(&model), &key, &[]).await;
+                assert_eq!(failed.status, 502, "{key}");
+                a.set_model_behavior(&wire, None);
+                let retry = keyed(&t, &chat_body(&model), &key, &[]).await;
+                assert_eq!(retry.status, 200, "{key}: {}", retry.text());
+                assert_eq!(retry.header("x-twinroute-idempotent-replay"), None, "{key}");
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(a.request_count(), 2 * CLIENTS * ROUNDS);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_retention_routes_keep_nothing_under_a_key() {
     let (a, _b, t) = setup("").await;

@@ -78,6 +78,14 @@ pub fn storable(status: u16, complete: bool) -> bool {
     (200..300).contains(&status) && complete
 }
 
+/// Whether a duplicate may follow an answer already under way or written: not once it is known
+/// to be a failure (a status other than 2xx, or an answer that broke off). Such an answer is not
+/// kept, and the leader's client can hold all of it before the leader lets the key go: a retry in
+/// that moment is a new try, not a replay of the failure.
+pub fn followable(status: Option<u16>, broke_off: bool) -> bool {
+    !broke_off && status.is_none_or(|s| (200..300).contains(&s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +115,10 @@ mod tests {
         assert!(!storable(200, false));
         assert!(!storable(503, true));
         assert!(!storable(400, true));
+        assert!(followable(None, false), "in flight, no header yet");
+        assert!(followable(Some(200), false));
+        assert!(!followable(Some(502), false), "a failure being written");
+        assert!(!followable(Some(429), false));
+        assert!(!followable(Some(200), true), "a stream that broke off");
     }
 }

@@ -2,17 +2,20 @@
 //! (same client scope, same key, same body) waits for that call and receives the same answer —
 //! a stream from its first byte, then live; after a success the answer is replayed for
 //! `idempotency.ttl_s` and no provider sees the request again. The same key with another body is
-//! a 422; a failure is not kept, so a retry after it is a new try.
+//! a 422; a failure is not kept, so a retry after it is a new try, also in the moment between
+//! the leader's client receiving the failure and the leader letting the key go (a duplicate
+//! arriving once the failure's header is written leads anew instead of following it).
 //!
 //! Storage is behind `IdempotencyStore`; `MemoryStore` (moka: bounded by bytes, LRU, TTL) is
 //! the in-process default. A store shared across replicas is a second implementation. The
 //! decisions (key syntax, scope, fingerprint, what is storable) are `decide::idempotency`.
 
-use crate::decide::idempotency::{Fingerprint, ScopedKey};
+use crate::decide::idempotency::{followable, Fingerprint, ScopedKey};
 use crate::model::IdempotencyConf;
 use crate::observe::metrics::METRICS;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
+use moka::ops::compute::Op;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -158,6 +161,12 @@ impl Recording {
     pub fn status(&self) -> Option<u16> {
         self.lock().head.as_ref().map(|(s, _)| *s)
     }
+
+    /// Whether a duplicate may still follow this answer (`decide::idempotency::followable`).
+    fn followable(&self) -> bool {
+        let g = self.lock();
+        followable(g.head.as_ref().map(|(s, _)| *s), g.end == End::Abandoned)
+    }
 }
 
 /// The in-process store: moka, weighted by bytes, least recently used out first, entries kept
@@ -188,28 +197,46 @@ impl MemoryStore {
 
 impl IdempotencyStore for MemoryStore {
     fn claim(&self, key: &ScopedKey, fp: Fingerprint) -> Claim {
-        let entry = self
-            .cache
+        // One compute per key at a time (moka serialises them), so two claims never both lead.
+        let mut claim = Claim::Conflict;
+        self.cache
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Recording::new(fp, self.max_entry_bytes)));
-        let fresh = entry.is_fresh();
-        let rec = entry.into_value();
-        if fresh {
-            Claim::Lead(rec)
-        } else if rec.fingerprint != fp {
-            Claim::Conflict
-        } else {
-            Claim::Follow(rec)
-        }
+            .and_compute_with(|current| match current {
+                Some(e) if e.value().followable() => {
+                    let rec = e.into_value();
+                    if rec.fingerprint == fp {
+                        claim = Claim::Follow(rec);
+                    }
+                    Op::Nop
+                }
+                // Free, or held by an answer already known to be a failure, which is not kept:
+                // this request leads, in place of that entry.
+                _ => {
+                    let rec = Arc::new(Recording::new(fp, self.max_entry_bytes));
+                    claim = Claim::Lead(rec.clone());
+                    Op::Put(rec)
+                }
+            });
+        claim
     }
 
     fn settle(&self, key: &ScopedKey, rec: &Arc<Recording>, keep: bool) {
-        if keep {
-            // Inserted again: weighed with its answer, and kept `ttl` from now.
-            self.cache.insert(key.clone(), rec.clone());
-        } else {
-            self.cache.invalidate(key);
-        }
+        // Only this leader's own entry: after a failure a retry may already lead under the key.
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|current| match current {
+                // Put again: weighed with its answer, and kept `ttl` from now.
+                Some(e) if Arc::ptr_eq(e.value(), rec) => {
+                    if keep {
+                        Op::Put(rec.clone())
+                    } else {
+                        Op::Remove
+                    }
+                }
+                // Evicted while in flight: kept all the same, as an insert would.
+                None if keep => Op::Put(rec.clone()),
+                _ => Op::Nop,
+            });
     }
 
     fn usage(&self) -> (u64, u64) {
@@ -295,5 +322,82 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
         if rx.changed().await.is_err() {
             return Ok(head_sent);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn store() -> MemoryStore {
+        MemoryStore::new(&IdempotencyConf {
+            ttl: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+            max_entry_bytes: 1 << 16,
+        })
+    }
+
+    fn key(k: &str) -> ScopedKey {
+        ScopedKey {
+            scope: [0; 32],
+            key: k.to_string(),
+        }
+    }
+
+    fn lead(c: Claim) -> Arc<Recording> {
+        match c {
+            Claim::Lead(r) => r,
+            Claim::Follow(_) => panic!("followed"),
+            Claim::Conflict => panic!("conflict"),
+        }
+    }
+
+    fn header(status: u16) -> ResponseHeader {
+        ResponseHeader::build(status, None).unwrap()
+    }
+
+    #[test]
+    fn a_duplicate_follows_an_answer_in_flight_and_a_kept_success() {
+        let s = store();
+        let rec = lead(s.claim(&key("k"), [1; 32]));
+        assert!(matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(&r, &rec)));
+        assert!(matches!(s.claim(&key("k"), [2; 32]), Claim::Conflict));
+        rec.head(&header(200));
+        rec.body(&Bytes::from_static(b"{}"));
+        rec.finish(true);
+        s.settle(&key("k"), &rec, true);
+        assert!(matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(&r, &rec)));
+    }
+
+    /// The leader's client holds the whole 502 before the leader settles: a retry in that moment
+    /// leads anew, and the old leader letting the key go does not take the new leader's entry.
+    #[test]
+    fn a_retry_after_a_failure_leads_even_before_the_failure_is_settled() {
+        let s = store();
+        let failed = lead(s.claim(&key("k"), [1; 32]));
+        failed.head(&header(502));
+        failed.body(&Bytes::from_static(b"{\"error\":{}}"));
+        failed.finish(true);
+        let retry = lead(s.claim(&key("k"), [1; 32]));
+        assert!(!Arc::ptr_eq(&failed, &retry));
+        s.settle(&key("k"), &failed, false);
+        assert!(
+            matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(&r, &retry)),
+            "the retry's entry was taken by the failed leader's settle"
+        );
+        // And a stream that broke off (a 200 header, then abandoned) is not followed either.
+        retry.head(&header(200));
+        retry.finish(false);
+        let third = lead(s.claim(&key("k"), [1; 32]));
+        assert!(!Arc::ptr_eq(&third, &retry));
+    }
+
+    #[test]
+    fn a_settled_failure_frees_the_key() {
+        let s = store();
+        let rec = lead(s.claim(&key("k"), [1; 32]));
+        s.settle(&key("k"), &rec, false);
+        lead(s.claim(&key("k"), [2; 32]));
     }
 }
