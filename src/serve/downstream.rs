@@ -1,24 +1,32 @@
-//! The client side of one request as the attempt executor writes to it: the Pingora session,
-//! and (for a request with an `Idempotency-Key`) the recording that duplicates of it replay.
-//! Everything `serve::forward` sends goes through here, so a recording never misses a byte.
+//! The client side of one request: the Pingora session, and (for a request with an
+//! `Idempotency-Key`, or one the prompt cache keeps) the tap that records the answer as written.
+//! Every answer twinroute writes goes through here, so a recording never misses a byte.
 //! A failed write is marked as the client's side (`into_down`): Pingora leaves a session write's
 //! error unattributed, and the proxy tells a client that left from a failure of its own by it
 //! (`suppress_error_log`, `fail_to_proxy`), so a cancelled stream is not logged as an error.
 
-use crate::serve::idempotency::Recording;
+use crate::model::endpoint::Family;
+use crate::wire::errors::GatewayError;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, Result};
 use std::ops::{Deref, DerefMut};
 
+/// What sees an answer as it is written (`serve::idempotency::Recording`). A trait, so the
+/// recording's own module (which replays answers through here) is not imported by this one.
+pub trait Tap: Sync {
+    fn head(&self, h: &ResponseHeader);
+    fn body(&self, b: &Bytes);
+}
+
 pub struct Downstream<'s> {
     session: &'s mut Session,
-    tap: Option<&'s Recording>,
+    tap: Option<&'s dyn Tap>,
 }
 
 impl<'s> Downstream<'s> {
-    pub fn new(session: &'s mut Session, tap: Option<&'s Recording>) -> Downstream<'s> {
+    pub fn new(session: &'s mut Session, tap: Option<&'s dyn Tap>) -> Downstream<'s> {
         Downstream { session, tap }
     }
 
@@ -40,6 +48,23 @@ impl<'s> Downstream<'s> {
             .write_response_body(body, end)
             .await
             .map_err(Error::into_down)
+    }
+
+    /// twinroute's own error as the whole answer, in the client's API format; `extra` are
+    /// headers such as the attempt count.
+    pub async fn write_error(
+        &mut self,
+        e: &GatewayError,
+        family: Family,
+        extra: &[(&'static str, String)],
+    ) -> Result<()> {
+        let body = e.body(family);
+        let mut h = e.header(body.len())?;
+        for (k, v) in extra {
+            h.insert_header(*k, v.as_str())?;
+        }
+        self.write_header(Box::new(h), false).await?;
+        self.write_body(Some(body), true).await
     }
 }
 

@@ -732,13 +732,7 @@ pub async fn send_error(
     ctx.error.get_or_insert_with(|| e.message.clone());
     session.set_keepalive(None);
     extra.push((names::HDR_REQUEST_ID, ctx.request_id.clone()));
-    let body = e.body(family);
-    let mut h = e.header(body.len())?;
-    for (k, v) in &extra {
-        h.insert_header(*k, v.as_str())?;
-    }
-    session.write_header(Box::new(h), false).await?;
-    session.write_body(Some(body), true).await
+    session.write_error(&e, family, &extra).await
 }
 
 /// How to hold a successful answer until its commit point: a stream (by its content type) until

@@ -174,7 +174,7 @@ impl HeaderScan {
 }
 
 /// The whole raw HTTP/1.1 error response the guard writes before it closes a connection: the
-/// same status, headers and body `GatewayError::send` gives through Pingora, written by hand
+/// same status, headers and body `Downstream::write_error` gives through Pingora, written by hand
 /// because no Pingora session exists yet, plus `Connection: close`.
 pub fn error_response(kind: ErrorKind, family: Family, message: &str) -> Vec<u8> {
     let error = GatewayError::new(kind, message);

@@ -13,6 +13,7 @@
 use crate::decide::idempotency::{followable, Fingerprint, ScopedKey};
 use crate::model::IdempotencyConf;
 use crate::observe::metrics::METRICS;
+use crate::serve::downstream::{Downstream, Tap};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use moka::ops::compute::Op;
@@ -100,9 +101,12 @@ impl Recording {
             .max(IN_FLIGHT_WEIGHT as usize)
             .min(u32::MAX as usize) as u32
     }
+}
 
+/// The leader's answer, as `serve::downstream` writes it.
+impl Tap for Recording {
     /// The leader wrote its response header.
-    pub fn head(&self, h: &ResponseHeader) {
+    fn head(&self, h: &ResponseHeader) {
         let headers = h
             .headers
             .iter()
@@ -113,7 +117,7 @@ impl Recording {
     }
 
     /// The leader wrote body bytes.
-    pub fn body(&self, b: &Bytes) {
+    fn body(&self, b: &Bytes) {
         if b.is_empty() {
             return;
         }
@@ -131,7 +135,9 @@ impl Recording {
         drop(g);
         self.bump();
     }
+}
 
+impl Recording {
     /// The leader is done: `complete` when its whole answer was written.
     pub fn finish(&self, complete: bool) {
         let mut g = self.lock();
@@ -198,15 +204,18 @@ impl MemoryStore {
 impl IdempotencyStore for MemoryStore {
     fn claim(&self, key: &ScopedKey, fp: Fingerprint) -> Claim {
         // One compute per key at a time (moka serialises them), so two claims never both lead.
+        // Every branch below sets `claim`.
         let mut claim = Claim::Conflict;
         self.cache
             .entry(key.clone())
             .and_compute_with(|current| match current {
                 Some(e) if e.value().followable() => {
                     let rec = e.into_value();
-                    if rec.fingerprint == fp {
-                        claim = Claim::Follow(rec);
-                    }
+                    claim = if rec.fingerprint == fp {
+                        Claim::Follow(rec)
+                    } else {
+                        Claim::Conflict
+                    };
                     Op::Nop
                 }
                 // Free, or held by an answer already known to be a failure, which is not kept:
@@ -250,6 +259,7 @@ impl IdempotencyStore for MemoryStore {
 /// live until the leader finishes. `Ok(false)`: the leader's answer broke off before its header
 /// (nothing was sent; the caller answers instead).
 pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) -> Result<bool> {
+    let mut session = Downstream::new(session, None);
     let mut rx = rec.changed.subscribe();
     let mut sent = 0usize;
     let mut head_sent = false;
@@ -278,12 +288,7 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
                     }
                     h.insert_header(crate::serve::names::HDR_IDEMPOTENT_REPLAY, "true")?;
                     h.insert_header(crate::serve::names::HDR_REQUEST_ID, request_id)?;
-                    // Written here, not through serve::downstream (which imports this module's
-                    // Recording); failed writes are marked as the client's side the same way.
-                    session
-                        .write_response_header(Box::new(h), false)
-                        .await
-                        .map_err(pingora::Error::into_down)?;
+                    session.write_header(Box::new(h), false).await?;
                     head_sent = true;
                 }
                 // Ended without a header: nothing to share (never waits on a finished answer).
@@ -294,17 +299,11 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
         if head_sent {
             for c in chunks {
                 sent += 1;
-                session
-                    .write_response_body(Some(c), false)
-                    .await
-                    .map_err(pingora::Error::into_down)?;
+                session.write_body(Some(c), false).await?;
             }
             match end {
                 End::Complete => {
-                    session
-                        .write_response_body(None, true)
-                        .await
-                        .map_err(pingora::Error::into_down)?;
+                    session.write_body(None, true).await?;
                     return Ok(true);
                 }
                 End::Abandoned => {

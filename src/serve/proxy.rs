@@ -18,7 +18,7 @@ use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::background::{self, Queueing};
 use crate::serve::cache;
-use crate::serve::downstream::Downstream;
+use crate::serve::downstream::{Downstream, Tap};
 use crate::serve::forward;
 use crate::serve::idempotency::{self, Claim, IdempotencyStore, Recording};
 use crate::serve::state::Shared;
@@ -540,7 +540,7 @@ impl Proxy {
             .map(|c| Recording::new([0; 32], c.policy.max_entry_bytes));
         let result = match self.idempotency(session, cfg, &body, plan.zero_retention) {
             Keyed::No => {
-                let mut down = Downstream::new(session, cache_rec.as_ref());
+                let mut down = Downstream::new(session, cache_rec.as_ref().map(|r| r as &dyn Tap));
                 let result =
                     background::execute(&self.shared, &rt, &mut down, ctx, &plan, &body, &queueing)
                         .await;
@@ -578,7 +578,7 @@ impl Proxy {
                     rec: &rec,
                     settled: false,
                 };
-                let mut down = Downstream::new(session, Some(&rec));
+                let mut down = Downstream::new(session, Some(&*rec));
                 let result =
                     background::execute(&self.shared, &rt, &mut down, ctx, &plan, &body, &queueing)
                         .await;
@@ -890,7 +890,10 @@ impl ProxyHttp for Proxy {
                 {
                     extra.push((crate::serve::queue::NO_CAPACITY_HEADER, "retry".into()));
                 }
-                e.send(session, family_of(session), &extra).await?;
+                let family = family_of(session);
+                Downstream::new(session, None)
+                    .write_error(&e, family, &extra)
+                    .await?;
                 Ok(true)
             }
         }
@@ -933,7 +936,10 @@ impl ProxyHttp for Proxy {
                 }
                 _ => GatewayError::new(ErrorKind::InvalidRequest, "could not read the request"),
             };
-            let _ = g.send(session, family_of(session), &[]).await;
+            let family = family_of(session);
+            let _ = Downstream::new(session, None)
+                .write_error(&g, family, &[])
+                .await;
             g.kind.status()
         };
         if ctx.status == 0 {

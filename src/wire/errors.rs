@@ -8,7 +8,6 @@ use crate::model::endpoint::Family;
 pub use crate::model::error::{ErrorKind, GatewayError};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
 use serde_json::json;
 
 /// (OpenAI `type`, OpenAI `code`, Anthropic `type`) of each kind.
@@ -102,29 +101,6 @@ impl GatewayError {
             h.insert_header(http::header::RETRY_AFTER, s)?;
         }
         Ok(h)
-    }
-
-    /// Write this error as the whole response. `extra` are headers such as the attempt count.
-    pub async fn send(
-        &self,
-        session: &mut Session,
-        family: Family,
-        extra: &[(&'static str, String)],
-    ) -> pingora::Result<()> {
-        let body = self.body(family);
-        let mut h = self.header(body.len())?;
-        for (k, v) in extra {
-            h.insert_header(*k, v.as_str())?;
-        }
-        // A failed write is the client's side (see serve::downstream).
-        session
-            .write_response_header(Box::new(h), false)
-            .await
-            .map_err(pingora::Error::into_down)?;
-        session
-            .write_response_body(Some(body), true)
-            .await
-            .map_err(pingora::Error::into_down)
     }
 }
 
