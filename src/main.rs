@@ -97,9 +97,9 @@ enum Command {
 }
 
 fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    b.format_timestamp_millis();
+    twinroute::observe::redact_log::install(b);
 }
 
 /// The proxy's logging: as `init_logging`, with the writes on the log writer's thread (off the
@@ -125,7 +125,7 @@ fn init_proxy_logging() {
         }
         Err(e) => eprintln!("twinroute: log writer thread: {e}; logging from request threads"),
     }
-    b.init();
+    twinroute::observe::redact_log::install(b);
 }
 
 /// One line naming every provider left out of rotation for want of a credential.
@@ -322,8 +322,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo => {
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-                .init();
+            twinroute::observe::redact_log::install(env_logger::Builder::from_env(
+                env_logger::Env::default().default_filter_or("warn"),
+            ));
             let code = twinroute::cmd::demo::run();
             // The proxy runs on its own threads until the process ends.
             std::process::exit(code)

@@ -14,9 +14,13 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     pub threads: Option<usize>,
     pub max_body_bytes: Option<u64>,
-    /// Largest non-streaming answer read whole before the client sees a byte (default 32 MiB);
-    /// a larger one is committed at that point and relayed as it arrives.
+    /// Largest non-streaming answer taken (default 32 MiB): it is read whole before the client
+    /// sees a byte, and a larger one is a failed attempt (`response_too_large`).
     pub max_response_body_bytes: Option<u64>,
+    /// Largest single stream event taken (default 4 MiB): an upstream event (an endless `data:`
+    /// line) past it fails the attempt before the commit point and ends the stream with the
+    /// error event after it.
+    pub max_stream_event_bytes: Option<u64>,
     /// `Idempotency-Key` handling: how long answers are kept and how much memory they take.
     pub idempotency: Option<FileIdempotency>,
     /// Memory for the prompt cache, all entries together (default 64 MiB).

@@ -842,6 +842,13 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             "must be between 1 and 1073741824",
         ));
     }
+    let max_stream_event_bytes = file.max_stream_event_bytes.unwrap_or(4 * 1024 * 1024);
+    if !(1024..=1 << 30).contains(&max_stream_event_bytes) {
+        return Err(err(
+            "max_stream_event_bytes",
+            "must be between 1024 and 1073741824",
+        ));
+    }
     let max_body_bytes = file.max_body_bytes.unwrap_or(10 * 1024 * 1024);
     if max_body_bytes == 0 || max_body_bytes > 1 << 30 {
         return Err(err("max_body_bytes", "must be between 1 and 1073741824"));
@@ -1086,6 +1093,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         threads,
         max_body_bytes: max_body_bytes as usize,
         max_response_body_bytes: max_response_body_bytes as usize,
+        max_stream_event_bytes: max_stream_event_bytes as usize,
         idempotency: build_idempotency(file.idempotency.as_ref())?,
         cache_max_bytes: file.cache_max_bytes.unwrap_or(64 << 20),
         queue: build_queue(file.state_dir.as_deref(), file.queue.as_ref())?,

@@ -5,6 +5,7 @@
 //! Pure: the store and the serving are `serve::cache`; folding a stream into an answer and back
 //! is `wire::answer`.
 
+use crate::decide::route::Acceptable;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub struct KeyScope<'a> {
     pub endpoint: &'a str,
     /// The client's identity (`decide::idempotency::scope`).
     pub identity: [u8; 32],
+    /// Which answers the request accepts (equivalents, pinned provider, region): an answer kept
+    /// for one request is never served to a request that would not have taken it.
+    pub acceptable: Acceptable<'a>,
 }
 
 /// The key of a request: its parsed body with keys sorted, without `stream` and
@@ -37,6 +41,7 @@ pub fn key(body: &Value, scope: &KeyScope<'_>) -> Option<CacheKey> {
         h.0.update([0]);
     }
     h.0.update(scope.identity);
+    scope.acceptable.digest_into(&mut h.0);
     // serde_json's map is ordered by key: the same request gives the same bytes whatever order
     // the client wrote its keys in. Each member is serialized straight into the hash: the
     // prompt is neither cloned nor rendered into a string first.
@@ -142,6 +147,12 @@ mod tests {
             route: None,
             endpoint: "chat_completions",
             identity: [0; 32],
+            acceptable: Acceptable {
+                allow_equivalents: false,
+                pin: None,
+                region: None,
+                require_params: false,
+            },
         }
     }
 
@@ -162,6 +173,48 @@ mod tests {
             ..scope()
         };
         assert_ne!(key(&a, &scope()), key(&a, &other_route));
+        // Whatever narrows which answers are acceptable is another entry.
+        let base = scope().acceptable;
+        for acceptable in [
+            Acceptable {
+                allow_equivalents: true,
+                ..base
+            },
+            Acceptable {
+                pin: Some("oa2"),
+                ..base
+            },
+            Acceptable {
+                region: Some("eu"),
+                ..base
+            },
+            Acceptable {
+                require_params: true,
+                ..base
+            },
+        ] {
+            let narrowed = KeyScope {
+                acceptable,
+                ..scope()
+            };
+            assert_ne!(key(&a, &scope()), key(&a, &narrowed), "{acceptable:?}");
+        }
+        // A pin and a region of the same text are not the same constraint.
+        let pin = KeyScope {
+            acceptable: Acceptable {
+                pin: Some("x"),
+                ..base
+            },
+            ..scope()
+        };
+        let region = KeyScope {
+            acceptable: Acceptable {
+                region: Some("x"),
+                ..base
+            },
+            ..scope()
+        };
+        assert_ne!(key(&a, &pin), key(&a, &region));
         assert_eq!(key(&json!([1]), &scope()), None);
     }
 

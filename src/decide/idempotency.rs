@@ -3,6 +3,7 @@
 //!
 //! Pure: the store that keeps answers and shares one in flight is `serve::idempotency`.
 
+use crate::decide::route::Acceptable;
 use sha2::{Digest, Sha256};
 
 /// A key as a client sent it, scoped to the client's identity so one tenant can never read
@@ -54,20 +55,56 @@ pub fn parse_key(value: &[u8]) -> Result<&str, KeyError> {
     std::str::from_utf8(v).map_err(|_| KeyError::NotPrintable)
 }
 
-/// The scope of a client identity: its token hashed, so the store never holds a secret.
-pub fn scope(client_token: Option<&[u8]>) -> [u8; 32] {
+/// The installation's secret that keys client scopes (`serve::secrets`): 32 random bytes, kept
+/// under `state_dir` (mode 0600) so scopes of queued jobs survive a restart, else per process.
+#[derive(Clone)]
+pub struct ScopeSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for ScopeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScopeSecret(<redacted>)")
+    }
+}
+
+/// The scope of a client identity: HMAC-SHA256 of its token under the installation's secret,
+/// so a store (or a job file on disk) never holds the token, and a copy of the store cannot be
+/// used to test guesses of a token offline, as a bare hash could.
+pub fn scope(secret: &ScopeSecret, client_token: Option<&[u8]>) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
     match client_token {
-        Some(t) => Sha256::digest(t).into(),
+        Some(t) => {
+            // HMAC takes a key of any length: no error is possible here.
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret.0) else {
+                return [0xff; 32];
+            };
+            mac.update(t);
+            mac.finalize().into_bytes().into()
+        }
         None => [0; 32],
     }
 }
 
-/// The same key with another body (or on another route) is another request: 422, never the
+/// The same key with another body, on another route (path or per-feature route), or accepting
+/// other answers (equivalents, pinned provider, region) is another request: 422, never the
 /// first request's answer.
-pub fn fingerprint(path: &str, body: &[u8]) -> Fingerprint {
+pub fn fingerprint(
+    path: &str,
+    route: Option<&str>,
+    acceptable: &Acceptable<'_>,
+    body: &[u8],
+) -> Fingerprint {
     let mut h = Sha256::new();
     h.update(path.as_bytes());
     h.update([0]);
+    match route {
+        None => h.update([0]),
+        Some(r) => {
+            h.update([1]);
+            h.update(r.as_bytes());
+            h.update([0]);
+        }
+    }
+    acceptable.digest_into(&mut h);
     h.update(body);
     h.finalize().into()
 }
@@ -106,11 +143,52 @@ mod tests {
 
     #[test]
     fn scopes_and_fingerprints() {
-        assert_ne!(scope(Some(b"tenant-a")), scope(Some(b"tenant-b")));
-        assert_eq!(scope(None), [0; 32]);
-        assert_eq!(fingerprint("/v1/x", b"{}"), fingerprint("/v1/x", b"{}"));
-        assert_ne!(fingerprint("/v1/x", b"{}"), fingerprint("/v1/x", b"{ }"));
-        assert_ne!(fingerprint("/v1/x", b"{}"), fingerprint("/v1/y", b"{}"));
+        let k = ScopeSecret([7; 32]);
+        assert_ne!(scope(&k, Some(b"tenant-a")), scope(&k, Some(b"tenant-b")));
+        assert_eq!(scope(&k, None), [0; 32]);
+        // Keyed: another installation's scope of the same token differs, and none is the bare
+        // SHA-256 an offline guess could be checked against.
+        let other = ScopeSecret([8; 32]);
+        assert_ne!(
+            scope(&k, Some(b"tenant-a")),
+            scope(&other, Some(b"tenant-a"))
+        );
+        let bare: [u8; 32] = Sha256::digest(b"tenant-a").into();
+        assert_ne!(scope(&k, Some(b"tenant-a")), bare);
+        let any = Acceptable {
+            allow_equivalents: false,
+            pin: None,
+            region: None,
+            require_params: false,
+        };
+        let fp = |path, route, acceptable: &Acceptable<'_>, body| {
+            fingerprint(path, route, acceptable, body)
+        };
+        assert_eq!(
+            fp("/v1/x", None, &any, b"{}"),
+            fp("/v1/x", None, &any, b"{}")
+        );
+        assert_ne!(
+            fp("/v1/x", None, &any, b"{}"),
+            fp("/v1/x", None, &any, b"{ }")
+        );
+        assert_ne!(
+            fp("/v1/x", None, &any, b"{}"),
+            fp("/v1/y", None, &any, b"{}")
+        );
+        assert_ne!(
+            fp("/v1/x", None, &any, b"{}"),
+            fp("/v1/x", Some("other"), &any, b"{}"),
+            "another per-feature route"
+        );
+        let eq = Acceptable {
+            allow_equivalents: true,
+            ..any
+        };
+        assert_ne!(
+            fp("/v1/x", None, &any, b"{}"),
+            fp("/v1/x", None, &eq, b"{}")
+        );
         assert!(storable(200, true));
         assert!(!storable(200, false));
         assert!(!storable(503, true));

@@ -36,7 +36,9 @@ pub fn grain(reason: FailoverReason) -> Grain {
         | FailoverReason::ConnectTimeout
         | FailoverReason::Reset
         | FailoverReason::AuthFailed
-        | FailoverReason::ProviderAccount => Grain::Endpoint,
+        | FailoverReason::ProviderAccount
+        // A redirect is the host's (its URL moved, or something in front of it answers).
+        | FailoverReason::UpstreamRedirect => Grain::Endpoint,
         FailoverReason::FirstByteTimeout
         | FailoverReason::FirstTokenTimeout
         | FailoverReason::StreamStall
@@ -47,7 +49,8 @@ pub fn grain(reason: FailoverReason) -> Grain {
         | FailoverReason::Status5xx
         | FailoverReason::Deadline
         | FailoverReason::ModelUnavailable
-        | FailoverReason::ContextLength => Grain::Offering,
+        | FailoverReason::ContextLength
+        | FailoverReason::ResponseTooLarge => Grain::Offering,
     }
 }
 
@@ -71,6 +74,9 @@ pub fn classify_status(status: u16) -> StatusClass {
         429 => StatusClass::Retry(FailoverReason::Status429),
         // 529 is Anthropic's "overloaded_error", its most common failure: transient like a 503.
         500 | 502 | 503 | 504 | 529 => StatusClass::Retry(FailoverReason::Status5xx),
+        // Never followed, never passed on: a client SDK would follow it and send the prompt to
+        // a host no config names, and take that host's answer for the model's.
+        300..=399 => StatusClass::Retry(FailoverReason::UpstreamRedirect),
         _ => StatusClass::Final,
     }
 }
@@ -115,7 +121,7 @@ mod tests {
 
     #[test]
     fn status_table() {
-        for s in [200, 201, 204, 301, 400, 403, 404, 413, 422] {
+        for s in [200, 201, 204, 400, 403, 404, 413, 422] {
             assert_eq!(classify_status(s), StatusClass::Final, "{s}");
         }
         assert_eq!(
@@ -141,6 +147,14 @@ mod tests {
                 "{s}"
             );
         }
+        for s in [300, 301, 302, 303, 307, 308] {
+            assert_eq!(
+                classify_status(s),
+                StatusClass::Retry(FailoverReason::UpstreamRedirect),
+                "{s}"
+            );
+        }
+        assert_eq!(grain(FailoverReason::UpstreamRedirect), Grain::Endpoint);
         // 501 Not Implemented is about the request: another provider will not implement it either.
         assert_eq!(classify_status(501), StatusClass::Final);
     }

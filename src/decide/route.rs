@@ -206,6 +206,70 @@ pub struct RequestConstraints {
     pub draw: f64,
 }
 
+/// What makes an answer acceptable to a request, besides its body and route: the headers that
+/// narrow which offerings may answer. Two requests that differ here must never share a kept
+/// answer (the cache) or a key's replay (idempotency): an answer an equivalent gave must not
+/// reach a request that forbids equivalents, nor one from `oa` (region us) a request pinned to
+/// `oa2` or to region eu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acceptable<'a> {
+    /// Equivalents allowed, as the request's header and the policy decide together.
+    pub allow_equivalents: bool,
+    /// The provider the request is pinned to, by name (stable across reloads).
+    pub pin: Option<&'a str>,
+    pub region: Option<&'a str>,
+    /// `x-twinroute-require-parameters: true`: no offering that drops a parameter.
+    pub require_params: bool,
+}
+
+impl Acceptable<'_> {
+    /// Fed into a digest (the cache key, the idempotency fingerprint), unambiguously: each part
+    /// tagged, strings ended with a NUL (header values cannot hold one).
+    pub fn digest_into(&self, h: &mut impl sha2::Digest) {
+        h.update([
+            u8::from(self.allow_equivalents),
+            u8::from(self.require_params),
+        ]);
+        for part in [self.pin, self.region] {
+            match part {
+                None => h.update([0]),
+                Some(v) => {
+                    h.update([1]);
+                    h.update(v.as_bytes());
+                    h.update([0]);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a provider that keeps nothing (`zero_retention: true`) could answer this request:
+/// one of the model's offerings, or of its equivalents when they are allowed, on that provider
+/// (only the pinned provider when pinned). Health is not asked: a zero-retention provider that
+/// is down now can answer a moment later, and what a store kept for the request would outlive
+/// it. Such a request neither reads nor writes any store (cache, idempotency, queue).
+pub fn may_reach_zero_retention(
+    catalog: &Catalog,
+    providers: &[Arc<Provider>],
+    model: ModelId,
+    pin: Option<ProviderId>,
+    allow_equivalents: bool,
+) -> bool {
+    if let Some(p) = pin {
+        return providers[p].zero_retention;
+    }
+    let m = catalog.model(model);
+    let equivalents = m
+        .equivalents
+        .iter()
+        .filter(|_| allow_equivalents)
+        .flat_map(|e| catalog.model(e.id).offerings.iter());
+    m.offerings
+        .iter()
+        .chain(equivalents)
+        .any(|o| providers[o.provider].zero_retention)
+}
+
 /// One place to send the request, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -268,8 +332,10 @@ impl NoRoute {
             NoRoute::PinnedProviderHasNoOffering(p) => {
                 format!("provider {p:?} does not offer model {model:?} for this API")
             }
-            NoRoute::NoOfferingInRegion(r) => {
-                format!("no provider in region {r:?} offers model {model:?}")
+            // The region is not echoed: a header's value goes into no error and no log line
+            // (clients have pasted keys into headers before).
+            NoRoute::NoOfferingInRegion(_) => {
+                format!("no provider in the region x-twinroute-region names offers model {model:?}")
             }
             NoRoute::ParamsUnsupported(params) => format!(
                 "x-twinroute-require-parameters: no provider of model {model:?} supports all of \

@@ -78,8 +78,10 @@ pub struct Config {
     pub admin_listen: String,
     pub threads: usize,
     pub max_body_bytes: usize,
-    /// Largest non-streaming answer read whole before committing to it.
+    /// Largest non-streaming answer taken (read whole before committing to it).
     pub max_response_body_bytes: usize,
+    /// Largest single upstream stream event (and Bedrock frame, at twice this) taken.
+    pub max_stream_event_bytes: usize,
     /// `Idempotency-Key` handling (`None`: off).
     pub idempotency: Option<IdempotencyConf>,
     /// Memory for the prompt cache.

@@ -41,6 +41,14 @@ pub enum FailoverReason {
     /// `insufficient_quota`. Not the client's fault and no short blip: fail over, and keep the
     /// provider out for long.
     ProviderAccount,
+    /// The provider answered with a redirect (3xx). A redirect is never followed (the prompt
+    /// and, after a client SDK follows it, the answer would come from a host no config names)
+    /// and never passed on: a misconfigured or hijacked endpoint, so the next candidate answers.
+    UpstreamRedirect,
+    /// The answer was larger than twinroute takes: a whole body over `max_response_body_bytes`
+    /// or one stream event over `max_stream_event_bytes`. No chat answer is that large; a
+    /// provider sending it is broken (or hostile), and holding it would cost the pod its memory.
+    ResponseTooLarge,
 }
 
 impl FailoverReason {
@@ -62,6 +70,8 @@ impl FailoverReason {
             FailoverReason::ModelUnavailable => "model_unavailable",
             FailoverReason::ContextLength => "context_length_exceeded",
             FailoverReason::ProviderAccount => "provider_account",
+            FailoverReason::UpstreamRedirect => "upstream_redirect",
+            FailoverReason::ResponseTooLarge => "response_too_large",
         }
     }
 

@@ -54,7 +54,8 @@ pub fn job_run(shared: &Shared, h: &http::HeaderMap) -> Option<String> {
 }
 
 /// Whether this request is background work, and how it waits. A bad `x-twinroute-priority` is
-/// the client's error. Zero-retention routes never queue (a job is written to disk), and
+/// the client's error. Requests a zero-retention route or provider could see never queue (a
+/// job is written to disk), and
 /// without `state_dir` there is no queue: such requests are answered or failed now.
 pub fn queueing(
     shared: &Shared,
@@ -73,7 +74,7 @@ pub fn queueing(
         }
         None => plan.policy.queue.background,
     };
-    if !background || plan.zero_retention || shared.queue.is_none() {
+    if !background || plan.keep_nothing || shared.queue.is_none() {
         return Ok(Queueing::No);
     }
     let respond_async = h
@@ -119,13 +120,19 @@ pub async fn execute(
         return forward::send_error(down, ctx, e, family, extra).await;
     };
     let (respond_async, policy, scope) = (*respond_async, *policy, *scope);
+    let route_headers: Vec<http::HeaderName> = rt
+        .config
+        .routes
+        .iter()
+        .flat_map(|r| r.headers.iter().map(|(k, _)| k.clone()))
+        .collect();
     let new = NewJob {
         path: down.req_header().uri.path().to_string(),
         headers: down
             .req_header()
             .headers
             .iter()
-            .filter(|(k, _)| job::kept_request_header(k.as_str()))
+            .filter(|(k, _)| job::kept_request_header(k.as_str(), &route_headers))
             .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
             .collect(),
         scope,
@@ -222,11 +229,17 @@ pub async fn resource(
         let Some(was) = queue.cancel(id, &scope) else {
             return Ok(Err(missing()));
         };
-        let status = match was {
-            JobStatus::Queued | JobStatus::Running => "cancelled",
-            _ => "deleted",
+        // A running job's request is abandoned, but a provider may already be generating (and
+        // billing) its answer: said as it is, not as "cancelled".
+        let body = match was {
+            JobStatus::Queued => {
+                serde_json::json!({"id": id, "object": "twinroute.job", "status": "cancelled"})
+            }
+            JobStatus::Running => serde_json::json!({"id": id, "object": "twinroute.job",
+                "status": "cancel_requested",
+                "detail": "the job's run is abandoned and its answer will not be kept; a provider call already under way may still complete and be billed"}),
+            _ => serde_json::json!({"id": id, "object": "twinroute.job", "status": "deleted"}),
         };
-        let body = serde_json::json!({"id": id, "object": "twinroute.job", "status": status});
         ctx.status = 200;
         let mut h = ResponseHeader::build(200, Some(4))?;
         let body = Bytes::from(body.to_string());

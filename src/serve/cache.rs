@@ -28,6 +28,18 @@ pub struct Cached {
     pub stale_if_error: Duration,
     /// Bytes it weighs in the cache.
     pub weight: u32,
+    /// Who gave the answer: a hit says it as the original answer did.
+    pub origin: Origin,
+}
+
+/// Who gave a kept answer, said again on every hit (`x-twinroute-provider`, `-model`,
+/// `-equivalent`): a hit never hides that an equivalent answered.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// `canonical;grade=g` when a closest equivalent answered.
+    pub equivalent: Option<String>,
 }
 
 /// Where cached answers live.
@@ -88,6 +100,7 @@ pub struct Rendered {
     pub body: Bytes,
     pub stream: bool,
     pub age: Duration,
+    pub origin: Origin,
 }
 
 /// Render `cached` for a request that does (`stream`) or does not want a stream; `None` when a
@@ -102,6 +115,7 @@ pub fn render(cached: &Cached, stream: bool) -> Option<Rendered> {
         body,
         stream,
         age: cached.stored_at.elapsed(),
+        origin: cached.origin.clone(),
     })
 }
 
@@ -112,7 +126,7 @@ pub async fn serve(
     label: &'static str,
     request_id: &str,
 ) -> Result<()> {
-    let mut h = ResponseHeader::build(200, Some(6))?;
+    let mut h = ResponseHeader::build(200, Some(9))?;
     if r.stream {
         h.insert_header(http::header::CONTENT_TYPE, "text/event-stream")?;
         h.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
@@ -123,6 +137,16 @@ pub async fn serve(
     h.insert_header(crate::serve::names::HDR_CACHE, label)?;
     h.insert_header(http::header::AGE, r.age.as_secs())?;
     h.insert_header(crate::serve::names::HDR_REQUEST_ID, request_id)?;
+    let o = &r.origin;
+    for (name, value) in [
+        (crate::serve::names::PROVIDER, &o.provider),
+        (crate::serve::names::MODEL, &o.model),
+        (crate::serve::names::EQUIVALENT, &o.equivalent),
+    ] {
+        if let Some(v) = value {
+            h.insert_header(name, v.as_str())?;
+        }
+    }
     down.write_header(Box::new(h), false).await?;
     down.write_body(Some(r.body.clone()), true).await
 }

@@ -1,9 +1,9 @@
 //! The commit point: twinroute sends the client nothing of an answer until that answer can no
 //! longer fail cleanly somewhere else.
 //!
-//! - A non-streaming answer is read whole (up to `max_response_body_bytes`) first, so a reset,
-//!   a stall or a cut mid-body fails over like any failed attempt instead of reaching the client
-//!   as broken JSON.
+//! - A non-streaming answer is read whole first (a larger one than `max_response_body_bytes` is
+//!   a failed attempt, `response_too_large`), so a reset, a stall or a cut mid-body fails over
+//!   like any failed attempt instead of reaching the client as broken JSON.
 //! - A stream is held until its first *content* event (a text, tool-call or thinking delta;
 //!   `wire::stream_event` decides), not its first byte: the header, `message_start`, role-only
 //!   chunks and pings are held and replayed with the content. `first_token_ms` bounds the wait;
@@ -38,8 +38,10 @@ pub struct HoldSpec {
     pub first_token_reason: FailoverReason,
     /// A whole body must have arrived by then (the request's deadline).
     pub body_by: Instant,
-    /// Largest whole body held; a larger one is committed at that point.
+    /// Largest whole body taken; a larger one fails the attempt (`response_too_large`).
     pub max_body: usize,
+    /// Largest stream event taken (`max_stream_event_bytes`).
+    pub max_event: usize,
 }
 
 /// The hold's result.
@@ -75,9 +77,14 @@ async fn hold_body(up: &mut HttpSession, mut held: BytesMut, spec: &HoldSpec) ->
     if let Some(n) = announced {
         held.reserve(n.min(spec.max_body).saturating_sub(held.len()));
     }
+    if announced.is_some_and(|n| n > spec.max_body) {
+        return Held::Failed(FailoverReason::ResponseTooLarge);
+    }
     loop {
-        if held.len() >= spec.max_body {
-            return committed(held);
+        if held.len() > spec.max_body {
+            // Never relayed without bound: no chat answer is this large, and holding or
+            // streaming it would cost the pod its memory and the client its deadline.
+            return Held::Failed(FailoverReason::ResponseTooLarge);
         }
         match tokio::time::timeout_at(spec.body_by, up.read_response_body()).await {
             Err(_) => return Held::Failed(FailoverReason::Deadline),
@@ -94,8 +101,10 @@ async fn hold_stream(
     family: Family,
     spec: &HoldSpec,
 ) -> Held {
-    let mut parser = SseParser::default();
-    let mut frames = spec.eventstream.then(EventStreamToSse::default);
+    let mut parser = SseParser::new(spec.max_event);
+    let mut frames = spec
+        .eventstream
+        .then(|| EventStreamToSse::with_limit(spec.max_event.saturating_mul(2)));
     let mut events: Vec<SseEvent> = Vec::new();
     let mut sse = Vec::new();
     let mut ended = false;
@@ -115,6 +124,9 @@ async fn hold_stream(
             };
             events.clear();
             parser.feed(text, &mut events);
+            if parser.overflowed() {
+                return Held::Failed(FailoverReason::ResponseTooLarge);
+            }
             for ev in &events {
                 match classify(family, ev) {
                     EventKind::Content { .. } => return committed(held),

@@ -18,36 +18,84 @@ use std::ops::{Deref, DerefMut};
 pub trait Tap: Sync {
     fn head(&self, h: &ResponseHeader);
     fn body(&self, b: &Bytes);
+    /// Someone else reads this answer through the tap now (a duplicate following an
+    /// idempotency leader): the answer is worth finishing after this request's own client left.
+    fn followed(&self) -> bool {
+        false
+    }
 }
 
 pub struct Downstream<'s> {
     session: &'s mut Session,
     tap: Option<&'s dyn Tap>,
+    /// This request's client left while others followed its answer: what is still written goes
+    /// to the tap only.
+    client_gone: bool,
 }
 
 impl<'s> Downstream<'s> {
     pub fn new(session: &'s mut Session, tap: Option<&'s dyn Tap>) -> Downstream<'s> {
-        Downstream { session, tap }
+        Downstream {
+            session,
+            tap,
+            client_gone: false,
+        }
+    }
+
+    /// The client left while the answer was still written for those following it.
+    pub fn client_gone(&self) -> bool {
+        self.client_gone
+    }
+
+    /// A failed client write: the error (the client's side), unless others follow the answer
+    /// through the tap, who must not be cut off because one client hung up: then the answer
+    /// goes on for them (the upstream keeps running) and this client is written no more.
+    fn client_failed(&mut self, e: Box<Error>) -> Result<()> {
+        if self.tap.is_some_and(|t| t.followed()) {
+            log::debug!("client left mid-answer; finishing it for those following it ({e})");
+            self.client_gone = true;
+            self.session.set_keepalive(None);
+            return Ok(());
+        }
+        Err(e.into_down())
+    }
+
+    /// Written after the client left: fine while someone follows, else the client's error.
+    fn after_gone(&self) -> Result<()> {
+        if self.tap.is_some_and(|t| t.followed()) {
+            return Ok(());
+        }
+        Error::e_explain(
+            pingora::ErrorType::ConnectionClosed,
+            "the client left and nobody follows its answer",
+        )
+        .map_err(Error::into_down)
     }
 
     pub async fn write_header(&mut self, h: Box<ResponseHeader>, end: bool) -> Result<()> {
         if let Some(t) = self.tap {
             t.head(&h);
         }
-        self.session
-            .write_response_header(h, end)
-            .await
-            .map_err(Error::into_down)
+        if self.client_gone {
+            return self.after_gone();
+        }
+        match self.session.write_response_header(h, end).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.client_failed(e),
+        }
     }
 
     pub async fn write_body(&mut self, body: Option<Bytes>, end: bool) -> Result<()> {
         if let (Some(t), Some(b)) = (self.tap, body.as_ref()) {
             t.body(b);
         }
-        self.session
-            .write_response_body(body, end)
-            .await
-            .map_err(Error::into_down)
+        if self.client_gone {
+            return self.after_gone();
+        }
+        match self.session.write_response_body(body, end).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.client_failed(e),
+        }
     }
 
     /// twinroute's own error as the whole answer, in the client's API format; `extra` are

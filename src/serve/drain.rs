@@ -137,7 +137,25 @@ async fn run(shared: &Shared, q: &Queue, seq: u64, meta: JobMeta) {
         timeout: left.clamp(Duration::from_secs(1), MAX_RUN),
         max_body: MAX_ANSWER,
     };
-    match fetch::exchange(&shared.connector, &shared.resolver, &req).await {
+    // A DELETE while the job runs abandons the run: its connection to the data plane closes,
+    // which stops a stream at its next event; a whole answer already being generated upstream
+    // may still complete there (the DELETE's answer says "cancel_requested", not "cancelled").
+    let mut done = q.watch_done(seq);
+    let mut exchange = std::pin::pin!(fetch::exchange(&shared.connector, &shared.resolver, &req));
+    let result = match done.as_mut() {
+        Some(done) => tokio::select! {
+            r = &mut exchange => r,
+            _ = async { done.wait_for(|d| *d).await.is_ok() } => {
+                if q.abandon(seq) {
+                    log::info!("job {}: cancelled while running; run abandoned", meta.id);
+                    return;
+                }
+                exchange.await
+            }
+        },
+        None => exchange.await,
+    };
+    match result {
         Ok(a) if a.header(NO_CAPACITY_HEADER).is_some() => {
             let why = serde_json::from_slice::<serde_json::Value>(&a.body)
                 .ok()

@@ -70,8 +70,12 @@ pub struct Plan {
     pub pinned: bool,
     /// `x-twinroute-region`: endpoints outside it are not used either.
     pub region: Option<String>,
-    /// The request's route asked for zero retention (a provider may ask too).
+    /// The request's route asked for zero retention (a provider may ask too): connections
+    /// not pooled, the body wiped.
     pub zero_retention: bool,
+    /// No store may read or write this request (cache, idempotency, queue): its route, or a
+    /// provider it could reach, keeps nothing (`decide::route::may_reach_zero_retention`).
+    pub keep_nothing: bool,
     /// The client's body parsed, when a candidate speaks the other wire format (translation
     /// builds that candidate's body from it); `None` keeps every attempt on the splice path.
     pub json: Option<serde_json::Value>,
@@ -238,6 +242,7 @@ fn continuation_plan(
         pinned: false,
         region: plan.region.clone(),
         zero_retention: plan.zero_retention,
+        keep_nothing: plan.keep_nothing,
         json: None,
         include_usage: plan.include_usage,
         cache_header: None,
@@ -641,6 +646,7 @@ async fn attempt_loop(
                         broken: &broken,
                         origin,
                         cache_header: plan.cache_header,
+                        max_event: cfg.max_stream_event_bytes,
                     },
                     stage,
                 )
@@ -773,6 +779,7 @@ fn hold_spec(
         },
         body_by: deadline,
         max_body: cfg.max_response_body_bytes,
+        max_event: cfg.max_stream_event_bytes,
     }
 }
 
@@ -1243,6 +1250,8 @@ struct Served<'a> {
     origin: &'a str,
     /// `x-twinroute-cache` for the answer, when the prompt cache is on.
     cache_header: Option<&'static str>,
+    /// Largest upstream stream event taken (`max_stream_event_bytes`).
+    max_event: usize,
 }
 
 /// Where the client-format bytes of an answer go.
@@ -1367,7 +1376,7 @@ async fn relay(
     served: Served<'_>,
     mut stage: Stage,
 ) -> Result<RelayEnd> {
-    let (attempts, family) = (served.attempts, served.family);
+    let (attempts, family, max_event) = (served.attempts, served.family, served.max_event);
     let Upstream {
         session: mut upstream,
         peer,
@@ -1433,14 +1442,10 @@ async fn relay(
         ctx.translated = Some(dir.label());
         METRICS.translations.with_label_values(&[dir.label()]).inc();
     }
-    // A translated whole answer, or an error whose shape is not the client's (another family,
-    // or Bedrock's own `{"message"}`): read whole and re-shaped.
-    if (served.translation.is_some() && (!is_sse || !success))
-        || (matches!(
-            provider.api,
-            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
-        ) && !success)
-    {
+    // A translated whole answer, or any error passed on: read whole (an error is re-shaped when
+    // its shape is not the client's: another family, Bedrock's own `{"message"}`), and an error
+    // is cleared of the provider's key should it echo it.
+    if !success || (served.translation.is_some() && !is_sse) {
         let up = Upstream {
             session: upstream,
             peer,
@@ -1464,7 +1469,9 @@ async fn relay(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/event-stream"),
         );
-        frames = Some(bedrock::EventStreamToSse::default());
+        frames = Some(bedrock::EventStreamToSse::with_limit(
+            max_event.saturating_mul(2),
+        ));
     }
     if let Some(dir) = served.translation.filter(|_| is_sse) {
         translator = Some(translate::stream::StreamTranslator::new(
@@ -1505,7 +1512,7 @@ async fn relay(
     }
     let mut staged = Vec::new();
     // Every upstream stream event is checked before it goes on: malformed ones are dropped.
-    let mut guard = is_sse.then(|| EventGuard::new(answer_family(provider.api)));
+    let mut guard = is_sse.then(|| EventGuard::new(answer_family(provider.api), max_event));
     let mut slices: Vec<Bytes> = Vec::new();
     // What a read that did not wait returned after the bytes it was joined to (`join_ready`).
     let mut held: Option<Result<Option<Bytes>>> = None;
@@ -1550,7 +1557,11 @@ async fn relay(
                     Some(g) => {
                         let dropped = g.dropped;
                         slices.clear();
-                        g.feed(chunk, &mut slices);
+                        if let Err(e) = g.feed(chunk, &mut slices) {
+                            // The upstream connection is dropped with this function: nothing
+                            // more of the event is read.
+                            break Some((FailoverReason::ResponseTooLarge, e.to_string()));
+                        }
                         if g.dropped > dropped {
                             note_malformed(ctx, provider, g.dropped - dropped, dropped == 0);
                         }
@@ -1790,8 +1801,25 @@ async fn relay_whole(
             }
         }
     }
+    let foreign_error = served.translation.is_some()
+        || matches!(
+            provider.api,
+            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
+        );
     let body = if !(200..300).contains(&status) {
-        translate::response::error(served.family, status, &buf)
+        let body = if foreign_error {
+            translate::response::error(served.family, status, &buf)
+        } else {
+            buf.to_vec()
+        };
+        // A provider echoing the key it was sent never hands it to the client.
+        let keys: Vec<&[u8]> = provider
+            .endpoints
+            .iter()
+            .filter_map(|e| e.key.as_ref().map(|k| k.expose().as_bytes()))
+            .chain(provider.extra_headers.iter().map(|(_, v)| v.as_bytes()))
+            .collect();
+        crate::wire::error_body::redact(&body, &keys).unwrap_or(body)
     } else if let Some(dir) = served.translation {
         match translate::response::response(dir, &buf) {
             Ok(b) => b,
@@ -1810,7 +1838,9 @@ async fn relay_whole(
         buf.to_vec()
     };
     resp.remove_header(&http::header::TRANSFER_ENCODING);
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    if foreign_error || (200..300).contains(&status) {
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    }
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     session.write_header(Box::new(resp), false).await?;
     session.write_body(Some(Bytes::from(body)), true).await?;

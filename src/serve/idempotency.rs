@@ -11,6 +11,7 @@
 //! decisions (key syntax, scope, fingerprint, what is storable) are `decide::idempotency`.
 
 use crate::decide::idempotency::{followable, Fingerprint, ScopedKey};
+use crate::model::endpoint::Family;
 use crate::model::IdempotencyConf;
 use crate::observe::metrics::METRICS;
 use crate::serve::downstream::{Downstream, Tap};
@@ -114,6 +115,12 @@ impl Tap for Recording {
             .collect();
         self.lock().head = Some((h.status.as_u16(), headers));
         self.bump();
+    }
+
+    /// Duplicates wait on the recording: the leader finishes the answer for them even when its
+    /// own client leaves.
+    fn followed(&self) -> bool {
+        self.changed.receiver_count() > 0
     }
 
     /// The leader wrote body bytes.
@@ -257,12 +264,19 @@ impl IdempotencyStore for MemoryStore {
 /// Send a follower the answer the leader is writing (or wrote): the header with
 /// `x-twinroute-idempotent-replay: true` and this request's id, then every chunk from the first,
 /// live until the leader finishes. `Ok(false)`: the leader's answer broke off before its header
-/// (nothing was sent; the caller answers instead).
-pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) -> Result<bool> {
+/// (nothing was sent; the caller answers instead). A stream that breaks off after its header ends
+/// with the error event in the client's `family`, never as a silent truncation.
+pub async fn follow(
+    rec: &Recording,
+    session: &mut Session,
+    request_id: &str,
+    family: Family,
+) -> Result<bool> {
     let mut session = Downstream::new(session, None);
     let mut rx = rec.changed.subscribe();
     let mut sent = 0usize;
     let mut head_sent = false;
+    let mut sse = false;
     loop {
         // Seen before reading, so a change after the read wakes the wait below.
         rx.borrow_and_update();
@@ -279,6 +293,10 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
         if !head_sent {
             match head {
                 Some((status, headers)) => {
+                    sse = headers.iter().any(|(k, v)| {
+                        k == http::header::CONTENT_TYPE
+                            && v.as_bytes().starts_with(b"text/event-stream")
+                    });
                     let mut h = ResponseHeader::build(status, Some(headers.len() + 2))?;
                     for (k, v) in headers {
                         if k == http::header::CONNECTION || k == crate::serve::names::REQUEST_ID {
@@ -307,9 +325,15 @@ pub async fn follow(rec: &Recording, session: &mut Session, request_id: &str) ->
                     return Ok(true);
                 }
                 End::Abandoned => {
+                    session.set_keepalive(None);
+                    if sse {
+                        // A stream says it broke, as the leader's own client would be told.
+                        let event = crate::wire::sse::stream_error_event(family, "twinroute");
+                        session.write_body(Some(event), true).await?;
+                        return Ok(true);
+                    }
                     // What was shared is all there is: the connection closes without the
                     // terminating chunk, so the client sees an incomplete answer, not a short one.
-                    session.set_keepalive(None);
                     return pingora::Error::e_explain(
                         pingora::ErrorType::ConnectionClosed,
                         "the keyed answer being shared broke off",

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod queue;
 pub mod refresh;
 pub mod reload;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod trim;

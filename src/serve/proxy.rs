@@ -11,7 +11,7 @@ use crate::decide::cache::{
     cacheable, freshness, key as cache_key, CacheKey, Directive, Freshness, KeyScope,
 };
 use crate::decide::idempotency::{fingerprint, parse_key, scope, storable, ScopedKey};
-use crate::decide::route::{self, RequestConstraints, RouteInput};
+use crate::decide::route::{self, Acceptable, RequestConstraints, RouteInput};
 use crate::model::endpoint::{Endpoint, Family};
 use crate::model::Strategy;
 use crate::observe::access_log::RequestLog;
@@ -252,7 +252,7 @@ impl Proxy {
             }
         }
         if let Some(id) = crate::wire::job::id_from_path(&path) {
-            let scope = client_scope(session, cfg);
+            let scope = self.client_scope(session, cfg);
             let mut down = Downstream::new(session, None);
             return Ok(
                 match background::resource(&self.shared, &mut down, ctx, id, scope).await? {
@@ -320,6 +320,23 @@ impl Proxy {
 
         let mut constraints = RequestConstraints::default();
         let mut require_params: Option<bool> = None;
+        // A control header twinroute cannot read is refused, never ignored: a pin that silently
+        // fell back to failover would send the request where the client said it must not go.
+        for name in [
+            &names::PROVIDER,
+            &names::REGION,
+            &names::STRATEGY,
+            &names::ROUTE,
+        ] {
+            if let Some(v) = session.req_header().headers.get(name) {
+                if v.to_str().is_err() {
+                    return Ok(Handled::Reject(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{name} must be visible ASCII text"),
+                    )));
+                }
+            }
+        }
         if let Some(name) = header_str(session, &names::PROVIDER) {
             let name = name.to_string();
             match cfg.provider_by_name(&name) {
@@ -486,6 +503,25 @@ impl Proxy {
                 }
             }
         }
+        let allow_equivalents = constraints
+            .allow_equivalents
+            .unwrap_or(policy.allow_equivalents);
+        let acceptable = Acceptable {
+            allow_equivalents,
+            pin: constraints.pin.map(|p| cfg.providers[p].name.as_str()),
+            region: constraints.region.as_deref(),
+            require_params: require_params == Some(true),
+        };
+        // Nothing of a request a zero-retention provider could answer is kept anywhere: decided
+        // from every offering it may use, whatever their health now, not from the route alone.
+        let keep_nothing = route.is_some_and(|r| r.zero_retention)
+            || route::may_reach_zero_retention(
+                &cfg.catalog,
+                &cfg.providers,
+                model_id,
+                constraints.pin,
+                allow_equivalents,
+            );
         let mut plan = forward::Plan {
             endpoint,
             model: model_id,
@@ -494,6 +530,7 @@ impl Proxy {
             pinned: constraints.pin.is_some(),
             region: constraints.region.clone(),
             zero_retention: route.is_some_and(|r| r.zero_retention),
+            keep_nothing,
             json,
             include_usage,
             continuation: None,
@@ -503,7 +540,7 @@ impl Proxy {
         };
         let queueing =
             match background::queueing(&self.shared, &session.req_header().headers, &plan, || {
-                client_scope(session, cfg)
+                self.client_scope(session, cfg)
             }) {
                 Ok(q) => q,
                 Err(e) => return Ok(Handled::Reject(e)),
@@ -517,11 +554,12 @@ impl Proxy {
             route: route.map(|r| r.name.as_str()),
             endpoint: plan.endpoint.as_str(),
             // Hashed only when the cache is in play.
-            identity: if plan.policy.cache.is_some() {
-                client_scope(session, cfg)
+            identity: if plan.policy.cache.is_some() && !plan.keep_nothing {
+                self.client_scope(session, cfg)
             } else {
                 [0; 32]
             },
+            acceptable,
         };
         let cache = match self.cache_lookup(session, ctx, &body, &mut plan, &scope) {
             Lookup::Hit(rendered) => {
@@ -538,7 +576,7 @@ impl Proxy {
         let cache_rec = cache
             .as_ref()
             .map(|c| Recording::new([0; 32], c.policy.max_entry_bytes));
-        let result = match self.idempotency(session, cfg, &body, plan.zero_retention) {
+        let result = match self.idempotency(session, cfg, &body, &plan, route, &acceptable) {
             Keyed::No => {
                 let mut down = Downstream::new(session, cache_rec.as_ref().map(|r| r as &dyn Tap));
                 let result =
@@ -561,7 +599,9 @@ impl Proxy {
             Keyed::Claimed(_, Claim::Follow(rec)) => {
                 ctx.idempotent_replay = true;
                 METRICS.idempotency_replays.inc();
-                if !idempotency::follow(&rec, session, &ctx.request_id).await? {
+                if !idempotency::follow(&rec, session, &ctx.request_id, plan.endpoint.family())
+                    .await?
+                {
                     return Ok(Handled::Reject(GatewayError::new(
                         ErrorKind::IdempotencyKeyInUse,
                         "the request holding this Idempotency-Key ended without an answer; retry",
@@ -582,6 +622,7 @@ impl Proxy {
                 let result =
                     background::execute(&self.shared, &rt, &mut down, ctx, &plan, &body, &queueing)
                         .await;
+                ctx.client_left |= down.client_gone();
                 rec.finish(result.is_ok());
                 let keep = storable(ctx.status, rec.complete() && ctx.error.is_none());
                 lease.settle(keep);
@@ -632,7 +673,7 @@ impl Proxy {
         let Some(policy) = plan.policy.cache else {
             return Lookup::Off;
         };
-        if plan.zero_retention
+        if plan.keep_nothing
             || !matches!(
                 plan.endpoint,
                 Endpoint::ChatCompletions | Endpoint::Messages
@@ -731,17 +772,32 @@ impl Proxy {
                 ttl: state.policy.ttl,
                 stale_if_error: state.policy.stale_if_error,
                 weight,
+                origin: cache::Origin {
+                    provider: ctx.provider.clone(),
+                    model: ctx.served_model.clone(),
+                    equivalent: ctx.degraded.clone(),
+                },
             }),
         );
     }
 }
 
-/// The client's identity for scoping keys: its token (hashed) when client tokens are on.
-fn client_scope(session: &Session, cfg: &crate::model::Config) -> [u8; 32] {
-    let token = (!cfg.client_tokens.is_empty())
-        .then(|| presented_token(&session.req_header().headers))
-        .flatten();
-    scope(token)
+impl Proxy {
+    /// The client's identity for scoping keys: its token (keyed under the installation's
+    /// secret) when client tokens are on. The drain's run of a job is its client's request
+    /// again: it carries the scope the job was queued under, never one shared by every job.
+    fn client_scope(&self, session: &Session, cfg: &crate::model::Config) -> [u8; 32] {
+        let h = &session.req_header().headers;
+        if let Some(id) = background::job_run(&self.shared, h) {
+            if let Some(s) = self.shared.queue.as_ref().and_then(|q| q.scope_of(&id)) {
+                return s;
+            }
+        }
+        let token = (!cfg.client_tokens.is_empty())
+            .then(|| presented_token(h))
+            .flatten();
+        scope(&self.shared.scope_secret, token)
+    }
 }
 
 /// The client token a request presents: `Authorization: Bearer`, else `x-api-key`.
@@ -793,16 +849,27 @@ impl Proxy {
         session: &Session,
         cfg: &crate::model::Config,
         body: &RequestBody,
-        zero_retention: bool,
+        plan: &forward::Plan,
+        route: Option<&crate::model::Route>,
+        acceptable: &Acceptable<'_>,
     ) -> Keyed {
         let Some(store) = self.shared.idempotency.as_deref() else {
             return Keyed::No;
         };
         let h = &session.req_header().headers;
-        let Some(value) = h.get(&names::IDEMPOTENCY_KEY) else {
+        let mut values = h.get_all(&names::IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
             return Keyed::No;
         };
-        if zero_retention {
+        if values.next().is_some() {
+            // Which one the client meant is not ours to guess: the first winning silently
+            // would replay an answer for a key the client may not have sent last.
+            return Keyed::Invalid(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "send one Idempotency-Key header, not several",
+            ));
+        }
+        if plan.keep_nothing {
             return Keyed::No;
         }
         let key = match parse_key(value.as_bytes()) {
@@ -812,10 +879,15 @@ impl Proxy {
             }
         };
         let scoped = ScopedKey {
-            scope: client_scope(session, cfg),
+            scope: self.client_scope(session, cfg),
             key,
         };
-        let fp = fingerprint(session.req_header().uri.path(), body.bytes());
+        let fp = fingerprint(
+            session.req_header().uri.path(),
+            route.map(|r| r.name.as_str()),
+            acceptable,
+            body.bytes(),
+        );
         let claim = store.claim(&scoped, fp);
         Keyed::Claimed(scoped, claim)
     }

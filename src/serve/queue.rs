@@ -94,9 +94,11 @@ fn e(context: &str) -> impl Fn(String) -> String + '_ {
 
 impl RedbStore {
     pub fn open(dir: &std::path::Path) -> Result<RedbStore, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|err| format!("state_dir {}: {err}", dir.display()))?;
+        crate::serve::secrets::state_dir(dir)?;
         let path = dir.join("jobs.redb");
+        // Prompts wait in this file: only twinroute's user may read it (redb creates files with
+        // the process's umask, 0644 by default).
+        crate::serve::secrets::private_file(&path).map_err(|err| format!("job store {err}"))?;
         let db = redb::Database::create(&path)
             .map_err(|err| format!("job store {}: {err}", path.display()))?;
         // The tables exist from the start, so a read never meets a missing one.
@@ -677,6 +679,30 @@ impl Queue {
                 })
             }
         }
+    }
+
+    /// The scope a job was queued under: its run is the client's request again, so the cache,
+    /// idempotency (and team limits) see that client, never a shared drain identity.
+    pub fn scope_of(&self, id: &str) -> Option<[u8; 32]> {
+        let ix = self.lock();
+        let seq = *ix.ids.get(id)?;
+        ix.jobs.get(&seq).map(|j| j.meta.scope)
+    }
+
+    /// Turns true when job `seq` is finished or cancelled: a run in progress watches it to
+    /// abandon a cancelled job's request.
+    pub fn watch_done(&self, seq: u64) -> Option<watch::Receiver<bool>> {
+        self.lock().jobs.get(&seq).map(|j| j.done.subscribe())
+    }
+
+    /// A running job that was cancelled is forgotten (its run abandoned): `true`; any other job
+    /// is left as it is: `false`.
+    pub fn abandon(&self, seq: u64) -> bool {
+        let cancelled = self.lock().jobs.get(&seq).is_some_and(|j| j.cancelled);
+        if cancelled {
+            self.forget(seq);
+        }
+        cancelled
     }
 
     /// Cancel a waiting job or delete a finished one: `None` when the client has no such job.

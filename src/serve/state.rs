@@ -52,6 +52,9 @@ pub struct Shared {
     /// The data-plane runtime, recorded by the first request, so the memory trimmer can run a
     /// task on each of its threads (`serve::trim`: their allocator caches).
     pub data_plane: OnceLock<tokio::runtime::Handle>,
+    /// Keys client scopes (`decide::idempotency::scope`): kept under `state_dir`, else made per
+    /// process. Read at start; a reload keeps it.
+    pub scope_secret: crate::decide::idempotency::ScopeSecret,
 }
 
 impl Shared {
@@ -64,6 +67,8 @@ impl Shared {
         let cache = Box::new(crate::serve::cache::MemoryCache::new(
             config.cache_max_bytes,
         ));
+        let scope_secret =
+            crate::serve::secrets::scope_secret(config.queue.as_ref().map(|q| q.dir.as_path()))?;
         let queue = match &config.queue {
             Some(q) => Some(crate::serve::queue::Queue::open(q)?),
             None => None,
@@ -79,6 +84,7 @@ impl Shared {
             active: AtomicUsize::new(0),
             tokens: Default::default(),
             data_plane: OnceLock::new(),
+            scope_secret,
         }))
     }
 }

@@ -48,6 +48,9 @@ pub enum Behavior {
     Sse(Vec<String>),
     /// Bedrock only: stream this many chunk events, then an `exception` frame of this kind.
     BedrockException { after: usize, kind: String },
+    /// Answer with a redirect (`status` 3xx) to `location`, as a hijacked or moved endpoint
+    /// would: a client that follows it sends its request there.
+    Redirect { status: u16, location: String },
     /// Stream this whole answer text in word pieces; a request that ends with an assistant turn
     /// (a prefill) gets only what follows the prefill, as a real model continues it.
     Complete { text: String },
@@ -556,6 +559,13 @@ impl MockProvider {
                 }
                 r.body(full(body)).map_err(std::io::Error::other)
             }
+            Behavior::Redirect { status, location } => Response::builder()
+                .status(status)
+                .header("location", location)
+                .header("content-type", "application/json")
+                .header("x-mock-provider", name)
+                .body(full(json!({"moved": true}).to_string()))
+                .map_err(std::io::Error::other),
             // Bedrock's exception frames exist only on its own paths.
             Behavior::BedrockException { .. } => {
                 Ok(answer(&name, &model, &path, anthropic, stream, sse, None))

@@ -320,6 +320,9 @@ pub struct EventStreamToSse {
     buf: BytesMut,
     /// An exception frame ended the stream (its error event was emitted).
     pub ended: bool,
+    /// Largest frame held while it arrives (`0`: no bound). The codec believes a prelude's
+    /// declared length, up to 4 GiB: without this a hostile frame would grow the buffer so.
+    max_frame: usize,
 }
 
 fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
@@ -333,9 +336,23 @@ fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
 }
 
 impl EventStreamToSse {
+    /// A decoder holding no frame larger than `max_frame` bytes.
+    pub fn with_limit(max_frame: usize) -> EventStreamToSse {
+        EventStreamToSse {
+            max_frame,
+            ..EventStreamToSse::default()
+        }
+    }
+
     /// Decode what arrived; complete events are appended to `out` as SSE.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         self.buf.extend_from_slice(bytes);
+        if self.max_frame > 0 && self.buf.len() > self.max_frame {
+            return Err(StreamError(format!(
+                "an event stream frame exceeded {} bytes",
+                self.max_frame
+            )));
+        }
         loop {
             if self.ended {
                 return Ok(());

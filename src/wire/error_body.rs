@@ -11,6 +11,40 @@ pub fn body_decides(status: u16) -> bool {
     matches!(status, 400 | 403 | 404 | 410 | 413 | 422)
 }
 
+/// What stands in a passed-on error body where a secret was.
+pub const REDACTED: &[u8] = b"[REDACTED]";
+
+/// `body` with every occurrence of each of `secrets` replaced by `[REDACTED]`; `None` when none
+/// occurs (the body goes on as it came). A provider echoing the key it was sent ("Incorrect API
+/// key provided: sk-...") must not hand the client twinroute's key. Secrets shorter than 8
+/// bytes are skipped: no key is that short, and redacting "a" would mangle any body.
+pub fn redact(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
+    let secrets: Vec<&[u8]> = secrets.iter().copied().filter(|s| s.len() >= 8).collect();
+    if !secrets
+        .iter()
+        .any(|s| memchr::memmem::find(body, s).is_some())
+    {
+        return None;
+    }
+    let mut out = body.to_vec();
+    for s in secrets {
+        let finder = memchr::memmem::Finder::new(s);
+        let mut next = Vec::with_capacity(out.len());
+        let mut last = 0;
+        for at in finder.find_iter(&out) {
+            if at < last {
+                continue;
+            }
+            next.extend_from_slice(&out[last..at]);
+            next.extend_from_slice(REDACTED);
+            last = at + s.len();
+        }
+        next.extend_from_slice(&out[last..]);
+        out = next;
+    }
+    Some(out)
+}
+
 /// The error fields providers use, from whichever of the common shapes the body has:
 /// OpenAI `{"error":{"message","type","param","code"}}`, Anthropic
 /// `{"type":"error","error":{"type","message"}}`, vLLM/Mistral `{"object":"error","message",..}`,
@@ -403,6 +437,22 @@ mod tests {
         assert_eq!(
             classify_status(401),
             StatusClass::Retry(FailoverReason::AuthFailed)
+        );
+    }
+
+    #[test]
+    fn a_key_echoed_in_an_error_body_is_redacted() {
+        let key: &[u8] = b"sk-live-0123456789";
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-live-0123456789. sk-live-0123456789"}}"#;
+        let out = redact(body, &[key, b"short"]).expect("redacted");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"error":{"message":"Incorrect API key provided: [REDACTED]. [REDACTED]"}}"#
+        );
+        assert_eq!(
+            redact(b"{\"error\":{}}", &[key]),
+            None,
+            "nothing to redact: no copy"
         );
     }
 }

@@ -71,32 +71,29 @@ pub fn render(v: &JobView<'_>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Whether a request header is kept with a queued job to be sent again when it runs: not the
-/// connection's own (hop-by-hop, length, host), not the client's credentials (a job on disk
-/// never holds a key or token; the client's identity is kept hashed), and not the one-shot
-/// headers that made it a job.
-pub fn kept_request_header(name: &str) -> bool {
-    !matches!(
-        name.to_ascii_lowercase().as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-            | "expect"
-            | "authorization"
-            | "proxy-authorization"
-            | "x-api-key"
-            | "api-key"
-            | "x-goog-api-key"
-            | "cookie"
-            | "idempotency-key"
-            | "prefer"
-    ) && !name.to_ascii_lowercase().starts_with("x-twinroute-job")
+/// Whether a request header is kept with a queued job to be sent again when it runs. An
+/// allowlist: a job on disk keeps only what decides how it is served — its content type, the
+/// API version and beta flags its body is written for, twinroute's own routing headers, and the
+/// headers a configured route matches on (`route_headers`). Everything else a client sent
+/// (credentials under any name, `x-custom-secret`, cookies, tracing ids) is never written.
+pub fn kept_request_header(name: &str, route_headers: &[http::HeaderName]) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "content-type"
+            | "accept"
+            | "anthropic-version"
+            | "anthropic-beta"
+            | "openai-beta"
+            | "cache-control"
+            | "x-twinroute-route"
+            | "x-twinroute-provider"
+            | "x-twinroute-region"
+            | "x-twinroute-strategy"
+            | "x-twinroute-allow-equivalents"
+            | "x-twinroute-require-parameters"
+            | "x-twinroute-priority"
+    ) || route_headers.iter().any(|h| h.as_str() == n)
 }
 
 /// Whether an answer header is kept with a finished job: what describes the answer (its type,
@@ -154,17 +151,23 @@ mod tests {
             "Prefer",
             "Content-Length",
             "x-twinroute-job-token",
+            "x-custom-secret",
+            "anthropic-api-key",
+            "x-tenant",
+            "traceparent",
         ] {
-            assert!(!kept_request_header(h), "{h}");
+            assert!(!kept_request_header(h, &[]), "{h}");
         }
         for h in [
             "content-type",
             "anthropic-version",
             "x-twinroute-route",
             "x-twinroute-priority",
-            "x-tenant",
+            "X-Tenant",
         ] {
-            assert!(kept_request_header(h), "{h}");
+            // x-tenant: kept because a route matches on it.
+            let routes = [http::HeaderName::from_static("x-tenant")];
+            assert!(kept_request_header(h, &routes), "{h}");
         }
         assert!(kept_answer_header("Content-Type"));
         assert!(kept_answer_header("x-twinroute-provider"));

@@ -2,7 +2,7 @@
 //! (`openai`, `anthropic`, `azure`): auth headers, upstream paths, probe paths, error shapes.
 //! Beside them: the request body scanner/splicer (`body`), building an upstream request for a
 //! provider (`request`), provider error bodies (`error_body`), twinroute's own error JSON
-//! (`errors`), the SSE error event (`sse`), what an upstream stream event means for committing to it and
+//! (`errors`), the SSE error event (`sse`), SSE framing (`sse_frame`), what an upstream stream event means for committing to it and
 //! continuing it (`stream_event`), token usage in answers (`usage`), and twinroute's background-job resource (`job`).
 
 pub mod answer;
@@ -18,6 +18,7 @@ pub mod listing;
 pub mod openai;
 pub mod request;
 pub mod sse;
+pub mod sse_frame;
 pub mod stream_event;
 pub mod translate;
 pub mod usage;

@@ -8,6 +8,7 @@
 //! Messages events (Anthropic, Vertex rawPredict, Bedrock once its frames are decoded).
 
 use crate::model::endpoint::Family;
+use crate::wire::sse_frame::{EventTooLarge, SseFramer};
 use crate::wire::translate::stream::{event_end_at, SseEvent, SseParser};
 use serde_json::Value;
 
@@ -177,7 +178,7 @@ fn classify_anthropic(kind: &str, v: &Value) -> EventKind {
 #[derive(Debug)]
 pub struct EventGuard {
     family: Family,
-    partial: bytes::BytesMut,
+    framer: SseFramer,
     /// OpenAI `[DONE]` or Anthropic `message_stop` seen, or an error event (the provider's
     /// own end of a broken stream, already on its way to the client).
     done: bool,
@@ -213,42 +214,41 @@ struct ChoiceLite {
 }
 
 impl EventGuard {
-    pub fn new(family: Family) -> EventGuard {
+    /// A guard for a stream of `family`'s events, none larger than `max_event` bytes.
+    pub fn new(family: Family, max_event: usize) -> EventGuard {
         EventGuard {
             family,
-            partial: bytes::BytesMut::new(),
+            framer: SseFramer::new(max_event),
             done: false,
             stopped: false,
             dropped: 0,
         }
     }
 
-    /// Feed one read; the valid complete events are pushed to `out` as slices.
-    pub fn feed(&mut self, chunk: bytes::Bytes, out: &mut Vec<bytes::Bytes>) {
-        let buf = if self.partial.is_empty() {
-            chunk
-        } else {
-            self.partial.extend_from_slice(&chunk);
-            self.partial.split().freeze()
-        };
-        let mut pos = 0;
+    /// Feed one read; the valid complete events are pushed to `out` as slices (a run of valid
+    /// events as one). `Err` when an event grew past the limit: the stream is broken there.
+    pub fn feed(
+        &mut self,
+        chunk: bytes::Bytes,
+        out: &mut Vec<bytes::Bytes>,
+    ) -> Result<(), EventTooLarge> {
+        let (buf, spans) = self.framer.feed(chunk)?;
+        let spans = spans.to_vec();
         let mut run_start = 0;
-        while let Some((end, sep)) = event_end_at(&buf, pos) {
-            let next = end + sep;
-            if !self.check(&buf[pos..end]) {
-                if run_start < pos {
-                    out.push(buf.slice(run_start..pos));
+        let mut pos = 0;
+        for s in spans {
+            if !self.check(&buf[s.start..s.data_end]) {
+                if run_start < s.start {
+                    out.push(buf.slice(run_start..s.start));
                 }
-                run_start = next;
+                run_start = s.next;
             }
-            pos = next;
+            pos = s.next;
         }
         if run_start < pos {
             out.push(buf.slice(run_start..pos));
         }
-        if pos < buf.len() {
-            self.partial.extend_from_slice(&buf[pos..]);
-        }
+        Ok(())
     }
 
     /// Whether one raw event (without its blank line) may be forwarded; notes end markers.
@@ -893,10 +893,11 @@ mod tests {
     }
 
     fn guarded(family: Family, reads: &[&str]) -> (String, EventGuard) {
-        let mut g = EventGuard::new(family);
+        let mut g = EventGuard::new(family, 1 << 20);
         let mut out = Vec::new();
         for r in reads {
-            g.feed(bytes::Bytes::from(r.to_string()), &mut out);
+            g.feed(bytes::Bytes::from(r.to_string()), &mut out)
+                .expect("no event over the limit");
         }
         let text = out
             .iter()

@@ -74,6 +74,8 @@ impl Twinroute {
         let log_path = dir.join("twinroute.log");
         let log = std::fs::File::create(&log_path).expect("create log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinroute"));
+        // `RUST_LOG` in `env` (say, `trace`) overrides the default debug: the secret scan on drop
+        // then holds at that level too.
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -94,7 +96,7 @@ impl Twinroute {
                 .filter(|(k, _)| {
                     !matches!(
                         *k,
-                        "GCE_METADATA_HOST" | "AWS_REGION" | "AWS_DEFAULT_REGION"
+                        "GCE_METADATA_HOST" | "AWS_REGION" | "AWS_DEFAULT_REGION" | "RUST_LOG"
                     )
                 })
                 .map(|(_, v)| v.to_string())

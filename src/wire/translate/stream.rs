@@ -15,13 +15,23 @@
 
 use super::response::{anthropic_usage, openai_usage};
 use super::{finish_reason, stop_reason, unix_now, Direction};
+use crate::wire::sse_frame::SseFramer;
 use serde_json::{json, Value};
 
 /// Splits a byte stream into SSE events (`event:` name and joined `data:` lines), whatever the
-/// read boundaries. Keeps only the bytes of an event not yet complete.
-#[derive(Debug, Default)]
+/// read boundaries. Keeps only the bytes of an event not yet complete (framing in linear time:
+/// `wire::sse_frame`).
+#[derive(Debug)]
 pub struct SseParser {
-    buf: Vec<u8>,
+    framer: SseFramer,
+    /// The framer refused an event over its limit: nothing more is parsed.
+    overflowed: bool,
+}
+
+impl Default for SseParser {
+    fn default() -> SseParser {
+        SseParser::new(usize::MAX)
+    }
 }
 
 /// One server-sent event.
@@ -32,43 +42,43 @@ pub struct SseEvent {
 }
 
 impl SseParser {
+    /// A parser refusing events over `max_event` bytes (`overflowed` tells).
+    pub fn new(max_event: usize) -> SseParser {
+        SseParser {
+            framer: SseFramer::new(max_event),
+            overflowed: false,
+        }
+    }
+
     /// Feed bytes; complete events are appended to `out`.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
-        self.buf.extend_from_slice(bytes);
-        while let Some((end, skip)) = event_end(&self.buf) {
-            let raw: Vec<u8> = self.buf.drain(..end + skip).take(end).collect();
-            if let Some(ev) = parse_event(&raw) {
-                out.push(ev);
-            }
+        if self.overflowed {
+            return;
         }
+        match self.framer.feed(bytes::Bytes::copy_from_slice(bytes)) {
+            Ok((buf, spans)) => {
+                for s in spans {
+                    if let Some(ev) = parse_event(&buf[s.start..s.data_end]) {
+                        out.push(ev);
+                    }
+                }
+            }
+            Err(_) => self.overflowed = true,
+        }
+    }
+
+    /// An event grew past the limit: the stream is broken.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
     }
 
     /// Bytes of an event that never ended (the stream stopped mid-event).
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.framer.pending()
     }
 }
 
-/// Where the first event ends (a blank line: `\n\n`, `\r\n\r\n` or `\r\r`) and the length of
-/// the separator.
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    event_end_at(buf, 0)
-}
-
-/// Where the event starting at `from` ends, and the separator's length.
-pub(crate) fn event_end_at(buf: &[u8], from: usize) -> Option<(usize, usize)> {
-    let mut i = from;
-    while i < buf.len() {
-        match buf[i] {
-            b'\n' if buf.get(i + 1) == Some(&b'\n') => return Some((i, 2)),
-            b'\r' if buf[i..].starts_with(b"\r\n\r\n") => return Some((i, 4)),
-            b'\r' if buf.get(i + 1) == Some(&b'\r') => return Some((i, 2)),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
+pub(crate) use crate::wire::sse_frame::event_end_at;
 
 fn parse_event(raw: &[u8]) -> Option<SseEvent> {
     let text = String::from_utf8_lossy(raw);
