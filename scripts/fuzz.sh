@@ -15,7 +15,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --ver
 secs="${1:-120}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(body_rewrite header_scan config_load)
+[ ${#targets[@]} -gt 0 ] || targets=(body_rewrite header_scan config_load sse_scan job_decode)
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -s none
 for t in "${targets[@]}"; do

@@ -35,6 +35,9 @@ async fn setup(secret_in_mock: &str) -> (MockProvider, MockProvider, Twinroute) 
             ("AWS_ACCESS_KEY_ID", AKID),
             ("AWS_SECRET_ACCESS_KEY", SECRET),
             ("AWS_SESSION_TOKEN", "twinroute-session-token-value"),
+            // The secret scan on drop holds at trace level too (Pingora's trace lines print
+            // whole request headers: the session token travels in one).
+            ("RUST_LOG", "trace"),
         ],
     )
     .await;
@@ -691,12 +694,26 @@ async fn claude_fails_over_anthropic_then_bedrock_then_vertex() {
         &[
             ("AWS_ACCESS_KEY_ID", AKID),
             ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("RUST_LOG", "trace"),
         ],
     )
     .await;
     let r = anthropic(&t, &[], &messages(false)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-twinroute-provider"), Some("vertex"));
+    // Vertex's access token (minted from the service account) is no env value the harness
+    // scans for: look for it here.
+    let vertex_auth = gg
+        .requests()
+        .iter()
+        .find_map(|r| r.header("authorization").map(str::to_string))
+        .expect("vertex got a bearer token");
+    let token = vertex_auth.trim_start_matches("Bearer ");
+    assert!(token.len() >= 16);
+    assert!(
+        !t.logs().contains(token),
+        "the Vertex access token reached the log"
+    );
     assert_eq!(r.header("x-twinroute-attempts"), Some("3"));
     assert_eq!(r.json()["content"][0]["text"], "hello from gg");
     // Each hop got a request it could authenticate: the mock Bedrock only answers 429 to a

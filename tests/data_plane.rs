@@ -510,7 +510,8 @@ async fn azure_deployment_path_and_api_key() {
         "providers:\n  - {{name: z, api: azure, base_url: \"{}\", api_key_env: AZ_KEY, api_version: \"2024-10-21\", probe: {{enabled: false}}}}\nmodels:\n  - name: gpt-4o-mini\n    offerings: [{{provider: z, model: my-4o-mini-prod}}]\n",
         z.base_url()
     );
-    let t = Twinroute::start(&yaml, &[("AZ_KEY", "az-secret-key")]).await;
+    // At trace level: no key in the log even there.
+    let t = Twinroute::start(&yaml, &[("AZ_KEY", "az-secret-key"), ("RUST_LOG", "trace")]).await;
     let r = t
         .chat(
             &chat_body("gpt-4o-mini"),

@@ -48,3 +48,13 @@ fn header_scan_corpus() {
 fn config_load_corpus() {
     replay("config_load", twinroute::testkit::fuzzing::config_load, 3);
 }
+
+#[test]
+fn sse_scan_corpus() {
+    replay("sse_scan", twinroute::testkit::fuzzing::sse_scan, 10);
+}
+
+#[test]
+fn job_decode_corpus() {
+    replay("job_decode", twinroute::testkit::fuzzing::job_decode, 5);
+}

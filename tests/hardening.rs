@@ -324,7 +324,7 @@ async fn an_idempotency_key_is_bound_to_its_route() {
             ("idempotency-key", "k1"),
             ("idempotency-key", "k2"),
         ],
-        &ask("q").to_string(),
+        ask("q").to_string(),
     )
     .await
     .unwrap();
@@ -355,8 +355,8 @@ async fn an_endless_stream_event_is_bounded_in_time_and_memory() {
     let a = MockProvider::start("a").await.unwrap();
     let b = MockProvider::start("b").await.unwrap();
     let yaml = format!(
-        "max_response_body_bytes: 65536\nproviders:\n{}{}models:\n  - name: m\n    offerings: [{{provider: a, model: a-m}}, {{provider: b, model: b-m}}]\npolicy: {{strategy: ordered, max_attempts: 2, backoff: {{base_ms: 1, max_ms: 2}}}}\n",
-        format!("  - {{name: a, api: openai, base_url: \"{}\", timeouts: {{connect_ms: 300, first_byte_ms: 400, stream_idle_ms: 5000}}, probe: {{enabled: false}}}}\n", a.base_url()),
+        "max_response_body_bytes: 65536\nproviders:\n  - {{name: a, api: openai, base_url: \"{}\", timeouts: {{connect_ms: 300, first_byte_ms: 400, stream_idle_ms: 5000}}, probe: {{enabled: false}}}}\n{}models:\n  - name: m\n    offerings: [{{provider: a, model: a-m}}, {{provider: b, model: b-m}}]\npolicy: {{strategy: ordered, max_attempts: 2, backoff: {{base_ms: 1, max_ms: 2}}}}\n",
+        a.base_url(),
         provider("b", &b.base_url(), ""),
     );
     let t = Twinroute::start(&yaml, &[]).await;
@@ -458,7 +458,7 @@ async fn a_joiner_is_not_cut_off_when_the_leaders_client_leaves() {
                     ("content-type", "application/json"),
                     ("idempotency-key", "stream-k"),
                 ],
-                &body,
+                body,
             )
             .await
             .unwrap()

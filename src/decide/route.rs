@@ -1117,6 +1117,30 @@ models:
       - {provider: c, model: c-low}
 "#;
 
+    #[test]
+    fn zero_retention_is_decided_from_every_offering_the_request_may_use() {
+        // c keeps nothing; it serves `mid` (an equivalent of `big`) and `low`.
+        let text = EQ.replace(
+            r#"{name: c, api: openai, base_url: "http://127.0.0.1:3"}"#,
+            r#"{name: c, api: openai, base_url: "http://127.0.0.1:3", zero_retention: true}"#,
+        );
+        let cfg = parse(&text, &BTreeMap::new()).unwrap();
+        let reach = |model: usize, pin: Option<usize>, eq: bool| {
+            may_reach_zero_retention(
+                &cfg.catalog,
+                &cfg.providers,
+                ModelId(model),
+                pin.map(ProviderId),
+                eq,
+            )
+        };
+        assert!(!reach(0, None, false), "big's own twins keep data");
+        assert!(reach(0, None, true), "its equivalent mid is served by c");
+        assert!(!reach(0, Some(0), true), "pinned to a");
+        assert!(reach(0, Some(2), false), "pinned to c");
+        assert!(reach(1, None, false), "mid itself");
+    }
+
     fn eq_policy(extra: &str) -> String {
         format!("{EQ}policy: {{allow_equivalents: true{extra}}}\n")
     }

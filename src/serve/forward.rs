@@ -1560,7 +1560,10 @@ async fn relay(
                         if let Err(e) = g.feed(chunk, &mut slices) {
                             // The upstream connection is dropped with this function: nothing
                             // more of the event is read.
-                            break Some((FailoverReason::ResponseTooLarge, e.to_string()));
+                            break Some((
+                                FailoverReason::ResponseTooLarge,
+                                format!("{}: {e}", FailoverReason::ResponseTooLarge),
+                            ));
                         }
                         if g.dropped > dropped {
                             note_malformed(ctx, provider, g.dropped - dropped, dropped == 0);

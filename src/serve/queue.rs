@@ -35,7 +35,7 @@ pub const JOB_HEADER: &str = "x-twinroute-job";
 pub const NO_CAPACITY_HEADER: &str = "x-twinroute-queue";
 
 /// What a job is, as stored: everything needed to run it again after a restart.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobMeta {
     pub id: String,
     pub created_ms: u64,
@@ -50,7 +50,7 @@ pub struct JobMeta {
 }
 
 /// Where a job stands, as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Stored {
     Queued,
@@ -135,8 +135,33 @@ impl RedbStore {
     }
 }
 
-fn encode(meta: &JobMeta) -> Result<Vec<u8>, String> {
+pub fn encode(meta: &JobMeta) -> Result<Vec<u8>, String> {
     serde_json::to_vec(meta).map_err(|x| e("encode")(x.to_string()))
+}
+
+/// A stored job record read back: refused unless it is one this version could have written (a
+/// valid job id, a path twinroute serves, headers that are valid HTTP), so a damaged or edited
+/// file can neither crash the loader nor have the drain send what no client sent.
+pub fn decode(bytes: &[u8]) -> Result<JobMeta, String> {
+    let meta: JobMeta = serde_json::from_slice(bytes).map_err(|x| x.to_string())?;
+    if !decide::valid_job_id(&meta.id) {
+        return Err("not a job id".into());
+    }
+    if crate::model::endpoint::Endpoint::from_path(&meta.path).is_none() {
+        return Err(format!("{:?} is no path twinroute serves", meta.path));
+    }
+    let answer_headers = match &meta.state {
+        Stored::Succeeded { headers, .. } => headers.as_slice(),
+        _ => &[],
+    };
+    for (k, v) in meta.headers.iter().chain(answer_headers) {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            return Err(format!("invalid header {k:?}"));
+        }
+    }
+    Ok(meta)
 }
 
 /// One change to one table inside a write transaction.
@@ -206,7 +231,7 @@ impl JobStore for RedbStore {
         let mut out = Vec::new();
         for row in t.iter().map_err(|x| err(x.into()))? {
             let (k, v) = row.map_err(|x| err(x.into()))?;
-            match serde_json::from_slice::<JobMeta>(v.value()) {
+            match decode(v.value()) {
                 Ok(m) => out.push((k.value(), m)),
                 // A record this version cannot read is left alone, not fatal.
                 Err(x) => log::error!("job store: job {} unreadable, skipped: {x}", k.value()),

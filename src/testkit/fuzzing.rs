@@ -149,6 +149,86 @@ pub fn config_load(data: &[u8]) {
     }
 }
 
+/// The SSE framing every upstream stream goes through (`wire::sse_frame`, `EventGuard`): byte 0
+/// picks the event limit and byte 1 where the rest is split into two reads. Never panics; the
+/// events found are the same whatever the split (the framing depends on the bytes, not on how
+/// they arrived); no event handed on is larger than the limit, and once an event outgrows it the
+/// framer says so instead of holding more; the guard takes the same bytes without panicking.
+pub fn sse_scan(data: &[u8]) {
+    use crate::model::endpoint::Family;
+    use crate::wire::sse_frame::SseFramer;
+    use crate::wire::stream_event::EventGuard;
+    let Some((&[limit_ctl, split_ctl], rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let limit = 16 + (limit_ctl as usize) * 8;
+    let split = if rest.is_empty() {
+        0
+    } else {
+        split_ctl as usize % (rest.len() + 1)
+    };
+    let frame = |reads: &[&[u8]]| -> (Vec<Vec<u8>>, bool) {
+        let mut f = SseFramer::new(limit);
+        let mut events = Vec::new();
+        for r in reads {
+            match f.feed(Bytes::copy_from_slice(r)) {
+                Ok((buf, spans)) => {
+                    let mut at = 0;
+                    for s in spans {
+                        assert_eq!(s.start, at, "events are back to back");
+                        assert!(s.start <= s.data_end && s.data_end < s.next);
+                        assert!(s.next - s.start <= limit, "an event over the limit");
+                        events.push(buf[s.start..s.data_end].to_vec());
+                        at = s.next;
+                    }
+                    assert_eq!(at, buf.len(), "nothing handed on but whole events");
+                    assert!(f.pending() <= limit, "held more than the limit");
+                }
+                Err(_) => return (events, true),
+            }
+        }
+        (events, false)
+    };
+    let (whole, whole_over) = frame(&[rest]);
+    let (parts, parts_over) = frame(&[&rest[..split], &rest[split..]]);
+    if !whole_over && !parts_over {
+        assert_eq!(whole, parts, "the split changed the events");
+    } else {
+        // Refused either way, with the same events before the refusal at most.
+        assert!(whole_over || parts_over);
+        let n = whole.len().min(parts.len());
+        assert_eq!(whole[..n], parts[..n]);
+    }
+    for family in [Family::OpenAi, Family::Anthropic] {
+        let mut g = EventGuard::new(family, limit);
+        let mut out = Vec::new();
+        for r in [&rest[..split], &rest[split..]] {
+            if g.feed(Bytes::copy_from_slice(r), &mut out).is_err() {
+                break;
+            }
+        }
+        let _ = g.end();
+    }
+}
+
+/// The job store's record decoder (`serve::queue::decode`, what `load` reads after a restart,
+/// from a file that may be damaged or edited). Never panics; a record it accepts has a valid job
+/// id, a path twinroute serves and valid headers, and survives encoding and decoding unchanged.
+pub fn job_decode(data: &[u8]) {
+    use crate::serve::queue::{decode, encode};
+    if let Ok(meta) = decode(data) {
+        assert!(crate::decide::queue::valid_job_id(&meta.id));
+        assert!(crate::model::endpoint::Endpoint::from_path(&meta.path).is_some());
+        for (k, v) in &meta.headers {
+            assert!(http::HeaderName::from_bytes(k.as_bytes()).is_ok());
+            assert!(http::HeaderValue::from_str(v).is_ok());
+        }
+        let again = decode(&encode(&meta).expect("an accepted record encodes"))
+            .expect("an encoded record decodes");
+        assert_eq!(again, meta);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

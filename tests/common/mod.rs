@@ -73,7 +73,11 @@ impl Twinroute {
         std::fs::write(&config_path, yaml).expect("write config");
         let log_path = dir.join("twinroute.log");
         let log = std::fs::File::create(&log_path).expect("create log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_twinroute"));
+        // TWINROUTE_TEST_BIN runs the tests against another build (an older commit's, to show a
+        // new test fails there).
+        let bin = std::env::var("TWINROUTE_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_twinroute").to_string());
+        let mut cmd = Command::new(bin);
         // `RUST_LOG` in `env` (say, `trace`) overrides the default debug: the secret scan on drop
         // then holds at that level too.
         cmd.arg("run")
