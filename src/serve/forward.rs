@@ -480,6 +480,9 @@ async fn attempt_loop(
                     match commit::hold(&mut upstream, prefix, &spec).await {
                         Held::Committed(prefix) => (answered, Some((upstream, peer, prefix))),
                         Held::Failed(reason) => {
+                            if reason == FailoverReason::ResponseTooLarge {
+                                crate::serve::trim::release_oversized();
+                            }
                             let failed = Outcome::Failed {
                                 reason,
                                 status: Some(status),
@@ -1646,6 +1649,10 @@ async fn relay(
         }
     };
     if let Some((reason, why)) = broke {
+        if reason == FailoverReason::ResponseTooLarge {
+            drop(guard.take());
+            crate::serve::trim::release_oversized();
+        }
         log::warn!(
             "provider {}: stream broke after its first content ({why}); request {}",
             provider.name,

@@ -95,6 +95,14 @@ fn flush_this_thread() {
 #[cfg(target_env = "msvc")]
 fn flush_this_thread() {}
 
+/// Give back at once what one oversized answer held (a stream event or body refused at its
+/// limit: megabytes a hostile provider made twinroute buffer), rather than after a burst or the
+/// allocator's decay, which an idle process may not reach. Rare by construction: only that path
+/// calls it.
+pub fn release_oversized() {
+    trim_now();
+}
+
 /// Purge every jemalloc arena's unused pages (when jemalloc is the allocator) and trim glibc's
 /// heap; whether anything was released.
 fn trim_now() -> bool {

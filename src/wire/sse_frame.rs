@@ -27,6 +27,9 @@ pub fn event_end_at(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     None
 }
 
+/// An event held past this size gets room up to the limit in one step.
+const GROW_IN_ONE_STEP_PAST: usize = 64 * 1024;
+
 /// One event among the bytes a `feed` returned: `start..data_end` is the event without its
 /// blank line, `start..next` with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +119,14 @@ impl SseFramer {
         // An event spans reads: the read is appended (each byte copied once) and the scan
         // resumes where it stopped, never from the event's start.
         let mut from = self.scanned.saturating_sub(3);
+        let needed = self.partial.len() + chunk.len();
+        if needed > self.partial.capacity() && needed > GROW_IN_ONE_STEP_PAST {
+            // A long event: room up to the limit at once, not by doubling, so the buffers left
+            // behind by each doubling (and the pages they touched) do not add up to twice the
+            // limit. Untouched room costs no memory.
+            let room = self.max_event.saturating_add(chunk.len()).max(needed);
+            self.partial.reserve(room - self.partial.len());
+        }
         self.partial.extend_from_slice(&chunk);
         let mut last = 0;
         while let Some((end, sep)) = event_end_at(&self.partial, from) {
