@@ -4,6 +4,7 @@
 //! Pure: the store that keeps answers and shares one in flight is `serve::idempotency`.
 
 use crate::decide::route::Acceptable;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// A key as a client sent it, scoped to the client's identity so one tenant can never read
@@ -57,8 +58,21 @@ pub fn parse_key(value: &[u8]) -> Result<&str, KeyError> {
 
 /// The installation's secret that keys client scopes (`serve::secrets`): 32 random bytes, kept
 /// under `state_dir` (mode 0600) so scopes of queued jobs survive a restart, else per process.
+/// Holds the HMAC keyed once (its key schedule), cloned per scope.
 #[derive(Clone)]
-pub struct ScopeSecret(pub [u8; 32]);
+pub struct ScopeSecret {
+    mac: Hmac<Sha256>,
+}
+
+impl ScopeSecret {
+    pub fn new(key: [u8; 32]) -> ScopeSecret {
+        ScopeSecret {
+            // HMAC takes a key of any length: no error is possible here.
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(&key)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts any key length")),
+        }
+    }
+}
 
 impl std::fmt::Debug for ScopeSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,13 +84,9 @@ impl std::fmt::Debug for ScopeSecret {
 /// so a store (or a job file on disk) never holds the token, and a copy of the store cannot be
 /// used to test guesses of a token offline, as a bare hash could.
 pub fn scope(secret: &ScopeSecret, client_token: Option<&[u8]>) -> [u8; 32] {
-    use hmac::{Hmac, Mac};
     match client_token {
         Some(t) => {
-            // HMAC takes a key of any length: no error is possible here.
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&secret.0) else {
-                return [0xff; 32];
-            };
+            let mut mac = secret.mac.clone();
             mac.update(t);
             mac.finalize().into_bytes().into()
         }
@@ -143,12 +153,12 @@ mod tests {
 
     #[test]
     fn scopes_and_fingerprints() {
-        let k = ScopeSecret([7; 32]);
+        let k = ScopeSecret::new([7; 32]);
         assert_ne!(scope(&k, Some(b"tenant-a")), scope(&k, Some(b"tenant-b")));
         assert_eq!(scope(&k, None), [0; 32]);
         // Keyed: another installation's scope of the same token differs, and none is the bare
         // SHA-256 an offline guess could be checked against.
-        let other = ScopeSecret([8; 32]);
+        let other = ScopeSecret::new([8; 32]);
         assert_ne!(
             scope(&k, Some(b"tenant-a")),
             scope(&other, Some(b"tenant-a"))

@@ -64,6 +64,14 @@ pub fn queueing(
     scope: impl FnOnce() -> [u8; 32],
 ) -> std::result::Result<Queueing, GatewayError> {
     if let Some(id) = job_run(shared, h) {
+        if plan.keep_nothing {
+            // Queued before a reload put a zero-retention provider in its reach: not run, so
+            // nothing of its answer is written; its client reads this error instead.
+            return Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                "this background job could now be answered by a zero-retention provider, whose answers are never stored; it was not run",
+            ));
+        }
         return Ok(Queueing::Run(id));
     }
     let background = match h.get(HDR_PRIORITY) {
@@ -120,12 +128,7 @@ pub async fn execute(
         return forward::send_error(down, ctx, e, family, extra).await;
     };
     let (respond_async, policy, scope) = (*respond_async, *policy, *scope);
-    let route_headers: Vec<http::HeaderName> = rt
-        .config
-        .routes
-        .iter()
-        .flat_map(|r| r.headers.iter().map(|(k, _)| k.clone()))
-        .collect();
+    let route_headers = route_headers(&rt.config);
     let new = NewJob {
         path: down.req_header().uri.path().to_string(),
         headers: down
@@ -191,6 +194,14 @@ pub async fn execute(
             forward::send_error(down, ctx, gone, family, vec![(JOB_HEADER, id)]).await
         }
     }
+}
+
+/// The headers configured routes match on: a job keeps them (`wire::job::kept_request_header`).
+pub fn route_headers(cfg: &crate::model::Config) -> Vec<http::HeaderName> {
+    cfg.routes
+        .iter()
+        .flat_map(|r| r.headers.iter().map(|(k, _)| k.clone()))
+        .collect()
 }
 
 /// `GET` or `DELETE /v1/twinroute/jobs/{id}`: the job, as its client (`scope`) may see it.

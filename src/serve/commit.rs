@@ -74,16 +74,18 @@ async fn hold_body(up: &mut HttpSession, mut held: BytesMut, spec: &HoldSpec) ->
         .response_header()
         .and_then(|h| h.headers.get(http::header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if let Some(n) = announced {
-        held.reserve(n.min(spec.max_body).saturating_sub(held.len()));
-    }
     if announced.is_some_and(|n| n > spec.max_body) {
         return Held::Failed(FailoverReason::ResponseTooLarge);
+    }
+    if let Some(n) = announced {
+        held.reserve(n.saturating_sub(held.len()));
     }
     loop {
         if held.len() > spec.max_body {
             // Never relayed without bound: no chat answer is this large, and holding or
             // streaming it would cost the pod its memory and the client its deadline.
+            drop(held);
+            crate::serve::trim::release_oversized();
             return Held::Failed(FailoverReason::ResponseTooLarge);
         }
         match tokio::time::timeout_at(spec.body_by, up.read_response_body()).await {
@@ -125,6 +127,8 @@ async fn hold_stream(
             events.clear();
             parser.feed(text, &mut events);
             if parser.overflowed() {
+                drop((parser, held));
+                crate::serve::trim::release_oversized();
                 return Held::Failed(FailoverReason::ResponseTooLarge);
             }
             for ev in &events {
@@ -137,7 +141,10 @@ async fn hold_stream(
                     EventKind::Preamble | EventKind::Malformed => {}
                 }
             }
-            if ended || held.len() >= MAX_STREAM_HOLD {
+            // An event still arriving is held to its end (or to `max_event`, which fails the
+            // attempt): committing in its middle would hand an oversized event to the relay
+            // after the point where another candidate could still answer.
+            if ended || (held.len() >= MAX_STREAM_HOLD && parser.pending() == 0) {
                 // An answer that ends without content (empty, filtered) is still the answer.
                 return committed(held);
             }

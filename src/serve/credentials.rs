@@ -151,6 +151,12 @@ impl Tokens {
         }
     }
 
+    /// The provider's current token, if one was minted (to redact it from what a provider
+    /// echoes back).
+    pub fn current(&self, provider: &str) -> Option<Arc<Token>> {
+        lock(&self.slots).get(provider)?.current.load_full()
+    }
+
     /// The provider answered 401: its token is no good any more.
     pub fn invalidate(&self, provider: &str) {
         if let Some(slot) = lock(&self.slots).get(provider) {

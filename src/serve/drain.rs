@@ -119,11 +119,16 @@ async fn run(shared: &Shared, q: &Queue, seq: u64, meta: JobMeta) {
             return;
         }
     };
-    let listen = loopback(&shared.runtime.load().config.listen);
+    let rt = shared.runtime.load_full();
+    let listen = loopback(&rt.config.listen);
     let url = format!("http://{listen}{}", meta.path);
+    // Filtered again as it runs: a job an older version queued may hold headers outside
+    // today's allowlist, which are never sent.
+    let keep = crate::serve::background::route_headers(&rt.config);
     let mut headers: Vec<(&str, &str)> = meta
         .headers
         .iter()
+        .filter(|(k, _)| job::kept_request_header(k, &keep))
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     headers.push((JOB_TOKEN_HEADER, q.token()));

@@ -480,9 +480,6 @@ async fn attempt_loop(
                     match commit::hold(&mut upstream, prefix, &spec).await {
                         Held::Committed(prefix) => (answered, Some((upstream, peer, prefix))),
                         Held::Failed(reason) => {
-                            if reason == FailoverReason::ResponseTooLarge {
-                                crate::serve::trim::release_oversized();
-                            }
                             let failed = Outcome::Failed {
                                 reason,
                                 status: Some(status),
@@ -1558,7 +1555,7 @@ async fn relay(
                 let chunk = match guard.as_mut() {
                     None => chunk,
                     Some(g) => {
-                        let dropped = g.dropped;
+                        let dropped = g.dropped();
                         slices.clear();
                         if let Err(e) = g.feed(chunk, &mut slices) {
                             // The upstream connection is dropped with this function: nothing
@@ -1568,8 +1565,8 @@ async fn relay(
                                 format!("{}: {e}", FailoverReason::ResponseTooLarge),
                             ));
                         }
-                        if g.dropped > dropped {
-                            note_malformed(ctx, provider, g.dropped - dropped, dropped == 0);
+                        if g.dropped() > dropped {
+                            note_malformed(ctx, provider, g.dropped() - dropped, dropped == 0);
                         }
                         match slices.len() {
                             0 => Bytes::new(),
@@ -1822,12 +1819,32 @@ async fn relay_whole(
         } else {
             buf.to_vec()
         };
-        // A provider echoing the key it was sent never hands it to the client.
+        // A provider echoing a credential it was sent never hands it to the client: its keys,
+        // its current minted token, and static headers that carry a credential.
+        let token = shared.tokens.current(&provider.name);
         let keys: Vec<&[u8]> = provider
             .endpoints
             .iter()
             .filter_map(|e| e.key.as_ref().map(|k| k.expose().as_bytes()))
-            .chain(provider.extra_headers.iter().map(|(_, v)| v.as_bytes()))
+            .chain(
+                provider
+                    .extra_headers
+                    .iter()
+                    .filter(|(k, _)| crate::wire::request::carries_credential(k.as_str()))
+                    .map(|(_, v)| v.as_bytes()),
+            )
+            .chain(token.as_ref().map(|t| t.value.expose().as_bytes()))
+            .chain(
+                token
+                    .as_ref()
+                    .and_then(|t| match t.aws.as_ref()? {
+                        crate::model::AwsCredentials::Bearer(b) => Some(b),
+                        crate::model::AwsCredentials::Static { session_token, .. } => {
+                            session_token.as_ref()
+                        }
+                    })
+                    .map(|s| s.expose().as_bytes()),
+            )
             .collect();
         crate::wire::error_body::redact(&body, &keys).unwrap_or(body)
     } else if let Some(dir) = served.translation {

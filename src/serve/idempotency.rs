@@ -42,15 +42,49 @@ pub enum Claim {
     /// No one has this key: make the call, recording the answer here.
     Lead(Arc<Recording>),
     /// The key's answer is in flight or kept: send this one.
-    Follow(Arc<Recording>),
+    Follow(Follower),
     /// The key was used with another body (or on another route).
     Conflict,
+}
+
+/// A duplicate's hold on the answer it follows: counted from the moment the claim hands it out
+/// (inside the store's per-key step), so a leader whose client leaves in the instant before the
+/// follower starts reading still finishes the answer for it; uncounted when dropped.
+pub struct Follower(Arc<Recording>);
+
+impl Follower {
+    fn new(rec: Arc<Recording>) -> Follower {
+        rec.followers
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Follower(rec)
+    }
+
+    pub fn recording(&self) -> &Arc<Recording> {
+        &self.0
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0
+            .followers
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl std::ops::Deref for Follower {
+    type Target = Recording;
+    fn deref(&self) -> &Recording {
+        &self.0
+    }
 }
 
 /// One keyed answer as the leader wrote it to its client: the header, then the body chunks.
 pub struct Recording {
     fingerprint: Fingerprint,
     max_bytes: usize,
+    /// Duplicates holding a `Follower` of this answer now.
+    followers: std::sync::atomic::AtomicUsize,
     state: Mutex<RecState>,
     /// Bumped at every change, so followers wait without polling.
     changed: watch::Sender<u64>,
@@ -80,6 +114,7 @@ impl Recording {
         Recording {
             fingerprint,
             max_bytes,
+            followers: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(RecState::default()),
             changed: watch::channel(0).0,
         }
@@ -120,7 +155,7 @@ impl Tap for Recording {
     /// Duplicates wait on the recording: the leader finishes the answer for them even when its
     /// own client leaves.
     fn followed(&self) -> bool {
-        self.changed.receiver_count() > 0
+        self.followers.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// The leader wrote body bytes.
@@ -219,7 +254,7 @@ impl IdempotencyStore for MemoryStore {
                 Some(e) if e.value().followable() => {
                     let rec = e.into_value();
                     claim = if rec.fingerprint == fp {
-                        Claim::Follow(rec)
+                        Claim::Follow(Follower::new(rec))
                     } else {
                         Claim::Conflict
                     };
@@ -384,13 +419,17 @@ mod tests {
     fn a_duplicate_follows_an_answer_in_flight_and_a_kept_success() {
         let s = store();
         let rec = lead(s.claim(&key("k"), [1; 32]));
-        assert!(matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(&r, &rec)));
+        assert!(
+            matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(r.recording(), &rec))
+        );
         assert!(matches!(s.claim(&key("k"), [2; 32]), Claim::Conflict));
         rec.head(&header(200));
         rec.body(&Bytes::from_static(b"{}"));
         rec.finish(true);
         s.settle(&key("k"), &rec, true);
-        assert!(matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(&r, &rec)));
+        assert!(
+            matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(r.recording(), &rec))
+        );
     }
 
     /// The leader's client holds the whole 502 before the leader settles: a retry in that moment
@@ -406,7 +445,7 @@ mod tests {
         assert!(!Arc::ptr_eq(&failed, &retry));
         s.settle(&key("k"), &failed, false);
         assert!(
-            matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(&r, &retry)),
+            matches!(s.claim(&key("k"), [1; 32]), Claim::Follow(r) if Arc::ptr_eq(r.recording(), &retry)),
             "the retry's entry was taken by the failed leader's settle"
         );
         // And a stream that broke off (a 200 header, then abandoned) is not followed either.

@@ -327,6 +327,8 @@ impl Proxy {
             &names::REGION,
             &names::STRATEGY,
             &names::ROUTE,
+            &names::ALLOW_EQUIVALENTS,
+            &names::REQUIRE_PARAMS,
         ] {
             if let Some(v) = session.req_header().headers.get(name) {
                 if v.to_str().is_err() {

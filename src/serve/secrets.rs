@@ -39,7 +39,7 @@ pub fn private_file(path: &Path) -> Result<(), String> {
 /// stores are in memory and die with it).
 pub fn scope_secret(dir: Option<&Path>) -> Result<ScopeSecret, String> {
     let Some(dir) = dir else {
-        return Ok(ScopeSecret(rand::random()));
+        return Ok(ScopeSecret::new(rand::random()));
     };
     state_dir(dir)?;
     let path = dir.join(SCOPE_KEY_FILE);
@@ -54,7 +54,7 @@ pub fn scope_secret(dir: Option<&Path>) -> Result<ScopeSecret, String> {
             f.write_all(&fresh)
                 .and_then(|_| f.sync_all())
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            return Ok(ScopeSecret(fresh));
+            return Ok(ScopeSecret::new(fresh));
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("{}: {e}", path.display())),
@@ -69,7 +69,7 @@ pub fn scope_secret(dir: Option<&Path>) -> Result<ScopeSecret, String> {
                 path.display()
             )
         })?;
-    Ok(ScopeSecret(key))
+    Ok(ScopeSecret::new(key))
 }
 
 #[cfg(test)]
@@ -82,7 +82,8 @@ mod tests {
         let state = dir.join("state");
         let a = scope_secret(Some(&state)).unwrap();
         let b = scope_secret(Some(&state)).unwrap();
-        assert_eq!(a.0, b.0, "read back, not made anew");
+        let of = |s: &ScopeSecret| crate::decide::idempotency::scope(s, Some(b"t"));
+        assert_eq!(of(&a), of(&b), "read back, not made anew");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&state.join(SCOPE_KEY_FILE)), 0o600);
         assert_eq!(mode(&state), 0o700);
@@ -96,7 +97,10 @@ mod tests {
         std::fs::write(state.join(SCOPE_KEY_FILE), b"short").unwrap();
         let e = scope_secret(Some(&state)).unwrap_err();
         assert!(e.contains("scope.key"), "{e}");
-        assert_ne!(scope_secret(None).unwrap().0, scope_secret(None).unwrap().0);
+        assert_ne!(
+            of(&scope_secret(None).unwrap()),
+            of(&scope_secret(None).unwrap())
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

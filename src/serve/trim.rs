@@ -100,7 +100,28 @@ fn flush_this_thread() {}
 /// allocator's decay, which an idle process may not reach. Rare by construction: only that path
 /// calls it.
 pub fn release_oversized() {
-    trim_now();
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    // At most once a second, off the request thread: a provider sending oversized answers on
+    // every request must not turn each into a purge of every arena.
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1000;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now < last + 1000
+        || LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn_blocking(trim_now);
+    }
 }
 
 /// Purge every jemalloc arena's unused pages (when jemalloc is the allocator) and trim glibc's

@@ -347,12 +347,6 @@ impl EventStreamToSse {
     /// Decode what arrived; complete events are appended to `out` as SSE.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), StreamError> {
         self.buf.extend_from_slice(bytes);
-        if self.max_frame > 0 && self.buf.len() > self.max_frame {
-            return Err(StreamError(format!(
-                "an event stream frame exceeded {} bytes",
-                self.max_frame
-            )));
-        }
         loop {
             if self.ended {
                 return Ok(());
@@ -364,6 +358,16 @@ impl EventStreamToSse {
                 .map_err(|e| StreamError(format!("bad event stream frame: {e}")))?;
             match frame {
                 DecodedFrame::Complete(m) => self.message(&m, out)?,
+                // Only the frame still arriving counts against the limit (what is held once
+                // every complete frame was decoded), never several small frames read at once.
+                DecodedFrame::Incomplete
+                    if self.max_frame > 0 && self.pending() > self.max_frame =>
+                {
+                    return Err(StreamError(format!(
+                        "an event stream frame exceeded {} bytes",
+                        self.max_frame
+                    )));
+                }
                 DecodedFrame::Incomplete if self.buf.remaining() == before => return Ok(()),
                 // The prelude was consumed; the rest of the frame is still to come.
                 DecodedFrame::Incomplete => {}
@@ -627,6 +631,24 @@ mod tests {
             );
             assert!(text.contains(r#""text":"Hi""#));
         }
+    }
+
+    #[test]
+    fn only_the_frame_still_arriving_counts_against_the_limit() {
+        // Every frame of the stream in one read, with a limit below their sum but above each.
+        let bytes = stream();
+        let mut d = EventStreamToSse::with_limit(bytes.len() / 2);
+        let mut out = Vec::new();
+        d.feed(&bytes, &mut out).unwrap();
+        assert!(String::from_utf8(out).unwrap().contains("message_stop"));
+        // A frame past the limit is refused while it arrives (a prelude may announce up to
+        // 4 GiB), not buffered to its end.
+        let big = chunk(&json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "x".repeat(4096)}}));
+        let mut d = EventStreamToSse::with_limit(1024);
+        let mut out = Vec::new();
+        assert!(d.feed(&big[..512], &mut out).is_ok());
+        assert!(d.feed(&big[512..2048], &mut out).is_err());
     }
 
     #[test]

@@ -45,6 +45,23 @@ fn is_dropped(name: &str) -> bool {
     ) || name.starts_with("x-twinroute-")
 }
 
+/// Whether a header (by lower-case name) carries a credential: its value is a secret that must
+/// not come back to a client or into a log (`authorization`, `x-api-key`, `x-goog-api-key`,
+/// `x-amz-security-token`, a custom `x-...-token` or `...-secret`).
+pub fn carries_credential(name: &str) -> bool {
+    [
+        "auth",
+        "key",
+        "token",
+        "secret",
+        "password",
+        "cookie",
+        "signature",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
 /// The upstream path (and query) for an endpoint on a provider.
 ///
 /// `base_url` follows the OpenAI SDK convention: when it has a path it is the API root
@@ -168,6 +185,22 @@ pub fn build_probe(provider: &Provider, upstream: &ProviderEndpoint) -> Result<R
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credential_headers_are_known_by_name() {
+        for h in [
+            "authorization",
+            "x-api-key",
+            "x-goog-api-key",
+            "x-amz-security-token",
+            "x-my-secret",
+        ] {
+            assert!(super::carries_credential(h), "{h}");
+        }
+        for h in ["anthropic-version", "openai-beta", "x-region"] {
+            assert!(!super::carries_credential(h), "{h}");
+        }
+    }
+
     use super::*;
     use crate::config::parse;
     use std::collections::BTreeMap;

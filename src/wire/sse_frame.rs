@@ -27,8 +27,11 @@ pub fn event_end_at(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     None
 }
 
-/// An event held past this size gets room up to the limit in one step.
+/// An event held past this size gets room up to the limit in one step ...
 const GROW_IN_ONE_STEP_PAST: usize = 64 * 1024;
+
+/// ... when the limit is at most this (a larger limit grows by doubling, as `BytesMut` does).
+const ONE_STEP_AT_MOST: usize = 64 << 20;
 
 /// One event among the bytes a `feed` returned: `start..data_end` is the event without its
 /// blank line, `start..next` with it.
@@ -120,7 +123,10 @@ impl SseFramer {
         // resumes where it stopped, never from the event's start.
         let mut from = self.scanned.saturating_sub(3);
         let needed = self.partial.len() + chunk.len();
-        if needed > self.partial.capacity() && needed > GROW_IN_ONE_STEP_PAST {
+        if needed > self.partial.capacity()
+            && self.partial.len() > GROW_IN_ONE_STEP_PAST
+            && self.max_event <= ONE_STEP_AT_MOST
+        {
             // A long event: room up to the limit at once, not by doubling, so the buffers left
             // behind by each doubling (and the pages they touched) do not add up to twice the
             // limit. Untouched room costs no memory.
@@ -147,6 +153,15 @@ impl SseFramer {
         let done = self.partial.split_to(last).freeze();
         self.scanned = self.partial.len();
         Ok((done, &self.spans))
+    }
+
+    /// As `feed`, for bytes the caller only borrows: they are appended to the held buffer
+    /// (reused from read to read, so no allocation per read once it has grown).
+    pub fn feed_slice(&mut self, bytes: &[u8]) -> Result<(Bytes, &[Span]), EventTooLarge> {
+        // Appended first, then scanned as the slow path scans a held event (from where the last
+        // scan stopped; `scanned` is 0 when nothing is held).
+        self.partial.extend_from_slice(bytes);
+        self.feed(Bytes::new())
     }
 
     /// Bytes of an event that never ended (the stream stopped mid-event).

@@ -177,15 +177,22 @@ fn classify_anthropic(kind: &str, v: &Value) -> EventKind {
 /// slice): no copy unless an event spans two reads.
 #[derive(Debug)]
 pub struct EventGuard {
-    family: Family,
     framer: SseFramer,
+    marks: Marks,
+}
+
+/// What the guard has seen of a stream (apart from the framer, so checking an event does not
+/// borrow the framer's list of the events a read finished).
+#[derive(Debug)]
+struct Marks {
+    family: Family,
     /// OpenAI `[DONE]` or Anthropic `message_stop` seen, or an error event (the provider's
     /// own end of a broken stream, already on its way to the client).
     done: bool,
     /// OpenAI: a finish reason seen; Anthropic: `message_delta` (the stop reason) seen.
     stopped: bool,
     /// Events dropped as malformed so far.
-    pub dropped: u64,
+    dropped: u64,
 }
 
 /// How an upstream stream that closed cleanly stands.
@@ -217,12 +224,19 @@ impl EventGuard {
     /// A guard for a stream of `family`'s events, none larger than `max_event` bytes.
     pub fn new(family: Family, max_event: usize) -> EventGuard {
         EventGuard {
-            family,
             framer: SseFramer::new(max_event),
-            done: false,
-            stopped: false,
-            dropped: 0,
+            marks: Marks {
+                family,
+                done: false,
+                stopped: false,
+                dropped: 0,
+            },
         }
+    }
+
+    /// Events dropped as malformed so far.
+    pub fn dropped(&self) -> u64 {
+        self.marks.dropped
     }
 
     /// Feed one read; the valid complete events are pushed to `out` as slices (a run of valid
@@ -233,11 +247,10 @@ impl EventGuard {
         out: &mut Vec<bytes::Bytes>,
     ) -> Result<(), EventTooLarge> {
         let (buf, spans) = self.framer.feed(chunk)?;
-        let spans = spans.to_vec();
         let mut run_start = 0;
         let mut pos = 0;
         for s in spans {
-            if !self.check(&buf[s.start..s.data_end]) {
+            if !self.marks.check(&buf[s.start..s.data_end]) {
                 if run_start < s.start {
                     out.push(buf.slice(run_start..s.start));
                 }
@@ -251,6 +264,13 @@ impl EventGuard {
         Ok(())
     }
 
+    /// How the stream stands now that it closed cleanly.
+    pub fn end(&self) -> StreamEnd {
+        self.marks.end()
+    }
+}
+
+impl Marks {
     /// Whether one raw event (without its blank line) may be forwarded; notes end markers.
     fn check(&mut self, raw: &[u8]) -> bool {
         let (name, data) = fields(raw);
@@ -291,7 +311,7 @@ impl EventGuard {
     }
 
     /// How the stream stands now that it closed cleanly.
-    pub fn end(&self) -> StreamEnd {
+    fn end(&self) -> StreamEnd {
         match (self.done, self.stopped, self.family) {
             (true, _, _) => StreamEnd::Complete,
             (false, true, Family::OpenAi) => StreamEnd::Terminate(b"data: [DONE]\n\n"),
@@ -917,7 +937,7 @@ mod tests {
             &[&whole[..30], &whole[30..70], &whole[70..]],
         );
         assert_eq!(text, format!("{a}: keep-alive\n\n{stop}"));
-        assert_eq!(g.dropped, 1);
+        assert_eq!(g.dropped(), 1);
         assert_eq!(g.end(), StreamEnd::Terminate(b"data: [DONE]\n\n"));
         let (_, g) = guarded(Family::OpenAi, &[&a]);
         assert_eq!(g.end(), StreamEnd::Truncated);
@@ -929,7 +949,7 @@ mod tests {
             Family::OpenAi,
             &["data: {\"error\":{\"message\":\"x\"}}\n\n"],
         );
-        assert_eq!((g.dropped, text.is_empty()), (0, false));
+        assert_eq!((g.dropped(), text.is_empty()), (0, false));
 
         let ev = |n: &str, d: &str| format!("event: {n}\ndata: {d}\n\n");
         let (text, g) = guarded(
@@ -948,7 +968,7 @@ mod tests {
             )],
         );
         assert!(!text.contains("broken") && text.contains("message_delta"));
-        assert_eq!(g.dropped, 1);
+        assert_eq!(g.dropped(), 1);
         assert!(matches!(g.end(), StreamEnd::Terminate(_)));
     }
 }

@@ -55,7 +55,7 @@ impl SseParser {
         if self.overflowed {
             return;
         }
-        match self.framer.feed(bytes::Bytes::copy_from_slice(bytes)) {
+        match self.framer.feed_slice(bytes) {
             Ok((buf, spans)) => {
                 for s in spans {
                     if let Some(ev) = parse_event(&buf[s.start..s.data_end]) {
