@@ -129,6 +129,27 @@ if "$HELM" lint --strict --quiet "$CHART" --set webhook.failurPolicy=Fail >"$OUT
 fi
 log "helm lint rejects a misspelt value: ok"
 
+# What `helm install` tells a user (NOTES.txt), as README's Kubernetes section says it: with the
+# placeholder image it says how to build, push and set one; with a real one it does not. helm
+# 3.17's `install --dry-run` wants a cluster and `template` skips NOTES.txt, so NOTES.txt is
+# rendered as an ordinary template of a copy of the chart (--debug prints what is not YAML).
+notes() {
+  local copy="$OUT/notes-chart"
+  rm -rf "$copy" && cp -r "$CHART" "$copy" && mv "$copy/templates/NOTES.txt" "$copy/templates/notes.txt"
+  "$HELM" template twinroute "$copy" --namespace twinroute-system --show-only templates/notes.txt \
+    --debug "$@" 2>/dev/null || true
+}
+notes >"$OUT/notes-default.txt"
+for want in "is the chart's placeholder" "docker build -t REGISTRY/twinroute" "--set image.repository=REGISTRY/twinroute"; do
+  grep -qF -- "$want" "$OUT/notes-default.txt" || die "the chart's NOTES lack: $want"
+done
+notes --set image.repository=registry.example.com/twinroute >"$OUT/notes-real.txt"
+grep -qF "is installed as release" "$OUT/notes-real.txt" || die "the chart's NOTES did not render"
+if grep -qF "is the chart's placeholder" "$OUT/notes-real.txt"; then
+  die "the chart's NOTES call a real image a placeholder"
+fi
+log "NOTES: the image steps shown only for the placeholder image: ok"
+
 # ---- validate every object --------------------------------------------------------------------
 k8s_files=(k8s/*.yaml k8s/examples/*.yaml)
 "$PY" scripts/k8s-validate.py --kube-version "$KUBE_VERSION" \

@@ -368,3 +368,38 @@ async fn a_provider_without_a_credential_is_left_out_with_one_warning() {
         "TWINROUTE_TEST_UNSET_KEY is not set"
     );
 }
+
+/// A provider whose host does not resolve fails as `dns_failure`, not `connect_failure`: in the
+/// 502's message, the access line and the attempts metric, and the twin still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_host_is_a_dns_failure() {
+    let b = MockProvider::start("b").await.unwrap();
+    let yaml = format!(
+        "providers:\n  - {{name: typo, api: openai, base_url: \"http://no-such-host.invalid:4000\", timeouts: {{connect_ms: 2000, first_byte_ms: 2000}}, probe: {{enabled: false}}}}\n{}models:\n  - name: m\n    offerings: [{{provider: typo, model: t-m}}, {{provider: b, model: b-m}}]\n  - name: solo\n    offerings: [{{provider: typo, model: t-solo}}]\npolicy: {{strategy: ordered, max_attempts: 2, backoff: {{base_ms: 1, max_ms: 2}}}}\n",
+        provider("b", &b.base_url(), ""),
+    );
+    let t = Twinroute::start(&yaml, &[]).await;
+    let r = t.chat(&chat_body("m"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-twinroute-provider"), Some("b"));
+    let r = t.chat(&chat_body("solo"), &[]).await;
+    assert_eq!(r.status, 502);
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("typo: dns_failure"), "{message}");
+    let logs = t.wait_for_log("typo:dns_failure").await;
+    assert!(!logs.contains("typo:connect_failure"), "{logs}");
+    let metrics = t.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("twinroute_upstream_attempts_total")
+                && l.contains("outcome=\"dns_failure\"")
+                && l.contains("provider=\"typo\"")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("attempts_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -247,3 +247,72 @@ fn a_port_in_use_fails_fast() {
         "{stderr}"
     );
 }
+
+/// A newcomer's `check` on the shipped config with no key set: no false "without a key" warning
+/// (those providers have a key variable, unset, and are left out), and each model says why it
+/// has no candidate, naming the unset variables, under each client route; with OPENAI_API_KEY
+/// set, the OpenAI models list their candidates.
+#[test]
+fn check_without_keys_names_the_unset_variables_per_model() {
+    let run = |openai: bool| {
+        let mut cmd = twinroute();
+        cmd.args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/twinroute.yaml"),
+        ]);
+        for k in SHIPPED_KEYS {
+            cmd.env_remove(k);
+        }
+        for k in [
+            "AWS_BEARER_TOKEN_BEDROCK",
+            "AWS_ROLE_ARN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ] {
+            cmd.env_remove(k);
+        }
+        if openai {
+            cmd.env("OPENAI_API_KEY", "sk-check-secret-value");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let none = run(false);
+    assert!(!none.contains("without a key"), "{none}");
+    // Each model's block: the client route, then why nothing can serve it.
+    let block = |text: &str, model: &str| -> String {
+        let mut lines = text
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("  {model} ")));
+        let head = lines
+            .next()
+            .unwrap_or_else(|| panic!("no block for {model}:\n{text}"));
+        // The model's lines are indented deeper than its own.
+        let body: Vec<&str> = lines.take_while(|l| l.starts_with("    ")).collect();
+        format!("{head}\n{}", body.join("\n"))
+    };
+    let gpt_oss = block(&none, "gpt-oss-120b");
+    assert!(gpt_oss.contains("POST /v1/chat/completions:"), "{gpt_oss}");
+    assert!(gpt_oss.contains("no candidate:"), "{gpt_oss}");
+    assert!(gpt_oss.contains("GROQ_API_KEY"), "{gpt_oss}");
+    assert!(gpt_oss.contains("TOGETHER_API_KEY"), "{gpt_oss}");
+    let mini = block(&none, "gpt-4.1-mini");
+    assert!(mini.contains("OPENAI_API_KEY"), "{mini}");
+    assert!(!mini.contains("1. "), "{mini}");
+
+    let with = run(true);
+    let mini = block(&with, "gpt-4.1-mini");
+    assert!(mini.contains("1. openai"), "{mini}");
+    // One numbered list per client route, each from 1, under its route's line.
+    assert!(
+        mini.contains("POST /v1/chat/completions:\n      1. openai"),
+        "{mini}"
+    );
+    assert!(
+        mini.contains("POST /v1/messages:\n      1. openai"),
+        "{mini}"
+    );
+    assert!(!with.contains("sk-check-secret-value"));
+}

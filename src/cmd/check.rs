@@ -15,8 +15,11 @@ use std::fmt::Write;
 /// The endpoints a model is listed under when no route names paths.
 const DEFAULT_ENDPOINTS: [Endpoint; 2] = [Endpoint::ChatCompletions, Endpoint::Messages];
 
+/// One client route's candidates for a model, numbered from 1, under the route's own line
+/// (`POST /v1/chat/completions:`); when there is none, why (the unset key variables, say).
 fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, policy: &Policy) {
-    let Ok(cands) = route::candidates(&RouteInput {
+    let _ = writeln!(out, "    POST /v1{}:", endpoint.subpath());
+    let cands = match route::candidates(&RouteInput {
         model,
         catalog: &cfg.catalog,
         providers: &cfg.providers,
@@ -24,8 +27,17 @@ fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, pol
         policy,
         constraints: &RequestConstraints::default(),
         health: &HealthSnapshot::all_up(),
-    }) else {
-        return;
+    }) {
+        Ok(c) => c,
+        Err(route::NoRoute::NoCredentials(reasons)) => {
+            let _ = writeln!(out, "      no candidate: {}", reasons.join("; "));
+            return;
+        }
+        Err(e) => {
+            let name = &cfg.catalog.model(model).name;
+            let _ = writeln!(out, "      no candidate: {}", e.message(name, endpoint));
+            return;
+        }
     };
     for (n, c) in cands.iter().enumerate() {
         let p = &cfg.providers[c.provider];
@@ -53,7 +65,7 @@ fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, pol
         };
         let _ = writeln!(
             out,
-            "    {}. {:<12} {:<50} {}  POST {}{}{}",
+            "      {}. {:<12} {:<50} {}  POST {}{}{}",
             n + 1,
             p.name,
             o.model_id,
@@ -73,7 +85,18 @@ fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, pol
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut w = Vec::new();
     for p in &cfg.providers {
-        if p.key.is_none() {
+        // Only a provider configured with no credential at all sends requests without one (a
+        // local server); one whose key variable is unset is left out of rotation instead, and
+        // said so above.
+        let keyless = p.key.is_none()
+            && p.key_env.is_none()
+            && p.credential_missing.is_none()
+            && p.aws.is_none()
+            && p.gcp.is_none()
+            && p.endpoints
+                .iter()
+                .all(|e| e.key.is_none() && e.key_env.is_none());
+        if keyless {
             w.push(format!(
                 "provider {}: no api_key_env, requests go out without a key",
                 p.name
@@ -182,7 +205,7 @@ pub fn report(cfg: &Config) -> String {
     }
     let _ = writeln!(
         out,
-        "\nmodels (candidate order with every provider healthy):"
+        "\nmodels (candidate order per client route, with every provider healthy):"
     );
     for (i, m) in cfg.catalog.models().iter().enumerate() {
         let aliases = if m.aliases.is_empty() {

@@ -153,7 +153,17 @@ fn run_inner() -> Result<(), String> {
         show("pinned to alpha with x-twinroute-provider (no failover, so the client sees the outage)", &r);
 
         let r = client::post_json(&format!("{base}/v1/chat/completions"), &[], &json!({"model": "gpt-9", "messages": []})).await?;
-        show("unknown model", &r);
+        show("unknown model (404 in OpenAI's error shape; no provider is called)", &r);
+
+        let r = client::send("POST", &format!("{base}/v1/chat/completions"), &[("content-type", "application/json")], "{\"model\": \"llama3.3-70b\", \"messages\": [").await?;
+        show("a bad request: a body that is not JSON (400; no provider is called)", &r);
+
+        println!("\n== what each provider received");
+        for (name, m) in [("alpha", &alpha), ("beta", &beta), ("claude", &claude)] {
+            let seen = m.requests();
+            let models: Vec<String> = seen.iter().map(|r| format!("{} {}", r.path, r.json()["model"])).collect();
+            println!("   {name:<6} {} request(s): {}", seen.len(), if models.is_empty() { "-".to_string() } else { models.join(", ") });
+        }
 
         let status = client::get(&format!("http://127.0.0.1:{admin}/status")).await?;
         println!("\n== admin /status (providers)");
@@ -165,7 +175,7 @@ fn run_inner() -> Result<(), String> {
         for line in metrics.text().lines().filter(|l| l.starts_with("twinroute_failovers_total")) {
             println!("   {line}");
         }
-        println!("\ndemo finished: every request the app sent was answered, although alpha was down the whole time.");
+        println!("\ndemo finished: alpha was down the whole time; only the request pinned to it saw the outage, every other one was answered by a twin.");
         Ok(())
     })
 }

@@ -32,7 +32,8 @@ impl Grain {
 /// request was taken and "model gone" answers say the model is sick there.
 pub fn grain(reason: FailoverReason) -> Grain {
     match reason {
-        FailoverReason::ConnectFailure
+        FailoverReason::DnsFailure
+        | FailoverReason::ConnectFailure
         | FailoverReason::ConnectTimeout
         | FailoverReason::Reset
         | FailoverReason::AuthFailed

@@ -11,6 +11,9 @@ use std::fmt;
 /// provider may do better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailoverReason {
+    /// The provider's host name did not resolve (a typo in `base_url`, a DNS outage): said
+    /// apart from a refused connection, since the fix is a different one.
+    DnsFailure,
     ConnectFailure,
     ConnectTimeout,
     FirstByteTimeout,
@@ -52,8 +55,32 @@ pub enum FailoverReason {
 }
 
 impl FailoverReason {
+    /// Every reason, in the order the README lists them.
+    pub const ALL: [FailoverReason; 19] = [
+        FailoverReason::DnsFailure,
+        FailoverReason::ConnectFailure,
+        FailoverReason::ConnectTimeout,
+        FailoverReason::Reset,
+        FailoverReason::FirstByteTimeout,
+        FailoverReason::FirstTokenTimeout,
+        FailoverReason::StreamStall,
+        FailoverReason::Truncated,
+        FailoverReason::Status408,
+        FailoverReason::Status409,
+        FailoverReason::Status429,
+        FailoverReason::Status5xx,
+        FailoverReason::Deadline,
+        FailoverReason::AuthFailed,
+        FailoverReason::ModelUnavailable,
+        FailoverReason::ContextLength,
+        FailoverReason::ProviderAccount,
+        FailoverReason::UpstreamRedirect,
+        FailoverReason::ResponseTooLarge,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            FailoverReason::DnsFailure => "dns_failure",
             FailoverReason::ConnectFailure => "connect_failure",
             FailoverReason::ConnectTimeout => "connect_timeout",
             FailoverReason::FirstByteTimeout => "first_byte_timeout",

@@ -1029,7 +1029,7 @@ async fn exchange(
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             log::warn!("provider {}: {e}", provider.name);
-            return failed(FailoverReason::ConnectFailure);
+            return failed(FailoverReason::DnsFailure);
         }
         Err(_) => return failed(FailoverReason::ConnectTimeout),
     };

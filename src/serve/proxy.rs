@@ -83,6 +83,25 @@ fn request_id(prefix: u32, n: u64) -> String {
     id
 }
 
+/// An `x-twinroute-*` control header's text. One twinroute cannot read is refused (400), never
+/// ignored: a pin that silently fell back to failover would send the request where the client
+/// said it must not go. Its value is not echoed (clients have pasted keys into headers).
+fn control<'a>(
+    session: &'a Session,
+    name: &http::HeaderName,
+) -> std::result::Result<Option<&'a str>, GatewayError> {
+    match session.req_header().headers.get(name) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) => Ok(Some(s.trim())),
+            Err(_) => Err(GatewayError::new(
+                ErrorKind::InvalidRequest,
+                format!("{name} must be visible ASCII text"),
+            )),
+        },
+    }
+}
+
 fn header_str<'a>(session: &'a Session, name: &http::HeaderName) -> Option<&'a str> {
     session
         .req_header()
@@ -320,26 +339,11 @@ impl Proxy {
 
         let mut constraints = RequestConstraints::default();
         let mut require_params: Option<bool> = None;
-        // A control header twinroute cannot read is refused, never ignored: a pin that silently
-        // fell back to failover would send the request where the client said it must not go.
-        for name in [
-            &names::PROVIDER,
-            &names::REGION,
-            &names::STRATEGY,
-            &names::ROUTE,
-            &names::ALLOW_EQUIVALENTS,
-            &names::REQUIRE_PARAMS,
-        ] {
-            if let Some(v) = session.req_header().headers.get(name) {
-                if v.to_str().is_err() {
-                    return Ok(Handled::Reject(GatewayError::new(
-                        ErrorKind::InvalidRequest,
-                        format!("{name} must be visible ASCII text"),
-                    )));
-                }
-            }
-        }
-        if let Some(name) = header_str(session, &names::PROVIDER) {
+        let provider = match control(session, &names::PROVIDER) {
+            Ok(v) => v,
+            Err(e) => return Ok(Handled::Reject(e)),
+        };
+        if let Some(name) = provider {
             let name = name.to_string();
             match cfg.provider_by_name(&name) {
                 Some(p) => constraints.pin = Some(p.id),
@@ -359,7 +363,11 @@ impl Proxy {
                 }
             }
         }
-        if let Some(s) = header_str(session, &names::STRATEGY) {
+        let strategy = match control(session, &names::STRATEGY) {
+            Ok(v) => v,
+            Err(e) => return Ok(Handled::Reject(e)),
+        };
+        if let Some(s) = strategy {
             match Strategy::parse(s) {
                 Some(s) => constraints.strategy = Some(s),
                 None => {
@@ -370,14 +378,20 @@ impl Proxy {
                 }
             }
         }
-        if let Some(r) = header_str(session, &names::REGION) {
-            constraints.region = Some(r.to_string());
+        match control(session, &names::REGION) {
+            Ok(Some(r)) => constraints.region = Some(r.to_string()),
+            Ok(None) => {}
+            Err(e) => return Ok(Handled::Reject(e)),
         }
         for (name, slot) in [
             (names::ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
             (names::REQUIRE_PARAMS, &mut require_params),
         ] {
-            if let Some(v) = header_str(session, &name) {
+            let value = match control(session, &name) {
+                Ok(v) => v,
+                Err(e) => return Ok(Handled::Reject(e)),
+            };
+            if let Some(v) = value {
                 *slot = Some(match parse_bool(v) {
                     Some(b) => b,
                     None => {
@@ -396,7 +410,11 @@ impl Proxy {
         constraints.draw = rand::random::<f64>();
         let route = cfg.route_for(&path, &session.req_header().headers);
         if route.is_none() {
-            if let Some(asked) = header_str(session, &names::ROUTE) {
+            let asked = match control(session, &names::ROUTE) {
+                Ok(v) => v,
+                Err(e) => return Ok(Handled::Reject(e)),
+            };
+            if let Some(asked) = asked {
                 let known: Vec<&str> = cfg
                     .routes
                     .iter()
@@ -516,14 +534,24 @@ impl Proxy {
         };
         // Nothing of a request a zero-retention provider could answer is kept anywhere: decided
         // from every offering it may use, whatever their health now, not from the route alone.
+        // Asked only when a store could be in play (the cache, a key, the queue): a request none
+        // of them would touch pays nothing for the question.
+        let stores_in_play = policy.cache.is_some()
+            || self.shared.queue.is_some()
+            || (self.shared.idempotency.is_some()
+                && session
+                    .req_header()
+                    .headers
+                    .contains_key(&names::IDEMPOTENCY_KEY));
         let keep_nothing = route.is_some_and(|r| r.zero_retention)
-            || route::may_reach_zero_retention(
-                &cfg.catalog,
-                &cfg.providers,
-                model_id,
-                constraints.pin,
-                allow_equivalents,
-            );
+            || stores_in_play
+                && route::may_reach_zero_retention(
+                    &cfg.catalog,
+                    &cfg.providers,
+                    model_id,
+                    constraints.pin,
+                    allow_equivalents,
+                );
         let mut plan = forward::Plan {
             endpoint,
             model: model_id,
