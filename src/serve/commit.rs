@@ -13,9 +13,9 @@
 
 use crate::model::endpoint::Family;
 use crate::model::outcome::FailoverReason;
-use crate::wire::bedrock::EventStreamToSse;
 use crate::wire::stream_event::{classify, EventKind};
 use crate::wire::translate::stream::{SseEvent, SseParser};
+use crate::wire::vendor::FrameDecoder;
 use bytes::{Bytes, BytesMut};
 use pingora::protocols::http::client::HttpSession;
 use tokio::time::Instant;
@@ -106,7 +106,7 @@ async fn hold_stream(
     let mut parser = SseParser::new(spec.max_event);
     let mut frames = spec
         .eventstream
-        .then(|| EventStreamToSse::with_limit(spec.max_event.saturating_mul(2)));
+        .then(|| FrameDecoder::with_limit(spec.max_event.saturating_mul(2)));
     let mut events: Vec<SseEvent> = Vec::new();
     let mut sse = Vec::new();
     let mut ended = false;

@@ -3,7 +3,7 @@
 //! Beside them: the request body scanner/splicer (`body`), building an upstream request for a
 //! provider (`request`), provider error bodies (`error_body`), twinroute's own error JSON
 //! (`errors`), the SSE error event (`sse`), SSE framing (`sse_frame`), what an upstream stream event means for committing to it and
-//! continuing it (`stream_event`), token usage in answers (`usage`), and twinroute's background-job resource (`job`).
+//! continuing it (`stream_event`), token usage in answers (`usage`), the executor's questions to each family (`vendor`), and twinroute's background-job resource (`job`).
 
 pub mod answer;
 pub mod anthropic;
@@ -22,4 +22,5 @@ pub mod sse_frame;
 pub mod stream_event;
 pub mod translate;
 pub mod usage;
+pub mod vendor;
 pub mod vertex;

@@ -5,11 +5,11 @@
 use crate::decide::outcome::{
     classify_error, classify_status, parse_retry_after, AttemptPhase, FailoverReason, StatusClass,
 };
-use crate::model::{ApiKind, Provider, ProviderEndpoint};
+use crate::model::{Provider, ProviderEndpoint};
 use crate::serve::state::Shared;
-use crate::wire::bedrock;
 use crate::wire::body::SplicedBody;
 use crate::wire::error_body::{account_problem, body_decides, classify_error_body};
+use crate::wire::vendor;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -52,7 +52,7 @@ pub(super) enum Exchange {
 
 /// The AWS keys to sign a Bedrock request with: fixed ones as they are, temporary ones from
 /// the credential store (minted off the request path; within `budget` if none is current).
-pub(super) async fn bedrock_credentials(
+pub(super) async fn signing_credentials(
     shared: &Shared,
     provider: &Provider,
     budget: Duration,
@@ -83,7 +83,7 @@ pub(super) async fn bedrock_credentials(
 /// A Vertex attempt: the current access token in `Authorization`; a 401 (a token revoked or
 /// expired early) invalidates it and is retried once with a freshly minted one, inside the same
 /// budget. No token to be had is the attempt's `auth_failed`, nothing sent.
-pub(super) async fn vertex_exchange(
+pub(super) async fn minted_bearer_exchange(
     shared: &Shared,
     provider: &Provider,
     upstream: &ProviderEndpoint,
@@ -254,18 +254,12 @@ pub(super) async fn exchange(
                     Ok(read) => read,
                     Err(reason) => return failed(reason),
                 };
-            // A body over the cap is no error message a provider sends about a model.
-            // Bedrock names its error in x-amzn-ErrorType; that decides before the body does.
-            let aws_error = (provider.api == ApiKind::Bedrock)
-                .then(|| up.response_header())
-                .flatten()
-                .and_then(|h| h.headers.get("x-amzn-errortype"))
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let verdict = match aws_error
-                .as_deref()
-                .and_then(|t| bedrock::classify(t, &prefix))
-            {
+            // A body over the cap is no error message a provider sends about a model. The
+            // family's own error table (Bedrock's x-amzn-ErrorType) decides before the body's.
+            let family_verdict = up
+                .response_header()
+                .and_then(|h| vendor::error_verdict(provider.api, &h.headers, &prefix));
+            let verdict = match family_verdict {
                 Some(verdict) => verdict,
                 None if complete => classify_error_body(status, &prefix),
                 None => None,

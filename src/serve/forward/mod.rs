@@ -18,7 +18,7 @@ use crate::decide::outcome::FailoverReason;
 use crate::decide::route::Candidate;
 use crate::model::endpoint::{answer_family, Endpoint, Family};
 use crate::model::error::{ErrorKind, GatewayError};
-use crate::model::{ApiKind, ModelId, Policy, Provider, ProviderId, StreamRecovery};
+use crate::model::{ModelId, Policy, Provider, ProviderId, StreamRecovery};
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
 use crate::serve::cache::Rendered;
@@ -26,12 +26,12 @@ use crate::serve::commit::{self, Held, HoldSpec};
 use crate::serve::downstream::Downstream;
 use crate::serve::names;
 use crate::serve::state::{Runtime, Shared};
-use crate::wire::bedrock;
 use crate::wire::body::{RequestBody, SplicedBody};
 use crate::wire::request as provider;
 use crate::wire::sse::stream_error_event;
 use crate::wire::stream_event::StreamTrack;
 use crate::wire::translate::{self, Direction};
+use crate::wire::vendor;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
@@ -42,7 +42,7 @@ mod exchange;
 mod pick;
 mod relay;
 
-use exchange::{bedrock_credentials, exchange, pool_again, vertex_exchange, Exchange};
+use exchange::{exchange, minted_bearer_exchange, pool_again, signing_credentials, Exchange};
 use pick::{pick, Pick};
 pub use relay::send_error;
 use relay::{relay, RelayEnd, Served, Stage, Upstream};
@@ -370,21 +370,22 @@ async fn attempt_loop(
             session.req_header(),
             spliced.len(),
         )?;
-        // Bedrock: the current keys (fixed, or temporary ones from IRSA / Pod Identity), then
-        // SigV4 over the exact bytes sent, computed last.
+        // A signing family: the current keys (fixed, or temporary ones from IRSA / Pod
+        // Identity), then the signature over the exact bytes sent, computed last.
+        let authorization = vendor::authorization(provider.api);
         let mut no_credential = false;
-        if provider.api == ApiKind::Bedrock {
+        if authorization == vendor::Authorization::SignedBody {
             // Boxed, as every rare path here: an inline future sizes the attempt loop's and
             // each one above it, all moved once per request (see `exchange`).
-            match Box::pin(bedrock_credentials(shared, provider, budget)).await {
+            match Box::pin(signing_credentials(shared, provider, budget)).await {
                 Some(creds) => {
                     let whole = spliced.to_vec();
                     if let Err(e) =
-                        bedrock::sign(&mut header, provider, &creds, &whole, SystemTime::now())
+                        vendor::sign(&mut header, provider, &creds, &whole, SystemTime::now())
                     {
                         return Error::e_explain(
                             ErrorType::InternalError,
-                            format!("bedrock signing: {e}"),
+                            format!("request signing: {e}"),
                         );
                     }
                 }
@@ -398,8 +399,8 @@ async fn attempt_loop(
                 status: None,
                 retry_after_s: None,
             }
-        } else if matches!(provider.api, ApiKind::Vertex | ApiKind::VertexOpenAi) {
-            Box::pin(vertex_exchange(
+        } else if authorization == vendor::Authorization::MintedBearer {
+            Box::pin(minted_bearer_exchange(
                 shared,
                 provider,
                 upstream_ep,
@@ -702,16 +703,15 @@ fn hold_spec(
     attempt_start: Instant,
     attempts: &Attempts,
 ) -> HoldSpec {
-    let content_type = |prefix: &[u8]| {
+    let framing = vendor::framing(
+        provider.api,
         upstream
             .response_header()
             .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
-            .is_some_and(|v| v.as_bytes().starts_with(prefix))
-    };
-    let eventstream =
-        provider.api == ApiKind::Bedrock && content_type(b"application/vnd.amazon.eventstream");
-    let stream =
-        (eventstream || content_type(b"text/event-stream")).then(|| answer_family(provider.api));
+            .map(|v| v.as_bytes()),
+    );
+    let eventstream = framing == vendor::Framing::EventStream;
+    let stream = (framing != vendor::Framing::Whole).then(|| answer_family(provider.api));
     let first_token = plan
         .policy
         .first_token

@@ -6,18 +6,18 @@ use crate::decide::outcome::FailoverReason;
 use crate::model::catalog::Price;
 use crate::model::endpoint::{answer_family, Family};
 use crate::model::error::{ErrorKind, GatewayError};
-use crate::model::{ApiKind, Provider};
+use crate::model::Provider;
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::downstream::Downstream;
 use crate::serve::names;
 use crate::serve::state::Shared;
-use crate::wire::bedrock;
 use crate::wire::request::header_value;
 use crate::wire::sse::stream_error_event;
 use crate::wire::stream_event::{EventGuard, Splice, StreamEnd, StreamTrack};
 use crate::wire::translate::{self, Direction};
 use crate::wire::usage::UsageScanner;
+use crate::wire::vendor;
 use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -213,15 +213,16 @@ pub(super) async fn relay(
         resp.headers
             .insert(http::header::TRANSFER_ENCODING, CHUNKED.clone());
     }
-    let content_type = |prefix: &[u8]| {
+    // A family may stream in frames of its own (Bedrock's AWS event stream): decoded into the
+    // SSE they carry.
+    let framing = vendor::framing(
+        provider.api,
         resp.headers
             .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(prefix))
-    };
-    // Bedrock streams AWS event-stream frames: decoded into the Anthropic SSE they carry.
-    let is_eventstream =
-        provider.api == ApiKind::Bedrock && content_type(b"application/vnd.amazon.eventstream");
-    let is_sse = content_type(b"text/event-stream") || is_eventstream;
+            .map(|v| v.as_bytes()),
+    );
+    let is_eventstream = framing == vendor::Framing::EventStream;
+    let is_sse = framing != vendor::Framing::Whole;
     let h = &mut resp.headers;
     h.insert(names::PROVIDER, header_value(provider.name.as_str())?);
     h.insert(names::MODEL, header_value(served_model)?);
@@ -282,7 +283,7 @@ pub(super) async fn relay(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/event-stream"),
         );
-        frames = Some(bedrock::EventStreamToSse::with_limit(
+        frames = Some(vendor::FrameDecoder::with_limit(
             max_event.saturating_mul(2),
         ));
     }
@@ -621,11 +622,7 @@ pub(super) async fn relay_whole(
             }
         }
     }
-    let foreign_error = served.translation.is_some()
-        || matches!(
-            provider.api,
-            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
-        );
+    let foreign_error = served.translation.is_some() || vendor::reshapes_errors(provider.api);
     let body = if !(200..300).contains(&status) {
         let body = if foreign_error {
             translate::response::error(served.family, status, &buf)
