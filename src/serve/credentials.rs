@@ -9,10 +9,10 @@
 //! on change and shown in `/status`; the provider's attempts fail as `auth_failed` until a mint
 //! succeeds, and health moves traffic to its twins.
 
-use crate::model::{AwsCredentialSource, AwsCredentials, GcpCredentials, Provider, Secret};
+use crate::model::{AwsCredentials, Provider, Secret};
 use crate::net::fetch::fetch;
 use crate::net::resolve::Resolver;
-use crate::wire::{bedrock, vertex};
+use crate::wire::vendor::{self, MintSource as Source};
 use arc_swap::ArcSwapOption;
 use pingora::connectors::http::Connector;
 use std::collections::HashMap;
@@ -172,23 +172,8 @@ impl Tokens {
     }
 }
 
-/// A provider's refreshable credential source, if it has one.
-#[derive(Debug)]
-enum Source<'a> {
-    Gcp(&'a GcpCredentials),
-    Aws(&'a AwsCredentialSource),
-}
-
 fn source_of(provider: &Provider) -> Option<Source<'_>> {
-    if let Some(g) = &provider.gcp {
-        return Some(Source::Gcp(&g.credentials));
-    }
-    match provider.aws.as_ref().map(|a| &a.credentials) {
-        Some(
-            s @ (AwsCredentialSource::WebIdentity { .. } | AwsCredentialSource::Container { .. }),
-        ) => Some(Source::Aws(s)),
-        _ => None,
-    }
+    vendor::mint_source(provider)
 }
 
 /// Whether a provider's credentials are minted and refreshed here.
@@ -196,130 +181,47 @@ pub fn refreshable(provider: &Provider) -> bool {
     source_of(provider).is_some()
 }
 
+/// One credential from the source: the family says what to ask and how to read the answer
+/// (`wire::vendor`); this does the I/O.
 async fn mint(net: Net<'_>, source: &Source<'_>) -> Result<Token, String> {
-    match source {
-        Source::Gcp(creds) => mint_gcp(net, creds).await,
-        Source::Aws(creds) => mint_aws(net, creds).await,
-    }
-}
-
-/// Temporary AWS keys: the web identity token exchanged at STS, or the container endpoint.
-async fn mint_aws(net: Net<'_>, source: &AwsCredentialSource) -> Result<Token, String> {
-    let (status, answer, sts) = match source {
-        AwsCredentialSource::WebIdentity {
-            role_arn,
-            token_file,
-            session_name,
-            sts_url,
-        } => {
-            // Read each time: the kubelet rotates the projected token.
-            let token = std::fs::read_to_string(token_file)
-                .map_err(|e| format!("cannot read the web identity token {token_file}: {e}"))?;
-            let (url, body) = bedrock::sts_request(sts_url, role_arn, session_name, token.trim());
-            let (status, answer) = fetch(
-                net.connector,
-                net.resolver,
-                "POST",
-                &url,
-                &[("content-type", "application/x-www-form-urlencoded")],
-                Some(body.as_bytes()),
-                MINT_TIMEOUT,
-            )
-            .await?;
-            (status, answer, true)
-        }
-        AwsCredentialSource::Container {
-            full_uri,
-            token_file,
-            token,
-        } => {
-            let auth = match (token_file, token) {
-                (Some(f), _) => Some(
-                    std::fs::read_to_string(f)
-                        .map_err(|e| format!("cannot read the container token {f}: {e}"))?
-                        .trim()
-                        .to_string(),
-                ),
-                (None, Some(t)) => Some(t.expose().to_string()),
-                (None, None) => None,
-            };
-            let headers: Vec<(&str, &str)> = auth
-                .as_deref()
-                .map(|a| vec![("authorization", a)])
-                .unwrap_or_default();
-            let (status, answer) = fetch(
-                net.connector,
-                net.resolver,
-                "GET",
-                full_uri,
-                &headers,
-                None,
-                MINT_TIMEOUT,
-            )
-            .await?;
-            (status, answer, false)
-        }
-        AwsCredentialSource::Fixed(_) => return Err("fixed credentials are not minted".into()),
-    };
-    let parsed = if sts {
-        bedrock::parse_sts(&String::from_utf8_lossy(&answer))
-    } else {
-        bedrock::parse_container(&answer)
-    };
-    if !(200..300).contains(&status) {
-        return Err(match parsed {
-            Err(e) => format!("credentials endpoint answered {status}: {e}"),
-            Ok(_) => format!("credentials endpoint answered {status}"),
-        });
-    }
-    let t = parsed?;
-    let now_s = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let lifetime = Duration::from_secs((t.expires_s - now_s).max(1) as u64);
-    Ok(Token {
-        value: Secret::new(String::new()),
-        aws: Some(t.credentials),
-        expires: Instant::now() + lifetime,
-        lifetime,
-    })
-}
-
-/// One token from the source: the JWT bearer grant for a service-account key, or the
-/// metadata server.
-async fn mint_gcp(net: Net<'_>, creds: &GcpCredentials) -> Result<Token, String> {
     let now_s = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let req = vertex::token_request(creds, now_s).map_err(|e| e.to_string())?;
+    let read = |path: &str| std::fs::read_to_string(path).map_err(|e| e.to_string());
+    let req = vendor::mint_request(source, now_s, &read)?;
+    let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (status, answer) = fetch(
         net.connector,
         net.resolver,
         req.method,
         &req.url,
-        &req.headers,
-        req.body.as_deref().map(str::as_bytes),
+        &headers,
+        req.body.as_deref(),
         MINT_TIMEOUT,
     )
     .await?;
-    if !(200..300).contains(&status) {
-        let why = vertex::parse_token(&answer)
-            .err()
-            .map(|e| e.0)
-            .unwrap_or_default();
-        let source = match creds {
-            GcpCredentials::ServiceAccount { .. } => "token endpoint",
-            GcpCredentials::MetadataServer { .. } => "metadata server",
-        };
-        return Err(format!("{source} answered {status}: {why}"));
-    }
-    let (token, expires_in) = vertex::parse_token(&answer).map_err(|e| e.0)?;
-    let lifetime = Duration::from_secs(expires_in.max(1));
+    let (value, aws, lifetime) = match vendor::parse_minted(source, status, &answer)? {
+        vendor::Minted::Bearer {
+            token,
+            expires_in_s,
+        } => (
+            Secret::new(token),
+            None,
+            Duration::from_secs(expires_in_s.max(1)),
+        ),
+        vendor::Minted::AwsKeys {
+            credentials,
+            expires_at_s,
+        } => (
+            Secret::new(String::new()),
+            Some(credentials),
+            Duration::from_secs((expires_at_s - now_s as i64).max(1) as u64),
+        ),
+    };
     Ok(Token {
-        value: Secret::new(token),
-        aws: None,
+        value,
+        aws,
         expires: Instant::now() + lifetime,
         lifetime,
     })
