@@ -561,7 +561,7 @@ impl Proxy {
             region: constraints.region.clone(),
             zero_retention: route.is_some_and(|r| r.zero_retention),
             keep_nothing,
-            json,
+            parsed_body: json,
             include_usage,
             continuation: None,
             cache_header: None,
@@ -664,7 +664,7 @@ impl Proxy {
         };
         if ctx.zero_retention {
             body.wipe();
-            if let Some(v) = plan.json.as_mut() {
+            if let Some(v) = plan.parsed_body.as_mut() {
                 translate::wipe(v);
             }
         }
@@ -720,16 +720,16 @@ impl Proxy {
             plan.cache_header = Some("bypass");
             return Lookup::Off;
         }
-        let parsed;
-        let json = match &plan.json {
-            Some(j) => j,
-            None => match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
-                Ok(v) => {
-                    parsed = v;
-                    &parsed
-                }
+        // Parsed here only when routing did not need it; kept in the plan, so a continuation
+        // does not parse it again.
+        if plan.parsed_body.is_none() {
+            match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
+                Ok(v) => plan.parsed_body = Some(v),
                 Err(_) => return Lookup::Off,
-            },
+            }
+        }
+        let Some(json) = plan.parsed_body.as_ref() else {
+            return Lookup::Off;
         };
         let Some(key) = cache_key(json, scope) else {
             return Lookup::Off;

@@ -62,9 +62,11 @@ pub struct Plan {
     /// No store may read or write this request (cache, idempotency, queue): its route, or a
     /// provider it could reach, keeps nothing (`decide::route::may_reach_zero_retention`).
     pub keep_nothing: bool,
-    /// The client's body parsed, when a candidate speaks the other wire format (translation
-    /// builds that candidate's body from it); `None` keeps every attempt on the splice path.
-    pub json: Option<serde_json::Value>,
+    /// The client's body parsed, once, by the first part of the request that needed it
+    /// (translation or `lacks` checks before routing, else the prompt cache): translation builds
+    /// a candidate's body from it, a continuation adds the text sent to it. The splice path never
+    /// reads it; `None` when nothing needed the body parsed.
+    pub parsed_body: Option<serde_json::Value>,
     /// The client asked for a usage chunk at the end of its stream (OpenAI clients).
     pub include_usage: bool,
     /// This plan completes a stream that broke after the client received part of it.
@@ -192,7 +194,7 @@ fn continuation_plan(
     if candidates.is_empty() || attempts_left == 0 {
         return None;
     }
-    let mut json: serde_json::Value = match &plan.json {
+    let mut json: serde_json::Value = match &plan.parsed_body {
         Some(j) => j.clone(),
         None => serde_json::from_slice(body.bytes()).ok()?,
     };
@@ -209,7 +211,7 @@ fn continuation_plan(
         region: plan.region.clone(),
         zero_retention: plan.zero_retention,
         keep_nothing: plan.keep_nothing,
-        json: None,
+        parsed_body: None,
         include_usage: plan.include_usage,
         cache_header: None,
         stale: None,
@@ -324,42 +326,42 @@ async fn attempt_loop(
         let translation = Direction::between(plan.endpoint, provider.api);
         let continuation_json = plan.continuation.as_ref().map(|c| &c.json);
         let rebuilt = plan.endpoint.rebuilt_for(provider.api) || continuation_json.is_some();
-        let (spliced, upstream_endpoint) = match (rebuilt, continuation_json.or(plan.json.as_ref()))
-        {
-            (true, Some(json)) => {
-                match translate::provider_body(
-                    plan.endpoint,
-                    provider,
-                    json,
-                    &offering.model_id,
-                    &dropped,
-                ) {
-                    Ok(bytes) => (
-                        SplicedBody {
-                            parts: vec![Bytes::from(bytes)],
-                        },
-                        translation.map_or(plan.endpoint, |d| d.provider_endpoint()),
-                    ),
-                    Err(e) => {
-                        // The body is not the shape its own API documents (say, tool call
-                        // arguments that are not JSON): the client's error, for every twin.
-                        let e = GatewayError::new(
-                            ErrorKind::InvalidRequest,
-                            format!(
-                                "the request cannot be translated for {}: {e}",
-                                provider.name
-                            ),
-                        );
-                        if plan.continuation.is_some() {
-                            continue;
+        let (spliced, upstream_endpoint) =
+            match (rebuilt, continuation_json.or(plan.parsed_body.as_ref())) {
+                (true, Some(json)) => {
+                    match translate::provider_body(
+                        plan.endpoint,
+                        provider,
+                        json,
+                        &offering.model_id,
+                        &dropped,
+                    ) {
+                        Ok(bytes) => (
+                            SplicedBody {
+                                parts: vec![Bytes::from(bytes)],
+                            },
+                            translation.map_or(plan.endpoint, |d| d.provider_endpoint()),
+                        ),
+                        Err(e) => {
+                            // The body is not the shape its own API documents (say, tool call
+                            // arguments that are not JSON): the client's error, for every twin.
+                            let e = GatewayError::new(
+                                ErrorKind::InvalidRequest,
+                                format!(
+                                    "the request cannot be translated for {}: {e}",
+                                    provider.name
+                                ),
+                            );
+                            if plan.continuation.is_some() {
+                                continue;
+                            }
+                            send_error(session, ctx, e, plan.endpoint.family(), vec![]).await?;
+                            return Ok(Attempted::Done);
                         }
-                        send_error(session, ctx, e, plan.endpoint.family(), vec![]).await?;
-                        return Ok(Attempted::Done);
                     }
                 }
-            }
-            _ => (body.rewrite(&offering.model_id, &dropped), plan.endpoint),
-        };
+                _ => (body.rewrite(&offering.model_id, &dropped), plan.endpoint),
+            };
         let upstream_ep = &provider.endpoints[ep];
         let mut header = provider::build_request(
             provider,
