@@ -337,77 +337,10 @@ impl Proxy {
         ctx.requested_model = Some(body.model.clone());
         ctx.stream = body.stream;
 
-        let mut constraints = RequestConstraints::default();
-        let mut require_params: Option<bool> = None;
-        let provider = match control(session, &names::PROVIDER) {
-            Ok(v) => v,
+        let (mut constraints, require_params) = match constraints_of(session, cfg, &body) {
+            Ok(c) => c,
             Err(e) => return Ok(Handled::Reject(e)),
         };
-        if let Some(name) = provider {
-            let name = name.to_string();
-            match cfg.provider_by_name(&name) {
-                Some(p) => constraints.pin = Some(p.id),
-                None => {
-                    return Ok(Handled::Reject(GatewayError::new(
-                        ErrorKind::InvalidRequest,
-                        // The value is not echoed: clients have pasted keys into headers before.
-                        format!(
-                            "{HDR_PROVIDER} names no configured provider; configured: {}",
-                            cfg.providers
-                                .iter()
-                                .map(|p| p.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )));
-                }
-            }
-        }
-        let strategy = match control(session, &names::STRATEGY) {
-            Ok(v) => v,
-            Err(e) => return Ok(Handled::Reject(e)),
-        };
-        if let Some(s) = strategy {
-            match Strategy::parse(s) {
-                Some(s) => constraints.strategy = Some(s),
-                None => {
-                    return Ok(Handled::Reject(GatewayError::new(
-                        ErrorKind::InvalidRequest,
-                        format!("{HDR_STRATEGY}: unknown strategy {:?} (ordered, prefer_cost, prefer_latency or weighted)", truncate(s)),
-                    )))
-                }
-            }
-        }
-        match control(session, &names::REGION) {
-            Ok(Some(r)) => constraints.region = Some(r.to_string()),
-            Ok(None) => {}
-            Err(e) => return Ok(Handled::Reject(e)),
-        }
-        for (name, slot) in [
-            (names::ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
-            (names::REQUIRE_PARAMS, &mut require_params),
-        ] {
-            let value = match control(session, &name) {
-                Ok(v) => v,
-                Err(e) => return Ok(Handled::Reject(e)),
-            };
-            if let Some(v) = value {
-                *slot = Some(match parse_bool(v) {
-                    Some(b) => b,
-                    None => {
-                        return Ok(Handled::Reject(GatewayError::new(
-                            ErrorKind::InvalidRequest,
-                            format!("{name} must be true or false"),
-                        )))
-                    }
-                });
-            }
-        }
-        if require_params == Some(true) {
-            constraints.required_params = Some(body.param_names());
-        }
-        constraints.needed_tokens = Some(body.estimated_tokens());
-        constraints.draw = rand::random::<f64>();
         let route = cfg.route_for(&path, &session.req_header().headers);
         if route.is_none() {
             let asked = match control(session, &names::ROUTE) {
@@ -509,20 +442,7 @@ impl Proxy {
                 )));
             }
         };
-        // Record which twins health kept out, with the same reason names as failovers.
-        for o in &model.offerings {
-            if !candidates.iter().any(|c| c.provider == o.provider) {
-                if let Some(skip) = health.skip(o.provider, &o.model_id) {
-                    let name = &cfg.providers[o.provider].name;
-                    ctx.skipped.push(match skip.grain {
-                        route::Grain::Endpoint => format!("{name}:{}", skip.reason.as_str()),
-                        route::Grain::Offering => {
-                            format!("{name}/{}:{}", o.model_id, skip.reason.as_str())
-                        }
-                    });
-                }
-            }
-        }
+        note_skipped(ctx, cfg, model, &candidates, &health);
         let allow_equivalents = constraints
             .allow_equivalents
             .unwrap_or(policy.allow_equivalents);
@@ -530,7 +450,7 @@ impl Proxy {
             allow_equivalents,
             pin: constraints.pin.map(|p| cfg.providers[p].name.as_str()),
             region: constraints.region.as_deref(),
-            require_params: require_params == Some(true),
+            require_params,
         };
         // Nothing of a request a zero-retention provider could answer is kept anywhere: decided
         // from every offering it may use, whatever their health now, not from the route alone.
@@ -920,6 +840,103 @@ impl Proxy {
         );
         let claim = store.claim(&scoped, fp);
         Keyed::Claimed(scoped, claim)
+    }
+}
+
+/// The request's control headers as routing constraints (`x-twinroute-provider`, `-strategy`,
+/// `-region`, `-allow-equivalents`, `-require-parameters`), with what routing needs from the
+/// body; and whether the client asked that no parameter be dropped. A header twinroute cannot
+/// read, or a value it does not know, is the client's error.
+fn constraints_of(
+    session: &Session,
+    cfg: &crate::model::Config,
+    body: &RequestBody,
+) -> std::result::Result<(RequestConstraints, bool), GatewayError> {
+    let mut constraints = RequestConstraints::default();
+    let mut require_params: Option<bool> = None;
+    let provider = control(session, &names::PROVIDER)?;
+    if let Some(name) = provider {
+        let name = name.to_string();
+        match cfg.provider_by_name(&name) {
+            Some(p) => constraints.pin = Some(p.id),
+            None => {
+                return Err(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    // The value is not echoed: clients have pasted keys into headers before.
+                    format!(
+                        "{HDR_PROVIDER} names no configured provider; configured: {}",
+                        cfg.providers
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let strategy = control(session, &names::STRATEGY)?;
+    if let Some(s) = strategy {
+        match Strategy::parse(s) {
+            Some(s) => constraints.strategy = Some(s),
+            None => {
+                return Err(GatewayError::new(
+                    ErrorKind::InvalidRequest,
+                    format!("{HDR_STRATEGY}: unknown strategy {:?} (ordered, prefer_cost, prefer_latency or weighted)", truncate(s)),
+                ))
+            }
+        }
+    }
+    if let Some(r) = control(session, &names::REGION)? {
+        constraints.region = Some(r.to_string());
+    }
+    for (name, slot) in [
+        (names::ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
+        (names::REQUIRE_PARAMS, &mut require_params),
+    ] {
+        let value = control(session, &name)?;
+        if let Some(v) = value {
+            *slot = Some(match parse_bool(v) {
+                Some(b) => b,
+                None => {
+                    return Err(GatewayError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("{name} must be true or false"),
+                    ))
+                }
+            });
+        }
+    }
+    if require_params == Some(true) {
+        constraints.required_params = Some(body.param_names());
+    }
+    constraints.needed_tokens = Some(body.estimated_tokens());
+    constraints.draw = rand::random::<f64>();
+    Ok((constraints, require_params == Some(true)))
+}
+
+/// Record in the access line which twins health kept out, with the same reason names as
+/// failovers: `provider:reason` when its endpoints are out, `provider/model:reason` when only
+/// that model is.
+fn note_skipped(
+    ctx: &mut RequestLog,
+    cfg: &crate::model::Config,
+    model: &crate::model::catalog::Model,
+    candidates: &[route::Candidate],
+    health: &route::HealthSnapshot,
+) {
+    for o in &model.offerings {
+        if !candidates.iter().any(|c| c.provider == o.provider) {
+            if let Some(skip) = health.skip(o.provider, &o.model_id) {
+                let name = &cfg.providers[o.provider].name;
+                ctx.skipped.push(match skip.grain {
+                    route::Grain::Endpoint => format!("{name}:{}", skip.reason.as_str()),
+                    route::Grain::Offering => {
+                        format!("{name}/{}:{}", o.model_id, skip.reason.as_str())
+                    }
+                });
+            }
+        }
     }
 }
 
