@@ -13,35 +13,36 @@
 //! loop; `pick` asks health which candidate it admits, `exchange` is one attempt on the wire,
 //! `relay` the answer back to the client.
 
-use crate::decide::attempt::{AttemptFacts, Attempts, Outcome, Probation, Step};
+use crate::decide::attempt::{Attempts, Outcome, Probation, Step};
 use crate::decide::outcome::FailoverReason;
 use crate::decide::route::Candidate;
 use crate::model::endpoint::{answer_family, Endpoint, Family};
-use crate::model::error::{ErrorKind, GatewayError};
+use crate::model::error::GatewayError;
 use crate::model::{ModelId, Policy, Provider, ProviderId, StreamRecovery};
-use crate::observe::access_log::{AttemptLog, RequestLog};
+use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::cache::Rendered;
 use crate::serve::commit::{self, Held, HoldSpec};
 use crate::serve::downstream::Downstream;
 use crate::serve::names;
 use crate::serve::state::{Runtime, Shared};
-use crate::wire::body::{RequestBody, SplicedBody};
+use crate::wire::body::RequestBody;
 use crate::wire::request as provider;
 use crate::wire::sse::stream_error_event;
 use crate::wire::stream_event::StreamTrack;
-use crate::wire::translate::{self, Direction};
+use crate::wire::translate::Direction;
 use crate::wire::vendor;
-use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
+mod attempt;
 mod exchange;
 mod pick;
 mod relay;
 
+use attempt::{attempt_body, record_attempt, Recorded, Tried};
 use exchange::{exchange, minted_bearer_exchange, pool_again, signing_credentials, Exchange};
 use pick::{pick, Pick};
 pub use relay::send_error;
@@ -324,43 +325,16 @@ async fn attempt_loop(
         // Parameters this offering must not see: cut from the body, everything else as sent.
         let dropped = body.present(&offering.drop_params);
         let translation = Direction::between(plan.endpoint, provider.api);
-        let continuation_json = plan.continuation.as_ref().map(|c| &c.json);
-        let rebuilt = plan.endpoint.rebuilt_for(provider.api) || continuation_json.is_some();
         let (spliced, upstream_endpoint) =
-            match (rebuilt, continuation_json.or(plan.parsed_body.as_ref())) {
-                (true, Some(json)) => {
-                    match translate::provider_body(
-                        plan.endpoint,
-                        provider,
-                        json,
-                        &offering.model_id,
-                        &dropped,
-                    ) {
-                        Ok(bytes) => (
-                            SplicedBody {
-                                parts: vec![Bytes::from(bytes)],
-                            },
-                            translation.map_or(plan.endpoint, |d| d.provider_endpoint()),
-                        ),
-                        Err(e) => {
-                            // The body is not the shape its own API documents (say, tool call
-                            // arguments that are not JSON): the client's error, for every twin.
-                            let e = GatewayError::new(
-                                ErrorKind::InvalidRequest,
-                                format!(
-                                    "the request cannot be translated for {}: {e}",
-                                    provider.name
-                                ),
-                            );
-                            if plan.continuation.is_some() {
-                                continue;
-                            }
-                            send_error(session, ctx, e, plan.endpoint.family(), vec![]).await?;
-                            return Ok(Attempted::Done);
-                        }
+            match attempt_body(plan, body, provider, offering, &dropped) {
+                Ok(b) => b,
+                Err(e) => {
+                    if plan.continuation.is_some() {
+                        continue;
                     }
+                    send_error(session, ctx, e, plan.endpoint.family(), vec![]).await?;
+                    return Ok(Attempted::Done);
                 }
-                _ => (body.rewrite(&offering.model_id, &dropped), plan.endpoint),
             };
         let upstream_ep = &provider.endpoints[ep];
         let mut header = provider::build_request(
@@ -472,52 +446,31 @@ async fn attempt_loop(
                 (outcome, None)
             }
         };
-        let ms = attempt_start.elapsed().as_millis() as u64;
-        let here = cfg.catalog.context_tokens(cand.model, cand.offering);
-        let facts = AttemptFacts {
-            provider: cand.provider,
-            provider_name: &provider.name,
-            endpoint: ep,
-            probation,
-            context_tokens: here,
-            larger_window_exists: plan.candidates.iter().any(|c| {
-                cfg.catalog
-                    .context_tokens(c.model, c.offering)
-                    .is_some_and(|t| t > here.unwrap_or(0))
-            }),
-            offering_cooldown: plan.policy.offering_cooldown,
-        };
-        let verdict = attempts.record(&facts, outcome);
-        let now = Instant::now();
-        for signal in verdict.signals.iter() {
-            rt.health
-                .apply(cand.provider, ep, &offering.model_id, signal, now);
-        }
-        let status = match outcome {
-            Outcome::Answered { status, .. } => Some(status),
-            Outcome::Failed { status, .. } => status,
-        };
-        let reason = match verdict.step {
-            Step::Deliver => None,
-            Step::Next(r) | Step::Stop(r) | Step::Again { reason: r, .. } => Some(r),
-        };
-        if let Step::Again { wait, .. } = verdict.step {
+        let Recorded {
+            step,
+            status,
+            reason,
+        } = record_attempt(
+            rt,
+            plan,
+            ctx,
+            &mut attempts,
+            Tried {
+                candidate: &cand,
+                endpoint: ep,
+                probation,
+                provider,
+                model_id: &offering.model_id,
+                started: attempt_start,
+            },
+            outcome,
+        );
+        if let Step::Again { wait, .. } = step {
             if attempts.fits(Instant::now(), wait) {
                 again = Some((cand.clone(), ep, wait));
             }
         }
-        METRICS
-            .attempts
-            .with_label_values(&[provider.name.as_str(), reason.map_or("ok", |r| r.as_str())])
-            .inc();
-        ctx.attempts.push(AttemptLog {
-            provider: provider.name.clone(),
-            model: offering.model_id.clone(),
-            reason: reason.map(|r| r.as_str()),
-            status,
-            ms,
-        });
-        match (verdict.step, answer) {
+        match (step, answer) {
             (Step::Deliver, Some((upstream, _, _)))
                 if plan.continuation.is_some()
                     && !upstream
