@@ -131,20 +131,30 @@ fn demo_runs_without_keys_and_shows_failover() {
     assert!(stdout.contains("demo finished"));
 }
 
-/// A new user's first run: providers whose keys are not set are listed all at once and left out
-/// of rotation; `check --strict` turns that into a failure.
-#[test]
-fn check_lists_every_provider_without_a_credential_and_strict_fails() {
+/// `check` on the shipped config with no credential variable set, whatever the environment has.
+fn shipped_check_without_keys() -> Command {
     let mut cmd = twinroute();
     cmd.args([
         "check",
         "--config",
         concat!(env!("CARGO_MANIFEST_DIR"), "/conf/twinroute.yaml"),
     ]);
-    for k in SHIPPED_KEYS {
+    for k in SHIPPED_KEYS.iter().chain(&[
+        "AWS_BEARER_TOKEN_BEDROCK",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]) {
         cmd.env_remove(k);
     }
-    cmd.env_remove("AWS_BEARER_TOKEN_BEDROCK");
+    cmd
+}
+
+/// A new user's first run: providers whose keys are not set are listed all at once and left out
+/// of rotation; `check --strict` turns that into a failure.
+#[test]
+fn check_lists_every_provider_without_a_credential_and_strict_fails() {
+    let mut cmd = shipped_check_without_keys();
     cmd.env("GROQ_API_KEY", "sk-check-secret-value");
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -255,23 +265,7 @@ fn a_port_in_use_fails_fast() {
 #[test]
 fn check_without_keys_names_the_unset_variables_per_model() {
     let run = |openai: bool| {
-        let mut cmd = twinroute();
-        cmd.args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/twinroute.yaml"),
-        ]);
-        for k in SHIPPED_KEYS {
-            cmd.env_remove(k);
-        }
-        for k in [
-            "AWS_BEARER_TOKEN_BEDROCK",
-            "AWS_ROLE_ARN",
-            "AWS_WEB_IDENTITY_TOKEN_FILE",
-            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-        ] {
-            cmd.env_remove(k);
-        }
+        let mut cmd = shipped_check_without_keys();
         if openai {
             cmd.env("OPENAI_API_KEY", "sk-check-secret-value");
         }
