@@ -8,8 +8,8 @@
 //! Messages events (Anthropic, Vertex rawPredict, Bedrock once its frames are decoded).
 
 use crate::model::endpoint::Family;
-use crate::wire::sse_frame::{EventTooLarge, SseFramer};
-use crate::wire::translate::stream::{event_end_at, SseEvent, SseParser};
+use crate::wire::sse_frame::{event_end_at, EventTooLarge, SseFramer};
+use crate::wire::translate::stream::{SseEvent, SseParser};
 use serde_json::Value;
 
 /// What an upstream event is, for the commit point and stream recovery.

@@ -78,8 +78,6 @@ impl SseParser {
     }
 }
 
-pub(crate) use crate::wire::sse_frame::event_end_at;
-
 fn parse_event(raw: &[u8]) -> Option<SseEvent> {
     let text = String::from_utf8_lossy(raw);
     let mut event = None;
