@@ -148,6 +148,19 @@ impl Breaker {
         };
     }
 
+    /// Another replica saw this breaker open until `until`: open here too. Never shortens an
+    /// open period, and never interrupts a probation in flight here (its verdict decides).
+    pub fn learned_open(&mut self, until: Instant) {
+        let cooldown = self.conf.cooldown.min(self.conf.max_cooldown);
+        match self.state {
+            BreakerState::Closed { .. } => self.state = BreakerState::Open { until, cooldown },
+            BreakerState::Open { until: u, cooldown } if u < until => {
+                self.state = BreakerState::Open { until, cooldown }
+            }
+            _ => {}
+        }
+    }
+
     /// A probation request ended without a verdict (client went away, deadline): let the next
     /// request be the probe instead of staying half-open forever.
     pub fn on_abandoned(&mut self, now: Instant) {

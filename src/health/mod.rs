@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod ewma;
 pub mod pool;
 pub mod probe;
+pub mod verdict;
 
 use crate::decide::attempt::HealthSignal;
 use crate::decide::outcome::Grain;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
+use verdict::{wall, Verdict, VerdictBus};
 
 #[derive(Debug)]
 struct Inner {
@@ -238,6 +240,29 @@ pub struct Health {
     offerings: Mutex<OfferingTable>,
     /// Fast path: while no offering was ever marked, routing never takes the lock above.
     offerings_marked: AtomicBool,
+    /// Where this replica's verdicts go (`verdict`): unset, nothing is published.
+    bus: BusSlot,
+}
+
+/// The verdict bus, once set.
+#[derive(Default)]
+struct BusSlot(std::sync::OnceLock<Arc<dyn VerdictBus>>);
+
+impl std::fmt::Debug for BusSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "bus"
+        } else {
+            "no bus"
+        })
+    }
+}
+
+impl std::ops::Deref for BusSlot {
+    type Target = std::sync::OnceLock<Arc<dyn VerdictBus>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Health {
@@ -292,6 +317,7 @@ impl Health {
             providers: list,
             offerings,
             offerings_marked: AtomicBool::new(marked),
+            bus: BusSlot::default(),
         }
     }
 }
@@ -381,9 +407,25 @@ impl Health {
     }
 
     pub fn on_success(&self, provider: ProviderId, endpoint: usize, ttfb: Duration, now: Instant) {
-        let p = &self.providers[provider];
-        p.pool.state(endpoint).breaker.on_success();
-        p.lock().passive_ttfb.observe(ttfb, now);
+        self.close_breaker(provider, endpoint);
+        self.providers[provider]
+            .lock()
+            .passive_ttfb
+            .observe(ttfb, now);
+    }
+
+    /// The endpoint answered: its breaker closes (said to the fleet when it was not closed).
+    fn close_breaker(&self, provider: ProviderId, endpoint: usize) {
+        let mut e = self.providers[provider].pool.state(endpoint);
+        let was_closed = matches!(e.breaker.state(), BreakerState::Closed { .. });
+        e.breaker.on_success();
+        drop(e);
+        if !was_closed {
+            self.tell(provider, |name| Verdict::BreakerClosed {
+                provider: name.to_string(),
+                endpoint: self.endpoint_name(provider, endpoint),
+            });
+        }
     }
 
     /// A retryable failure of the endpoint. `count_for_breaker` is false for the second and
@@ -398,12 +440,24 @@ impl Health {
     ) {
         let p = &self.providers[provider];
         let mut e = p.pool.state(endpoint);
+        let mut opened = None;
         if count_for_breaker {
+            let was_open = matches!(e.breaker.state(), BreakerState::Open { .. });
             e.breaker.on_failure(now, rand::random::<f64>());
+            if let (false, BreakerState::Open { until, .. }) = (was_open, e.breaker.state()) {
+                opened = Some(until);
+            }
         }
         e.last_error = Some(reason.as_str().to_string());
         drop(e);
         p.lock().last_error = Some(reason.as_str().to_string());
+        if let Some(until) = opened {
+            self.tell(provider, |name| Verdict::BreakerOpened {
+                provider: name.to_string(),
+                endpoint: self.endpoint_name(provider, endpoint),
+                until: wall(until, now),
+            });
+        }
     }
 
     /// A response said "come back in `after`": hold the endpoint for at least that long, without
@@ -417,6 +471,12 @@ impl Health {
     ) {
         let mut e = self.providers[provider].pool.state(endpoint);
         extend(&mut e.cooldown_until, now + after);
+        drop(e);
+        self.tell(provider, |name| Verdict::Cooldown {
+            provider: name.to_string(),
+            endpoint: self.endpoint_name(provider, endpoint),
+            until: wall(now + after, now),
+        });
     }
 
     /// A probation request ended without an answer either way.
@@ -576,6 +636,10 @@ impl Health {
         self.providers[provider]
             .drained
             .store(drained, Ordering::Relaxed);
+        self.tell(provider, |name| Verdict::Drained {
+            provider: name.to_string(),
+            drained,
+        });
     }
 
     pub fn snapshot(&self, provider: ProviderId, now: Instant) -> ProviderSnapshot {
@@ -644,6 +708,11 @@ impl Health {
         self.with_offering(provider, model_id, |st, _| {
             extend(&mut st.unavailable_until, now + for_how_long);
             st.last_error = Some(FailoverReason::ModelUnavailable.as_str().to_string());
+        });
+        self.tell(provider, |name| Verdict::ModelGone {
+            provider: name.to_string(),
+            model: model_id.to_string(),
+            until: wall(now + for_how_long, now),
         });
     }
 
@@ -777,13 +846,7 @@ impl Health {
     ) {
         match signal {
             HealthSignal::Success { ttfb } => self.on_success(provider, endpoint, ttfb, now),
-            HealthSignal::EndpointAnswered => {
-                self.providers[provider]
-                    .pool
-                    .state(endpoint)
-                    .breaker
-                    .on_success();
-            }
+            HealthSignal::EndpointAnswered => self.close_breaker(provider, endpoint),
             HealthSignal::Failure {
                 reason,
                 grain: Grain::Endpoint,

@@ -4,26 +4,29 @@
 //! `Age`; past its TTL, within `stale_if_error_s`, it is served only when every candidate fails
 //! (`x-twinroute-cache: stale`). The attempt loop's own retries never read it.
 //!
-//! Storage is behind `AnswerCache`; `MemoryCache` (moka: bounded by bytes, LRU, per-entry
-//! expiry) is the in-process default. Decisions are `decide::cache`; folding a stream into an
+//! Storage is behind `AnswerCache`, an async seam a shared store fills (an entry is plain data,
+//! its time a wall-clock one, so replicas can read each other's); `MemoryCache` (moka: bounded
+//! by bytes, LRU, per-entry expiry) is the in-process default. Decisions are `decide::cache`; folding a stream into an
 //! answer and back is `wire::answer`.
 
 use crate::decide::cache::CacheKey;
 use crate::model::endpoint::Family;
 use crate::serve::downstream::Downstream;
 use crate::wire::answer;
+use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::Result;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 /// One kept answer: the client-format JSON of a non-streaming answer.
 #[derive(Debug)]
 pub struct Cached {
     pub answer: serde_json::Value,
     pub family: Family,
-    pub stored_at: Instant,
+    /// Wall-clock: a shared store's entries are read by other replicas.
+    pub stored_at: SystemTime,
     pub ttl: Duration,
     pub stale_if_error: Duration,
     /// Bytes it weighs in the cache.
@@ -42,12 +45,23 @@ pub struct Origin {
     pub equivalent: Option<String>,
 }
 
-/// Where cached answers live.
+/// Where cached answers live. A store that cannot answer (down, slow) answers `None` and keeps
+/// nothing: a cache never fails a request.
+#[async_trait]
 pub trait AnswerCache: Send + Sync {
-    fn get(&self, key: &CacheKey) -> Option<Arc<Cached>>;
-    fn put(&self, key: CacheKey, entry: Arc<Cached>);
+    async fn get(&self, key: &CacheKey) -> Option<Arc<Cached>>;
+    async fn put(&self, key: CacheKey, entry: Arc<Cached>);
     /// Entries held and the bytes they weigh.
     fn usage(&self) -> (u64, u64);
+}
+
+impl Cached {
+    /// How long ago it was kept (zero when the clock stepped back).
+    pub fn age(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(self.stored_at)
+            .unwrap_or_default()
+    }
 }
 
 /// Each entry lives its TTL plus its stale-if-error window.
@@ -80,12 +94,13 @@ impl MemoryCache {
     }
 }
 
+#[async_trait]
 impl AnswerCache for MemoryCache {
-    fn get(&self, key: &CacheKey) -> Option<Arc<Cached>> {
+    async fn get(&self, key: &CacheKey) -> Option<Arc<Cached>> {
         self.cache.get(key)
     }
 
-    fn put(&self, key: CacheKey, entry: Arc<Cached>) {
+    async fn put(&self, key: CacheKey, entry: Arc<Cached>) {
         self.cache.insert(key, entry);
     }
 
@@ -114,7 +129,7 @@ pub fn render(cached: &Cached, stream: bool) -> Option<Rendered> {
     Some(Rendered {
         body,
         stream,
-        age: cached.stored_at.elapsed(),
+        age: cached.age(),
         origin: cached.origin.clone(),
     })
 }

@@ -13,7 +13,7 @@ use pingora::proxy::Session;
 use pingora::{Error, Result};
 use std::ops::{Deref, DerefMut};
 
-/// What sees an answer as it is written (`serve::idempotency::Recording`). A trait, so the
+/// What sees an answer as it is written (`serve::recording::Recording`, an idempotency leader). A trait, so the
 /// recording's own module (which replays answers through here) is not imported by this one.
 pub trait Tap: Sync {
     fn head(&self, h: &ResponseHeader);
@@ -22,6 +22,25 @@ pub trait Tap: Sync {
     /// idempotency leader): the answer is worth finishing after this request's own client left.
     fn followed(&self) -> bool {
         false
+    }
+}
+
+/// Two taps seeing the same answer (the request's own recording and an idempotency leader).
+pub struct Both<'a>(pub &'a dyn Tap, pub &'a dyn Tap);
+
+impl Tap for Both<'_> {
+    fn head(&self, h: &ResponseHeader) {
+        self.0.head(h);
+        self.1.head(h);
+    }
+
+    fn body(&self, b: &Bytes) {
+        self.0.body(b);
+        self.1.body(b);
+    }
+
+    fn followed(&self) -> bool {
+        self.0.followed() || self.1.followed()
     }
 }
 

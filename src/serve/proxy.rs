@@ -7,10 +7,8 @@
 //! docs in PINGORA-NOTES and `forward`). Pingora still provides the listener, HTTP parsing,
 //! upstream connection pools, TLS, and graceful shutdown.
 
-use crate::decide::cache::{
-    cacheable, freshness, key as cache_key, CacheKey, Directive, Freshness, KeyScope,
-};
-use crate::decide::idempotency::{fingerprint, parse_key, scope, storable, ScopedKey};
+use crate::decide::cache::KeyScope;
+use crate::decide::idempotency::{fingerprint, scope, storable};
 use crate::decide::route::{self, Acceptable, RequestConstraints, RouteInput};
 use crate::model::endpoint::{Endpoint, Family};
 use crate::model::Strategy;
@@ -18,9 +16,11 @@ use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::background::{self, Queueing};
 use crate::serve::cache;
-use crate::serve::downstream::{Downstream, Tap};
+use crate::serve::downstream::{Both, Downstream, Tap};
 use crate::serve::forward;
-use crate::serve::idempotency::{self, Claim, IdempotencyStore, Recording};
+use crate::serve::idempotency::{self, Claim, Leader};
+use crate::serve::recording::Recording;
+use crate::serve::stage;
 use crate::serve::state::Shared;
 use crate::wire::body::RequestBody;
 use crate::wire::errors::{ErrorKind, GatewayError};
@@ -511,75 +511,79 @@ impl Proxy {
             },
             acceptable,
         };
-        let cache = match self.cache_lookup(session, ctx, &body, &mut plan, &scope) {
-            Lookup::Hit(rendered) => {
+        let cache = match stage::cache::lookup(
+            &*self.shared.cache,
+            &session.req_header().headers,
+            ctx,
+            &body,
+            &mut plan,
+            &scope,
+        )
+        .await
+        {
+            stage::cache::Lookup::Hit(rendered) => {
                 let mut down = Downstream::new(session, None);
                 cache::serve(&mut down, &rendered, "hit", &ctx.request_id).await?;
                 ctx.status = 200;
                 return Ok(Handled::Done);
             }
-            Lookup::Miss(state) => Some(state),
-            Lookup::Off => None,
+            stage::cache::Lookup::Miss(state) => Some(state),
+            stage::cache::Lookup::Off => None,
         };
-        // The cache keeps what the answer's recording saw: the idempotency leader's, else one
-        // of its own.
-        let cache_rec = cache
-            .as_ref()
-            .map(|c| Recording::new([0; 32], c.policy.max_entry_bytes));
-        let result = match self.idempotency(session, cfg, &body, &plan, route, &acceptable) {
-            Keyed::No => {
-                let mut down = Downstream::new(session, cache_rec.as_ref().map(|r| r as &dyn Tap));
-                let result =
-                    background::execute(&self.shared, &rt, &mut down, ctx, &plan, &body, &queueing)
-                        .await;
-                if let (Some(rec), Some(state)) = (&cache_rec, &cache) {
-                    rec.finish(result.is_ok());
-                    self.cache_keep(ctx, state, rec, body.stream);
-                }
-                result
+        let keyed = match self.shared.idempotency.as_deref() {
+            Some(store) => {
+                let h = &session.req_header().headers;
+                stage::idempotency::claim(store, h, plan.keep_nothing, || {
+                    let fp = fingerprint(
+                        session.req_header().uri.path(),
+                        route.map(|r| r.name.as_str()),
+                        &acceptable,
+                        body.bytes(),
+                    );
+                    (self.client_scope(session, cfg), fp)
+                })
+                .await
             }
-            Keyed::Invalid(e) => return Ok(Handled::Reject(e)),
-            Keyed::Claimed(key, Claim::Conflict) => {
-                let _ = key;
+            None => stage::idempotency::Keyed::No,
+        };
+        let result = match keyed {
+            stage::idempotency::Keyed::No => {
+                self.upstream(
+                    session,
+                    ctx,
+                    &rt,
+                    &plan,
+                    &body,
+                    &queueing,
+                    cache.as_ref(),
+                    None,
+                )
+                .await
+            }
+            stage::idempotency::Keyed::Invalid(e) => return Ok(Handled::Reject(e)),
+            stage::idempotency::Keyed::Claimed(Claim::Conflict) => {
                 return Ok(Handled::Reject(GatewayError::new(
                     ErrorKind::IdempotencyKeyReused,
                     "this Idempotency-Key was already used with a different request body",
                 )));
             }
-            Keyed::Claimed(_, Claim::Follow(rec)) => {
+            stage::idempotency::Keyed::Claimed(Claim::Follow(mut feed)) => {
                 ctx.idempotent_replay = true;
                 METRICS.idempotency_replays.inc();
-                if !idempotency::follow(&rec, session, &ctx.request_id, plan.endpoint.family())
-                    .await?
-                {
-                    return Ok(Handled::Reject(GatewayError::new(
+                let family = plan.endpoint.family();
+                match idempotency::follow(&mut *feed, session, &ctx.request_id, family).await? {
+                    Some(status) => ctx.status = status,
+                    None => return Ok(Handled::Reject(GatewayError::new(
                         ErrorKind::IdempotencyKeyInUse,
                         "the request holding this Idempotency-Key ended without an answer; retry",
-                    )));
+                    ))),
                 }
-                ctx.status = rec.status().unwrap_or(0);
                 Ok(())
             }
-            Keyed::Claimed(key, Claim::Lead(rec)) => {
-                let store = self.shared.idempotency.as_deref();
-                let mut lease = Lease {
-                    store,
-                    key: &key,
-                    rec: &rec,
-                    settled: false,
-                };
-                let mut down = Downstream::new(session, Some(&*rec));
-                let result =
-                    background::execute(&self.shared, &rt, &mut down, ctx, &plan, &body, &queueing)
-                        .await;
-                ctx.client_left |= down.client_gone();
-                rec.finish(result.is_ok());
-                let keep = storable(ctx.status, rec.complete() && ctx.error.is_none());
-                lease.settle(keep);
-                if let Some(state) = &cache {
-                    self.cache_keep(ctx, state, &rec, body.stream);
-                }
-                result
+            stage::idempotency::Keyed::Claimed(Claim::Lead(leader)) => {
+                let (cache, leader) = (cache.as_ref(), Some(leader));
+                self.upstream(session, ctx, &rt, &plan, &body, &queueing, cache, leader)
+                    .await
             }
         };
         if ctx.zero_retention {
@@ -590,145 +594,6 @@ impl Proxy {
         }
         result?;
         Ok(Handled::Done)
-    }
-}
-
-/// The prompt cache's part in one request.
-enum Lookup {
-    /// Not cached here (no policy, another endpoint, zero retention, `no-store`).
-    Off,
-    /// Answer from the cache.
-    Hit(cache::Rendered),
-    /// Go upstream; keep the answer under this key (unless `no-store`).
-    Miss(CacheState),
-}
-
-struct CacheState {
-    key: CacheKey,
-    policy: crate::model::CachePolicy,
-    family: Family,
-}
-
-impl Proxy {
-    /// Look the request up in the prompt cache: a fresh answer is a hit; a stale one is kept in
-    /// the plan for stale-if-error; `x-twinroute-cache` goes on the upstream answer.
-    fn cache_lookup(
-        &self,
-        session: &Session,
-        ctx: &mut RequestLog,
-        body: &RequestBody,
-        plan: &mut forward::Plan,
-        scope: &KeyScope<'_>,
-    ) -> Lookup {
-        let Some(policy) = plan.policy.cache else {
-            return Lookup::Off;
-        };
-        if plan.keep_nothing
-            || !matches!(
-                plan.endpoint,
-                Endpoint::ChatCompletions | Endpoint::Messages
-            )
-        {
-            return Lookup::Off;
-        }
-        let h = &session.req_header().headers;
-        let directive = Directive::parse(h.get(http::header::CACHE_CONTROL).map(|v| v.as_bytes()));
-        let outcome = |o: &'static str| METRICS.cache_lookups.with_label_values(&[o]).inc();
-        if directive == Directive::NoStore {
-            outcome("bypass");
-            ctx.cache = Some("bypass");
-            plan.cache_header = Some("bypass");
-            return Lookup::Off;
-        }
-        // Parsed here only when routing did not need it; kept in the plan, so a continuation
-        // does not parse it again.
-        if plan.parsed_body.is_none() {
-            match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
-                Ok(v) => plan.parsed_body = Some(v),
-                Err(_) => return Lookup::Off,
-            }
-        }
-        let Some(json) = plan.parsed_body.as_ref() else {
-            return Lookup::Off;
-        };
-        let Some(key) = cache_key(json, scope) else {
-            return Lookup::Off;
-        };
-        let family = plan.endpoint.family();
-        if directive == Directive::Normal {
-            if let Some(c) = self.shared.cache.get(&key) {
-                match freshness(c.stored_at.elapsed(), c.ttl, c.stale_if_error) {
-                    Freshness::Fresh => {
-                        if let Some(r) = cache::render(&c, body.stream) {
-                            outcome("hit");
-                            ctx.cache = Some("hit");
-                            return Lookup::Hit(r);
-                        }
-                    }
-                    Freshness::Stale => plan.stale = cache::render(&c, body.stream),
-                    Freshness::Gone => {}
-                }
-            }
-        }
-        let label = if directive == Directive::Normal {
-            "miss"
-        } else {
-            "bypass"
-        };
-        outcome(label);
-        ctx.cache = Some(label);
-        plan.cache_header = Some(label);
-        Lookup::Miss(CacheState {
-            key,
-            policy,
-            family,
-        })
-    }
-
-    /// Keep the answer the recording saw, when it is a complete success with content (a stream
-    /// folded into the answer it stands for).
-    fn cache_keep(&self, ctx: &RequestLog, state: &CacheState, rec: &Recording, stream: bool) {
-        if ctx.cache == Some("stale") || ctx.error.is_some() {
-            return;
-        }
-        let Some(bytes) = rec.body_bytes() else {
-            return;
-        };
-        let answer = if stream {
-            crate::wire::answer::fold(state.family, &bytes)
-        } else {
-            serde_json::from_slice(&bytes).ok()
-        };
-        let Some(answer) = answer else {
-            return;
-        };
-        let c = crate::wire::answer::content(state.family, &answer);
-        if !cacheable(
-            rec.status().unwrap_or(0),
-            rec.complete(),
-            c.non_empty,
-            c.tool_calls,
-            state.policy.tool_calls,
-        ) {
-            return;
-        }
-        let weight = answer.to_string().len().min(u32::MAX as usize) as u32;
-        self.shared.cache.put(
-            state.key,
-            std::sync::Arc::new(cache::Cached {
-                answer,
-                family: state.family,
-                stored_at: std::time::Instant::now(),
-                ttl: state.policy.ttl,
-                stale_if_error: state.policy.stale_if_error,
-                weight,
-                origin: cache::Origin {
-                    provider: ctx.provider.clone(),
-                    model: ctx.served_model.clone(),
-                    equivalent: ctx.degraded.clone(),
-                },
-            }),
-        );
     }
 }
 
@@ -757,89 +622,54 @@ fn presented_token(h: &http::HeaderMap) -> Option<&[u8]> {
         .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()))
 }
 
-/// Whether a request takes part in idempotency, and its claim.
-enum Keyed {
-    /// No key, no store, or a zero-retention route (which never stores an answer).
-    No,
-    Invalid(GatewayError),
-    Claimed(ScopedKey, Claim),
-}
-
-/// The leader's hold on a key: settled with its answer, or (on any early exit, a panic
-/// included) released so duplicates are not left waiting and a retry is a new try.
-struct Lease<'a> {
-    store: Option<&'a dyn IdempotencyStore>,
-    key: &'a ScopedKey,
-    rec: &'a std::sync::Arc<Recording>,
-    settled: bool,
-}
-
-impl Lease<'_> {
-    fn settle(&mut self, keep: bool) {
-        if let Some(s) = self.store {
-            s.settle(self.key, self.rec, keep);
-        }
-        self.settled = true;
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.rec.finish(false);
-            self.settle(false);
-        }
-    }
-}
-
 impl Proxy {
-    /// Claim the request's `Idempotency-Key`, scoped to the client's token.
-    fn idempotency(
+    /// Go upstream for the answer. A request the cache keeps or a keyed one records its answer
+    /// as written (`answer`): what the cache keeps, and what decides whether the key keeps it;
+    /// a leader writes it into the idempotency store as well, for the duplicates following it.
+    #[allow(clippy::too_many_arguments)]
+    async fn upstream(
         &self,
-        session: &Session,
-        cfg: &crate::model::Config,
-        body: &RequestBody,
+        session: &mut Session,
+        ctx: &mut RequestLog,
+        rt: &crate::serve::state::Runtime,
         plan: &forward::Plan,
-        route: Option<&crate::model::Route>,
-        acceptable: &Acceptable<'_>,
-    ) -> Keyed {
-        let Some(store) = self.shared.idempotency.as_deref() else {
-            return Keyed::No;
+        body: &RequestBody,
+        queueing: &Queueing,
+        cache: Option<&stage::cache::CacheState>,
+        leader: Option<Box<dyn Leader>>,
+    ) -> Result<()> {
+        let bound = match (&leader, cache, rt.config.idempotency.as_ref()) {
+            (Some(_), _, Some(conf)) => Some(conf.max_entry_bytes),
+            (_, Some(c), _) => Some(c.policy.max_entry_bytes),
+            _ => None,
         };
-        let h = &session.req_header().headers;
-        let mut values = h.get_all(&names::IDEMPOTENCY_KEY).iter();
-        let Some(value) = values.next() else {
-            return Keyed::No;
-        };
-        if values.next().is_some() {
-            // Which one the client meant is not ours to guess: the first winning silently
-            // would replay an answer for a key the client may not have sent last.
-            return Keyed::Invalid(GatewayError::new(
-                ErrorKind::InvalidRequest,
-                "send one Idempotency-Key header, not several",
-            ));
-        }
-        if plan.keep_nothing {
-            return Keyed::No;
-        }
-        let key = match parse_key(value.as_bytes()) {
-            Ok(k) => k.to_string(),
-            Err(e) => {
-                return Keyed::Invalid(GatewayError::new(ErrorKind::InvalidRequest, e.message()))
+        let answer = bound.map(Recording::new);
+        let both;
+        let tap: Option<&dyn Tap> = match (&answer, &leader) {
+            (Some(a), Some(l)) => {
+                both = Both(a, &**l);
+                Some(&both)
             }
+            (Some(a), None) => Some(a),
+            (None, _) => None,
         };
-        let scoped = ScopedKey {
-            scope: self.client_scope(session, cfg),
-            key,
+        let mut down = Downstream::new(session, tap);
+        let result =
+            background::execute(&self.shared, rt, &mut down, ctx, plan, body, queueing).await;
+        ctx.client_left |= down.client_gone();
+        let Some(answer) = answer else {
+            return result;
         };
-        let fp = fingerprint(
-            session.req_header().uri.path(),
-            route.map(|r| r.name.as_str()),
-            acceptable,
-            body.bytes(),
-        );
-        let claim = store.claim(&scoped, fp);
-        Keyed::Claimed(scoped, claim)
+        answer.finish(result.is_ok());
+        if let Some(leader) = leader {
+            leader.finish(result.is_ok());
+            let keep = storable(ctx.status, answer.complete() && ctx.error.is_none());
+            leader.settle(keep).await;
+        }
+        if let Some(state) = cache {
+            stage::cache::keep(&*self.shared.cache, ctx, state, &answer, body.stream).await;
+        }
+        result
     }
 }
 

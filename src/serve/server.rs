@@ -5,7 +5,7 @@ use crate::model::Config;
 use crate::serve::admin::Admin;
 use crate::serve::header_guard::GuardedApp;
 use crate::serve::proxy::Proxy;
-use crate::serve::state::Shared;
+use crate::serve::state::{Shared, Stores};
 use async_trait::async_trait;
 use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
@@ -49,6 +49,16 @@ impl BackgroundService for Readiness {
 /// returned `Shared` is what the admin API and tests observe. Fails when the job store under
 /// `state_dir` cannot be opened.
 pub fn build(config: Config, config_path: Option<String>) -> Result<(Server, Arc<Shared>), String> {
+    let stores = Stores::in_process(&config);
+    build_with(config, config_path, stores)
+}
+
+/// `build`, keeping answers in `stores` (a shared store, or a test's own).
+pub fn build_with(
+    config: Config,
+    config_path: Option<String>,
+    stores: Stores,
+) -> Result<(Server, Arc<Shared>), String> {
     let conf = ServerConf {
         threads: config.threads,
         grace_period_seconds: Some(config.grace_period_s),
@@ -76,7 +86,7 @@ pub fn build(config: Config, config_path: Option<String>) -> Result<(Server, Arc
         std::net::TcpListener::bind(addr.as_str())
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
-    let shared = Shared::new(config)?;
+    let shared = Shared::new(config, stores)?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
     let mut http = pingora::proxy::http_proxy(&server.configuration, Proxy::new(shared.clone()));

@@ -1,9 +1,12 @@
 //! State shared by every request and background service: the current config with its health
 //! table (swapped together as one unit), the upstream connector and its pools, readiness.
 
+use crate::health::verdict::VerdictBus;
 use crate::health::Health;
 use crate::model::Config;
 use crate::net::resolve::Resolver;
+use crate::serve::cache::AnswerCache;
+use crate::serve::idempotency::IdempotencyStore;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -27,7 +30,36 @@ impl Runtime {
             &config.providers,
             Some((&previous.health, &previous.config.providers)),
         );
+        if let Some(bus) = previous.health.bus() {
+            health.set_bus(bus);
+        }
         Runtime { config, health }
+    }
+}
+
+/// Where state a fleet could share lives: the idempotency store (`None`: `idempotency` is off),
+/// the prompt cache, and the health verdict bus. The in-process stores by default; a shared store, or a test's own, is handed in
+/// whole (`serve::server::build_with`) and reached only through its trait.
+pub struct Stores {
+    pub idempotency: Option<Arc<dyn IdempotencyStore>>,
+    pub cache: Arc<dyn AnswerCache>,
+    /// Where health verdicts are published (`health::verdict`; `None`: kept to this process).
+    pub verdicts: Option<Arc<dyn VerdictBus>>,
+}
+
+impl Stores {
+    /// The in-process stores `config` asks for.
+    pub fn in_process(config: &Config) -> Stores {
+        Stores {
+            idempotency: config.idempotency.as_ref().map(|c| {
+                Arc::new(crate::serve::idempotency::memory::MemoryStore::new(c))
+                    as Arc<dyn IdempotencyStore>
+            }),
+            cache: Arc::new(crate::serve::cache::MemoryCache::new(
+                config.cache_max_bytes,
+            )),
+            verdicts: None,
+        }
     }
 }
 
@@ -42,10 +74,10 @@ pub struct Shared {
     pub tokens: crate::serve::credentials::Tokens,
     /// Answers to requests with an `Idempotency-Key` (`None`: off). Built from the first config;
     /// a reload keeps it (and its entries).
-    pub idempotency: Option<Box<dyn crate::serve::idempotency::IdempotencyStore>>,
+    pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     /// The prompt cache (used by models and routes whose policy sets `cache`). Built from the
     /// first config; a reload keeps it.
-    pub cache: Box<dyn crate::serve::cache::AnswerCache>,
+    pub cache: Arc<dyn AnswerCache>,
     /// The durable background queue (`None`: no `state_dir`). Opened from the first config; a
     /// reload keeps it.
     pub queue: Option<Arc<crate::serve::queue::Queue>>,
@@ -59,17 +91,19 @@ pub struct Shared {
 
 impl Shared {
     /// Fails only when the job store under `state_dir` cannot be opened.
-    pub fn new(config: Config) -> Result<Arc<Shared>, String> {
-        let idempotency = config.idempotency.as_ref().map(|c| {
-            Box::new(crate::serve::idempotency::MemoryStore::new(c))
-                as Box<dyn crate::serve::idempotency::IdempotencyStore>
-        });
-        let cache = Box::new(crate::serve::cache::MemoryCache::new(
-            config.cache_max_bytes,
-        ));
+    pub fn new(config: Config, stores: Stores) -> Result<Arc<Shared>, String> {
+        let Stores {
+            idempotency,
+            cache,
+            verdicts,
+        } = stores;
         let scope_secret =
             crate::serve::secrets::scope_secret(config.queue.as_ref().map(|q| q.dir.as_path()))?;
-        let queue = match &config.queue {
+        let runtime = Runtime::new(config);
+        if let Some(bus) = verdicts {
+            runtime.health.set_bus(bus);
+        }
+        let queue = match &runtime.config.queue {
             Some(q) => Some(crate::serve::queue::Queue::open(q)?),
             None => None,
         };
@@ -77,7 +111,7 @@ impl Shared {
             idempotency,
             cache,
             queue,
-            runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            runtime: ArcSwap::from_pointee(runtime),
             connector: Connector::new(None),
             resolver: Resolver::default(),
             ready: AtomicBool::new(false),
