@@ -7,20 +7,15 @@
 //! docs in PINGORA-NOTES and `forward`). Pingora still provides the listener, HTTP parsing,
 //! upstream connection pools, TLS, and graceful shutdown.
 
-use crate::decide::cache::KeyScope;
-use crate::decide::idempotency::{fingerprint, scope, storable};
 use crate::decide::route::{self, Acceptable, RequestConstraints, RouteInput};
 use crate::model::endpoint::{Endpoint, Family};
 use crate::model::Strategy;
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::background::{self, Queueing};
-use crate::serve::cache;
-use crate::serve::downstream::{Both, Downstream, Tap};
+use crate::serve::downstream::Downstream;
 use crate::serve::forward;
-use crate::serve::idempotency::{self, Claim, Leader};
-use crate::serve::recording::Recording;
-use crate::serve::stage;
+use crate::serve::stage::{self, presented_token};
 use crate::serve::state::Shared;
 use crate::wire::body::RequestBody;
 use crate::wire::errors::{ErrorKind, GatewayError};
@@ -271,7 +266,7 @@ impl Proxy {
             }
         }
         if let Some(id) = crate::wire::job::id_from_path(&path) {
-            let scope = self.client_scope(session, cfg);
+            let scope = stage::client_scope(&self.shared, session, cfg);
             let mut down = Downstream::new(session, None);
             return Ok(
                 match background::resource(&self.shared, &mut down, ctx, id, scope).await? {
@@ -490,7 +485,7 @@ impl Proxy {
         };
         let queueing =
             match background::queueing(&self.shared, &session.req_header().headers, &plan, || {
-                self.client_scope(session, cfg)
+                stage::client_scope(&self.shared, session, cfg)
             }) {
                 Ok(q) => q,
                 Err(e) => return Ok(Handled::Reject(e)),
@@ -499,92 +494,23 @@ impl Proxy {
         if let Queueing::Run(id) = &queueing {
             ctx.queued = Some(id.clone());
         }
-        let scope = KeyScope {
-            model: &model.name,
-            route: route.map(|r| r.name.as_str()),
-            endpoint: plan.endpoint.as_str(),
-            // Hashed only when the cache is in play.
-            identity: if plan.policy.cache.is_some() && !plan.keep_nothing {
-                self.client_scope(session, cfg)
-            } else {
-                [0; 32]
-            },
-            acceptable,
-        };
-        let cache = match stage::cache::lookup(
-            &*self.shared.cache,
-            &session.req_header().headers,
+        let mut req = stage::Request {
+            shared: &self.shared,
+            cfg,
+            session,
             ctx,
-            &body,
-            &mut plan,
-            &scope,
-        )
-        .await
-        {
-            stage::cache::Lookup::Hit(rendered) => {
-                let mut down = Downstream::new(session, None);
-                cache::serve(&mut down, &rendered, "hit", &ctx.request_id).await?;
-                ctx.status = 200;
-                return Ok(Handled::Done);
-            }
-            stage::cache::Lookup::Miss(state) => Some(state),
-            stage::cache::Lookup::Off => None,
+            body: &body,
+            plan: &mut plan,
+            route,
+            model_name: &model.name,
+            acceptable,
+            cache: None,
+            leader: None,
+            record_bytes: None,
         };
-        let keyed = match self.shared.idempotency.as_deref() {
-            Some(store) => {
-                let h = &session.req_header().headers;
-                stage::idempotency::claim(store, h, plan.keep_nothing, || {
-                    let fp = fingerprint(
-                        session.req_header().uri.path(),
-                        route.map(|r| r.name.as_str()),
-                        &acceptable,
-                        body.bytes(),
-                    );
-                    (self.client_scope(session, cfg), fp)
-                })
-                .await
-            }
-            None => stage::idempotency::Keyed::No,
-        };
-        let result = match keyed {
-            stage::idempotency::Keyed::No => {
-                self.upstream(
-                    session,
-                    ctx,
-                    &rt,
-                    &plan,
-                    &body,
-                    &queueing,
-                    cache.as_ref(),
-                    None,
-                )
-                .await
-            }
-            stage::idempotency::Keyed::Invalid(e) => return Ok(Handled::Reject(e)),
-            stage::idempotency::Keyed::Claimed(Claim::Conflict) => {
-                return Ok(Handled::Reject(GatewayError::new(
-                    ErrorKind::IdempotencyKeyReused,
-                    "this Idempotency-Key was already used with a different request body",
-                )));
-            }
-            stage::idempotency::Keyed::Claimed(Claim::Follow(mut feed)) => {
-                ctx.idempotent_replay = true;
-                METRICS.idempotency_replays.inc();
-                let family = plan.endpoint.family();
-                match idempotency::follow(&mut *feed, session, &ctx.request_id, family).await? {
-                    Some(status) => ctx.status = status,
-                    None => return Ok(Handled::Reject(GatewayError::new(
-                        ErrorKind::IdempotencyKeyInUse,
-                        "the request holding this Idempotency-Key ended without an answer; retry",
-                    ))),
-                }
-                Ok(())
-            }
-            stage::idempotency::Keyed::Claimed(Claim::Lead(leader)) => {
-                let (cache, leader) = (cache.as_ref(), Some(leader));
-                self.upstream(session, ctx, &rt, &plan, &body, &queueing, cache, leader)
-                    .await
-            }
+        let result = match stage::run(&mut req, &rt, &queueing).await {
+            Ok(result) => result,
+            Err(refusal) => return Ok(Handled::Reject(refusal)),
         };
         if ctx.zero_retention {
             body.wipe();
@@ -594,82 +520,6 @@ impl Proxy {
         }
         result?;
         Ok(Handled::Done)
-    }
-}
-
-impl Proxy {
-    /// The client's identity for scoping keys: its token (keyed under the installation's
-    /// secret) when client tokens are on. The drain's run of a job is its client's request
-    /// again: it carries the scope the job was queued under, never one shared by every job.
-    fn client_scope(&self, session: &Session, cfg: &crate::model::Config) -> [u8; 32] {
-        let h = &session.req_header().headers;
-        if let Some(id) = background::job_run(&self.shared, h) {
-            if let Some(s) = self.shared.queue.as_ref().and_then(|q| q.scope_of(&id)) {
-                return s;
-            }
-        }
-        let token = (!cfg.client_tokens.is_empty())
-            .then(|| presented_token(h))
-            .flatten();
-        scope(&self.shared.scope_secret, token)
-    }
-}
-
-/// The client token a request presents: `Authorization: Bearer`, else `x-api-key`.
-fn presented_token(h: &http::HeaderMap) -> Option<&[u8]> {
-    h.get(http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .or_else(|| h.get("x-api-key").map(|v| v.as_bytes()))
-}
-
-impl Proxy {
-    /// Go upstream for the answer. A request the cache keeps or a keyed one records its answer
-    /// as written (`answer`): what the cache keeps, and what decides whether the key keeps it;
-    /// a leader writes it into the idempotency store as well, for the duplicates following it.
-    #[allow(clippy::too_many_arguments)]
-    async fn upstream(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestLog,
-        rt: &crate::serve::state::Runtime,
-        plan: &forward::Plan,
-        body: &RequestBody,
-        queueing: &Queueing,
-        cache: Option<&stage::cache::CacheState>,
-        leader: Option<Box<dyn Leader>>,
-    ) -> Result<()> {
-        let bound = match (&leader, cache, rt.config.idempotency.as_ref()) {
-            (Some(_), _, Some(conf)) => Some(conf.max_entry_bytes),
-            (_, Some(c), _) => Some(c.policy.max_entry_bytes),
-            _ => None,
-        };
-        let answer = bound.map(Recording::new);
-        let both;
-        let tap: Option<&dyn Tap> = match (&answer, &leader) {
-            (Some(a), Some(l)) => {
-                both = Both(a, &**l);
-                Some(&both)
-            }
-            (Some(a), None) => Some(a),
-            (None, _) => None,
-        };
-        let mut down = Downstream::new(session, tap);
-        let result =
-            background::execute(&self.shared, rt, &mut down, ctx, plan, body, queueing).await;
-        ctx.client_left |= down.client_gone();
-        let Some(answer) = answer else {
-            return result;
-        };
-        answer.finish(result.is_ok());
-        if let Some(leader) = leader {
-            leader.finish(result.is_ok());
-            let keep = storable(ctx.status, answer.complete() && ctx.error.is_none());
-            leader.settle(keep).await;
-        }
-        if let Some(state) = cache {
-            stage::cache::keep(&*self.shared.cache, ctx, state, &answer, body.stream).await;
-        }
-        result
     }
 }
 

@@ -146,8 +146,10 @@ impl Leader for MemoryLead {
         self.entry.answer.finish(complete);
     }
 
+    /// Kept only when the store's own copy is whole (it let go of one over `max_entry_bytes`).
     async fn settle(mut self: Box<Self>, keep: bool) {
-        self.release(keep);
+        let whole = self.entry.answer.complete();
+        self.release(keep && whole);
     }
 }
 

@@ -8,11 +8,14 @@ use crate::decide::cache::{
 use crate::model::endpoint::{Endpoint, Family};
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
-use crate::serve::cache::{render, AnswerCache, Cached, Origin, Rendered};
+use crate::serve::cache::{render, serve, AnswerCache, Cached, Origin, Rendered};
+use crate::serve::downstream::Downstream;
 use crate::serve::forward::Plan;
 use crate::serve::recording::Recording;
+use crate::serve::stage::{Before, Request, Stage};
 use crate::wire::answer;
 use crate::wire::body::RequestBody;
+use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -159,4 +162,52 @@ pub async fn keep(
         },
     };
     store.put(state.key, Arc::new(entry)).await;
+}
+
+/// The prompt cache, for models and routes whose policy sets `cache`.
+pub struct CacheStage;
+
+#[async_trait]
+impl Stage for CacheStage {
+    fn applies(&self, req: &Request<'_>) -> bool {
+        req.plan.policy.cache.is_some() && !req.plan.keep_nothing
+    }
+
+    async fn before(&self, req: &mut Request<'_>) -> pingora::Result<Before> {
+        let scope = KeyScope {
+            model: req.model_name,
+            route: req.route.map(|r| r.name.as_str()),
+            endpoint: req.plan.endpoint.as_str(),
+            // Hashed only when the cache is in play.
+            identity: if req.plan.keep_nothing {
+                [0; 32]
+            } else {
+                req.client_scope()
+            },
+            acceptable: req.acceptable,
+        };
+        let store = &*req.shared.cache;
+        let headers = &req.session.req_header().headers;
+        let looked = lookup(store, headers, req.ctx, req.body, req.plan, &scope).await;
+        match looked {
+            Lookup::Hit(rendered) => {
+                let mut down = Downstream::new(req.session, None);
+                serve(&mut down, &rendered, "hit", &req.ctx.request_id).await?;
+                req.ctx.status = 200;
+                return Ok(Before::Answered);
+            }
+            Lookup::Miss(state) => {
+                req.record(state.policy.max_entry_bytes);
+                req.cache = Some(state);
+            }
+            Lookup::Off => {}
+        }
+        Ok(Before::Next)
+    }
+
+    async fn after(&self, req: &mut Request<'_>, answer: Option<&Recording>, _ok: bool) {
+        if let (Some(state), Some(answer)) = (&req.cache, answer) {
+            keep(&*req.shared.cache, req.ctx, state, answer, req.body.stream).await;
+        }
+    }
 }

@@ -2,9 +2,14 @@
 //! loop (lead, follow, or refuse); the leader settles after it. The store is
 //! `serve::idempotency`.
 
-use crate::decide::idempotency::{parse_key, Fingerprint, ScopedKey};
-use crate::serve::idempotency::{Claim, IdempotencyStore};
+use crate::decide::idempotency::{fingerprint, parse_key, storable, Fingerprint, ScopedKey};
+use crate::observe::metrics::METRICS;
+use crate::serve::idempotency::{follow, Claim, IdempotencyStore};
+use crate::serve::names;
+use crate::serve::recording::Recording;
+use crate::serve::stage::{Before, Request, Stage};
 use crate::wire::errors::{ErrorKind, GatewayError};
+use async_trait::async_trait;
 
 /// Whether a request takes part in idempotency, and its claim.
 pub enum Keyed {
@@ -47,4 +52,77 @@ pub async fn claim(
     };
     let (scope, fp) = scoped();
     Keyed::Claimed(store.claim(&ScopedKey { scope, key }, fp).await)
+}
+
+/// `Idempotency-Key`, when `idempotency` is on and the request carries one.
+pub struct IdempotencyStage;
+
+#[async_trait]
+impl Stage for IdempotencyStage {
+    fn applies(&self, req: &Request<'_>) -> bool {
+        req.shared.idempotency.is_some()
+            && req
+                .session
+                .req_header()
+                .headers
+                .contains_key(&names::IDEMPOTENCY_KEY)
+    }
+
+    async fn before(&self, req: &mut Request<'_>) -> pingora::Result<Before> {
+        let Some(store) = req.shared.idempotency.as_deref() else {
+            return Ok(Before::Next);
+        };
+        let r = &*req;
+        let headers = &r.session.req_header().headers;
+        let keyed = claim(store, headers, r.plan.keep_nothing, || {
+            let path = r.session.req_header().uri.path();
+            let route = r.route.map(|r| r.name.as_str());
+            let fp = fingerprint(path, route, &r.acceptable, r.body.bytes());
+            (r.client_scope(), fp)
+        })
+        .await;
+        Ok(match keyed {
+            Keyed::No => Before::Next,
+            Keyed::Invalid(e) => Before::Refuse(e),
+            Keyed::Claimed(Claim::Conflict) => Before::Refuse(GatewayError::new(
+                ErrorKind::IdempotencyKeyReused,
+                "this Idempotency-Key was already used with a different request body",
+            )),
+            Keyed::Claimed(Claim::Follow(mut feed)) => {
+                req.ctx.idempotent_replay = true;
+                METRICS.idempotency_replays.inc();
+                let family = req.plan.endpoint.family();
+                let id = &req.ctx.request_id;
+                match follow(&mut *feed, req.session, id, family).await? {
+                    Some(status) => {
+                        req.ctx.status = status;
+                        Before::Answered
+                    }
+                    None => Before::Refuse(GatewayError::new(
+                        ErrorKind::IdempotencyKeyInUse,
+                        "the request holding this Idempotency-Key ended without an answer; retry",
+                    )),
+                }
+            }
+            Keyed::Claimed(Claim::Lead(leader)) => {
+                if let Some(conf) = &req.cfg.idempotency {
+                    req.record(conf.max_entry_bytes);
+                }
+                req.leader = Some(leader);
+                Before::Next
+            }
+        })
+    }
+
+    /// The leader's answer ended: followers see the end, and the key keeps a complete success
+    /// (`decide::idempotency::storable`) or lets go.
+    async fn after(&self, req: &mut Request<'_>, answer: Option<&Recording>, ok: bool) {
+        let Some(leader) = req.leader.take() else {
+            return;
+        };
+        leader.finish(ok);
+        let complete = answer.is_some_and(Recording::complete);
+        let keep = storable(req.ctx.status, complete && req.ctx.error.is_none());
+        leader.settle(keep).await;
+    }
 }
