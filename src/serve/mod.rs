@@ -21,6 +21,7 @@ pub mod queue;
 pub mod recording;
 pub mod refresh;
 pub mod reload;
+pub mod routing;
 pub mod secrets;
 pub mod server;
 pub mod stage;

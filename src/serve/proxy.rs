@@ -7,20 +7,19 @@
 //! docs in PINGORA-NOTES and `forward`). Pingora still provides the listener, HTTP parsing,
 //! upstream connection pools, TLS, and graceful shutdown.
 
-use crate::decide::route::{self, Acceptable, RequestConstraints, RouteInput};
+use crate::decide::route::Acceptable;
 use crate::model::endpoint::{Endpoint, Family};
-use crate::model::Strategy;
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::background::{self, Queueing};
 use crate::serve::downstream::Downstream;
-use crate::serve::forward;
+use crate::serve::routing::{self, truncate, Routed};
 use crate::serve::stage::{self, presented_token};
 use crate::serve::state::Shared;
 use crate::wire::body::RequestBody;
 use crate::wire::errors::{ErrorKind, GatewayError};
 use crate::wire::listing;
-use crate::wire::translate::{self, Direction};
+use crate::wire::translate;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::prelude::*;
@@ -28,9 +27,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
-use crate::serve::names;
 pub use crate::serve::names::{
     HDR_ALLOW_EQUIVALENTS, HDR_PROVIDER, HDR_REGION, HDR_REQUEST_ID, HDR_REQUIRE_PARAMS, HDR_ROUTE,
     HDR_STRATEGY,
@@ -76,25 +73,6 @@ fn request_id(prefix: u32, n: u64) -> String {
         }
     }
     id
-}
-
-/// An `x-twinroute-*` control header's text. One twinroute cannot read is refused (400), never
-/// ignored: a pin that silently fell back to failover would send the request where the client
-/// said it must not go. Its value is not echoed (clients have pasted keys into headers).
-fn control<'a>(
-    session: &'a Session,
-    name: &http::HeaderName,
-) -> std::result::Result<Option<&'a str>, GatewayError> {
-    match session.req_header().headers.get(name) {
-        None => Ok(None),
-        Some(v) => match v.to_str() {
-            Ok(s) => Ok(Some(s.trim())),
-            Err(_) => Err(GatewayError::new(
-                ErrorKind::InvalidRequest,
-                format!("{name} must be visible ASCII text"),
-            )),
-        },
-    }
 }
 
 fn header_str<'a>(session: &'a Session, name: &http::HeaderName) -> Option<&'a str> {
@@ -275,213 +253,24 @@ impl Proxy {
                 },
             );
         }
-        let Some(endpoint) = Endpoint::from_path(&path) else {
-            return Ok(Handled::Reject(GatewayError::new(
-                ErrorKind::NotFound,
-                format!("unknown path {path:?}; twinroute serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and /v1/messages"),
-            )));
+        let (endpoint, mut body) = match self.read_request(session, ctx, cfg, &path).await? {
+            Ok(read) => read,
+            Err(h) => return Ok(h),
         };
-        ctx.endpoint = endpoint.as_str();
-        if session.req_header().method != http::Method::POST {
-            return Ok(Handled::Reject(GatewayError::new(
-                ErrorKind::MethodNotAllowed,
-                format!(
-                    "{} is not allowed on {path}; use POST",
-                    session.req_header().method
-                ),
-            )));
-        }
-        if let Some(enc) = header_str(session, &http::header::CONTENT_ENCODING) {
-            if !enc.eq_ignore_ascii_case("identity") {
-                return Ok(Handled::Reject(GatewayError::new(
-                    ErrorKind::UnsupportedMediaType,
-                    format!("Content-Encoding {enc:?} is not supported; send the JSON body uncompressed"),
-                )));
-            }
-        }
-        // The whole body within one deadline: a client trickling bytes is cut off, not waited on.
-        let raw = match pingora::prelude::fast_timeout::fast_timeout(
-            cfg.client_body_timeout,
-            read_body(session, cfg.max_body_bytes),
-        )
-        .await
-        {
-            Ok(read) => match read? {
-                Ok(b) => b,
-                Err(e) => return Ok(Handled::Reject(e)),
-            },
-            Err(_) => {
-                return Ok(Handled::Reject(GatewayError::new(
-                    ErrorKind::RequestTimeout,
-                    format!(
-                        "the request body did not arrive within {} ms",
-                        cfg.client_body_timeout.as_millis()
-                    ),
-                )))
-            }
-        };
-        let mut body = match RequestBody::parse(raw) {
-            Ok(b) => b,
-            Err(e) => {
-                return Ok(Handled::Reject(GatewayError::new(
-                    ErrorKind::InvalidRequest,
-                    e.message(),
-                )))
-            }
-        };
-        ctx.requested_model = Some(body.model.clone());
-        ctx.stream = body.stream;
 
-        let (mut constraints, require_params) = match constraints_of(session, cfg, &body) {
-            Ok(c) => c,
+        let Routed {
+            mut plan,
+            route,
+            model_name,
+            acceptable,
+        } = match routing::route(&self.shared, session, ctx, &rt, endpoint, &body, &path) {
+            Ok(r) => r,
             Err(e) => return Ok(Handled::Reject(e)),
         };
-        let route = cfg.route_for(&path, &session.req_header().headers);
-        if route.is_none() {
-            let asked = match control(session, &names::ROUTE) {
-                Ok(v) => v,
-                Err(e) => return Ok(Handled::Reject(e)),
-            };
-            if let Some(asked) = asked {
-                let known: Vec<&str> = cfg
-                    .routes
-                    .iter()
-                    .filter(|r| r.headers.iter().any(|(k, _)| *k == names::ROUTE))
-                    .map(|r| r.name.as_str())
-                    .collect();
-                if !known.is_empty() {
-                    return Ok(Handled::Reject(GatewayError::new(
-                        ErrorKind::InvalidRequest,
-                        format!(
-                            "{HDR_ROUTE}: {:?} matches no route for {path}; routes keyed on it: {}",
-                            truncate(asked),
-                            known.join(", ")
-                        ),
-                    )));
-                }
-            }
-        }
-        ctx.route = route.map(|r| r.name.clone());
-
-        let Some(model_id) = cfg.catalog.resolve(&body.model) else {
-            return Ok(Handled::Reject(GatewayError::new(
-                ErrorKind::ModelNotFound,
-                format!(
-                    "model {:?} is not in twinroute's model map",
-                    truncate(&body.model)
-                ),
-            )));
-        };
-        let model = cfg.catalog.model(model_id);
-        ctx.model = Some(model.name.clone());
-        let policy = cfg.policy_for(route, model_id);
-        // Only the offerings (and providers) this request could use: the model's and its
-        // equivalents'.
-        let offerings = model.offerings.iter().chain(
-            model
-                .equivalents
-                .iter()
-                .flat_map(|e| cfg.catalog.model(e.id).offerings.iter()),
-        );
-        let relevant = offerings.clone().map(|o| o.provider);
-        // Translation: the body is parsed only when a provider this request could use speaks
-        // the other wire format; same-format traffic keeps the splice path untouched.
-        let mut json = None;
-        let mut include_usage = false;
-        // An offering that declares it lacks a feature also needs the body looked at.
-        let lacks_declared = offerings.clone().any(|o| !o.lacks.is_empty());
-        if let Some(dir) = Direction::from_client(endpoint) {
-            let reachable_only_translated = relevant
-                .clone()
-                .any(|p| endpoint.rebuilt_for(cfg.providers[p].api));
-            if reachable_only_translated || lacks_declared {
-                match serde_json::from_slice::<serde_json::Value>(body.bytes()) {
-                    Ok(v) => {
-                        if reachable_only_translated {
-                            constraints.untranslatable = translate::untranslatable(dir, &v);
-                        }
-                        constraints.features = translate::features(&v);
-                        include_usage = v.pointer("/stream_options/include_usage")
-                            == Some(&serde_json::Value::Bool(true));
-                        json = Some(v);
-                    }
-                    Err(e) => {
-                        return Ok(Handled::Reject(GatewayError::new(
-                            ErrorKind::InvalidRequest,
-                            format!("request body is not valid JSON: {e}"),
-                        )))
-                    }
-                }
-            }
-        }
-        let health = rt.health.routing_snapshot(Instant::now(), relevant);
-        let candidates = match route::candidates(&RouteInput {
-            model: model_id,
-            catalog: &cfg.catalog,
-            providers: &cfg.providers,
-            endpoint,
-            policy,
-            constraints: &constraints,
-            health: &health,
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                // Missing credentials are the deployment's problem, not the request's.
-                let kind = match e {
-                    route::NoRoute::NoCredentials(_) => ErrorKind::UpstreamFailed,
-                    _ => ErrorKind::InvalidRequest,
-                };
-                return Ok(Handled::Reject(GatewayError::new(
-                    kind,
-                    e.message(&model.name, endpoint),
-                )));
-            }
-        };
-        note_skipped(ctx, cfg, model, &candidates, &health);
-        let allow_equivalents = constraints
-            .allow_equivalents
-            .unwrap_or(policy.allow_equivalents);
+        let region = plan.region.clone();
         let acceptable = Acceptable {
-            allow_equivalents,
-            pin: constraints.pin.map(|p| cfg.providers[p].name.as_str()),
-            region: constraints.region.as_deref(),
-            require_params,
-        };
-        // Nothing of a request a zero-retention provider could answer is kept anywhere: decided
-        // from every offering it may use, whatever their health now, not from the route alone.
-        // Asked only when a store could be in play (the cache, a key, the queue): a request none
-        // of them would touch pays nothing for the question.
-        let stores_in_play = policy.cache.is_some()
-            || self.shared.queue.is_some()
-            || (self.shared.idempotency.is_some()
-                && session
-                    .req_header()
-                    .headers
-                    .contains_key(&names::IDEMPOTENCY_KEY));
-        let keep_nothing = route.is_some_and(|r| r.zero_retention)
-            || stores_in_play
-                && route::may_reach_zero_retention(
-                    &cfg.catalog,
-                    &cfg.providers,
-                    model_id,
-                    constraints.pin,
-                    allow_equivalents,
-                );
-        let mut plan = forward::Plan {
-            endpoint,
-            model: model_id,
-            candidates,
-            policy: policy.clone(),
-            pinned: constraints.pin.is_some(),
-            region: constraints.region.clone(),
-            zero_retention: route.is_some_and(|r| r.zero_retention),
-            keep_nothing,
-            parsed_body: json,
-            include_usage,
-            continuation: None,
-            cache_header: None,
-            stale: None,
-            queue_on_fail: false,
+            region: region.as_deref(),
+            ..acceptable
         };
         let queueing =
             match background::queueing(&self.shared, &session.req_header().headers, &plan, || {
@@ -502,7 +291,7 @@ impl Proxy {
             body: &body,
             plan: &mut plan,
             route,
-            model_name: &model.name,
+            model_name,
             acceptable,
             cache: None,
             leader: None,
@@ -523,115 +312,73 @@ impl Proxy {
     }
 }
 
-/// The request's control headers as routing constraints (`x-twinroute-provider`, `-strategy`,
-/// `-region`, `-allow-equivalents`, `-require-parameters`), with what routing needs from the
-/// body; and whether the client asked that no parameter be dropped. A header twinroute cannot
-/// read, or a value it does not know, is the client's error.
-fn constraints_of(
-    session: &Session,
-    cfg: &crate::model::Config,
-    body: &RequestBody,
-) -> std::result::Result<(RequestConstraints, bool), GatewayError> {
-    let mut constraints = RequestConstraints::default();
-    let mut require_params: Option<bool> = None;
-    let provider = control(session, &names::PROVIDER)?;
-    if let Some(name) = provider {
-        let name = name.to_string();
-        match cfg.provider_by_name(&name) {
-            Some(p) => constraints.pin = Some(p.id),
-            None => {
-                return Err(GatewayError::new(
-                    ErrorKind::InvalidRequest,
-                    // The value is not echoed: clients have pasted keys into headers before.
+impl Proxy {
+    /// The request as twinroute serves it: a known endpoint, POST, an uncompressed body read
+    /// whole within `client_body_timeout`, and the fields routing reads from it.
+    async fn read_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestLog,
+        cfg: &crate::model::Config,
+        path: &str,
+    ) -> Result<std::result::Result<(Endpoint, RequestBody), Handled>> {
+        let Some(endpoint) = Endpoint::from_path(path) else {
+            return Ok(Err(Handled::Reject(GatewayError::new(
+                ErrorKind::NotFound,
+                format!("unknown path {path:?}; twinroute serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and /v1/messages"),
+            ))));
+        };
+        ctx.endpoint = endpoint.as_str();
+        if session.req_header().method != http::Method::POST {
+            return Ok(Err(Handled::Reject(GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                format!(
+                    "{} is not allowed on {path}; use POST",
+                    session.req_header().method
+                ),
+            ))));
+        }
+        if let Some(enc) = header_str(session, &http::header::CONTENT_ENCODING) {
+            if !enc.eq_ignore_ascii_case("identity") {
+                return Ok(Err(Handled::Reject(GatewayError::new(
+                    ErrorKind::UnsupportedMediaType,
+                    format!("Content-Encoding {enc:?} is not supported; send the JSON body uncompressed"),
+                ))));
+            }
+        }
+        // The whole body within one deadline: a client trickling bytes is cut off, not waited on.
+        let raw = match pingora::prelude::fast_timeout::fast_timeout(
+            cfg.client_body_timeout,
+            read_body(session, cfg.max_body_bytes),
+        )
+        .await
+        {
+            Ok(read) => match read? {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(Handled::Reject(e))),
+            },
+            Err(_) => {
+                return Ok(Err(Handled::Reject(GatewayError::new(
+                    ErrorKind::RequestTimeout,
                     format!(
-                        "{HDR_PROVIDER} names no configured provider; configured: {}",
-                        cfg.providers
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        "the request body did not arrive within {} ms",
+                        cfg.client_body_timeout.as_millis()
                     ),
-                ));
+                ))))
             }
-        }
-    }
-    let strategy = control(session, &names::STRATEGY)?;
-    if let Some(s) = strategy {
-        match Strategy::parse(s) {
-            Some(s) => constraints.strategy = Some(s),
-            None => {
-                return Err(GatewayError::new(
+        };
+        let body = match RequestBody::parse(raw) {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(Err(Handled::Reject(GatewayError::new(
                     ErrorKind::InvalidRequest,
-                    format!("{HDR_STRATEGY}: unknown strategy {:?} (ordered, prefer_cost, prefer_latency or weighted)", truncate(s)),
-                ))
+                    e.message(),
+                ))))
             }
-        }
-    }
-    if let Some(r) = control(session, &names::REGION)? {
-        constraints.region = Some(r.to_string());
-    }
-    for (name, slot) in [
-        (names::ALLOW_EQUIVALENTS, &mut constraints.allow_equivalents),
-        (names::REQUIRE_PARAMS, &mut require_params),
-    ] {
-        let value = control(session, &name)?;
-        if let Some(v) = value {
-            *slot = Some(match parse_bool(v) {
-                Some(b) => b,
-                None => {
-                    return Err(GatewayError::new(
-                        ErrorKind::InvalidRequest,
-                        format!("{name} must be true or false"),
-                    ))
-                }
-            });
-        }
-    }
-    if require_params == Some(true) {
-        constraints.required_params = Some(body.param_names());
-    }
-    constraints.needed_tokens = Some(body.estimated_tokens());
-    constraints.draw = rand::random::<f64>();
-    Ok((constraints, require_params == Some(true)))
-}
-
-/// Record in the access line which twins health kept out, with the same reason names as
-/// failovers: `provider:reason` when its endpoints are out, `provider/model:reason` when only
-/// that model is.
-fn note_skipped(
-    ctx: &mut RequestLog,
-    cfg: &crate::model::Config,
-    model: &crate::model::catalog::Model,
-    candidates: &[route::Candidate],
-    health: &route::HealthSnapshot,
-) {
-    for o in &model.offerings {
-        if !candidates.iter().any(|c| c.provider == o.provider) {
-            if let Some(skip) = health.skip(o.provider, &o.model_id) {
-                let name = &cfg.providers[o.provider].name;
-                ctx.skipped.push(match skip.grain {
-                    route::Grain::Endpoint => format!("{name}:{}", skip.reason.as_str()),
-                    route::Grain::Offering => {
-                        format!("{name}/{}:{}", o.model_id, skip.reason.as_str())
-                    }
-                });
-            }
-        }
-    }
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Some(true),
-        "false" | "0" | "no" => Some(false),
-        _ => None,
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
+        };
+        ctx.requested_model = Some(body.model.clone());
+        ctx.stream = body.stream;
+        Ok(Ok((endpoint, body)))
     }
 }
 

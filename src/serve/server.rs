@@ -45,6 +45,25 @@ impl BackgroundService for Readiness {
     }
 }
 
+/// Pingora's server settings for `config`.
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(5),
+        // Per-process paths: several instances (tests, sidecars sharing /tmp) must not collide.
+        pid_file: std::env::temp_dir()
+            .join(format!("twinroute-{}.pid", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        upgrade_sock: std::env::temp_dir()
+            .join(format!("twinroute-upgrade-{}.sock", std::process::id()))
+            .to_string_lossy()
+            .into_owned(),
+        ..ServerConf::default()
+    }
+}
+
 /// Build a server for `config` (read from `config_path`, watched for reloads when given). The
 /// returned `Shared` is what the admin API and tests observe. Fails when the job store under
 /// `state_dir` cannot be opened.
@@ -59,21 +78,7 @@ pub fn build_with(
     config_path: Option<String>,
     stores: Stores,
 ) -> Result<(Server, Arc<Shared>), String> {
-    let conf = ServerConf {
-        threads: config.threads,
-        grace_period_seconds: Some(config.grace_period_s),
-        graceful_shutdown_timeout_seconds: Some(5),
-        // Per-process paths: several instances (tests, sidecars sharing /tmp) must not collide.
-        pid_file: std::env::temp_dir()
-            .join(format!("twinroute-{}.pid", std::process::id()))
-            .to_string_lossy()
-            .into_owned(),
-        upgrade_sock: std::env::temp_dir()
-            .join(format!("twinroute-upgrade-{}.sock", std::process::id()))
-            .to_string_lossy()
-            .into_owned(),
-        ..ServerConf::default()
-    };
+    let conf = server_conf(&config);
     let listen = config.listen.clone();
     // Idle HTTP/1 keepalive connections are closed by the header guard; h2 ones by Pingora,
     // which takes the value at start (a reload changes the HTTP/1 one only).
