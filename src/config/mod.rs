@@ -347,6 +347,115 @@ fn build_idempotency(
     }))
 }
 
+/// A provider's timeouts: each defaults from the one before it (first token and idle from
+/// first byte, stream idle from idle).
+fn provider_timeouts(path: &str, t: Option<&file::FileTimeouts>) -> Result<Timeouts, ConfigError> {
+    let first_byte = nonzero_ms(
+        &format!("{path}.timeouts.first_byte_ms"),
+        t.and_then(|t| t.first_byte_ms),
+        30_000,
+    )?;
+    let idle = nonzero_ms(
+        &format!("{path}.timeouts.idle_ms"),
+        t.and_then(|t| t.idle_ms),
+        first_byte.as_millis() as u64,
+    )?;
+    Ok(Timeouts {
+        connect: nonzero_ms(
+            &format!("{path}.timeouts.connect_ms"),
+            t.and_then(|t| t.connect_ms),
+            2_000,
+        )?,
+        first_byte,
+        idle,
+        first_token: nonzero_ms(
+            &format!("{path}.timeouts.first_token_ms"),
+            t.and_then(|t| t.first_token_ms),
+            first_byte.as_millis() as u64,
+        )?,
+        stream_idle: nonzero_ms(
+            &format!("{path}.timeouts.stream_idle_ms"),
+            t.and_then(|t| t.stream_idle_ms),
+            idle.as_millis() as u64,
+        )?,
+    })
+}
+
+/// A provider's active health probe: on by default where the family has something free to
+/// probe.
+fn provider_probe(
+    path: &str,
+    api: ApiKind,
+    pr: Option<&file::FileProbe>,
+) -> Result<ProbeConf, ConfigError> {
+    let probe = ProbeConf {
+        // Bedrock Runtime has nothing free to probe: passive health only, unless asked.
+        enabled: pr.and_then(|p| p.enabled).unwrap_or(!matches!(
+            api,
+            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
+        )),
+        // None: the family's model listing (`wire::request::probe_path`).
+        path: pr.and_then(|p| p.path.clone()),
+        interval: nonzero_ms(
+            &format!("{path}.probe.interval_ms"),
+            pr.and_then(|p| p.interval_ms),
+            5_000,
+        )?,
+        timeout: nonzero_ms(
+            &format!("{path}.probe.timeout_ms"),
+            pr.and_then(|p| p.timeout_ms),
+            2_000,
+        )?,
+        // Azure's listing names base models, not the deployments offerings use.
+        list_models: pr
+            .and_then(|p| p.list_models)
+            .unwrap_or(api != ApiKind::Azure),
+    };
+    if probe.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
+        return Err(err(format!("{path}.probe.path"), "must start with '/'"));
+    }
+    Ok(probe)
+}
+
+/// A provider's breaker settings (its endpoints' and its offerings').
+fn provider_breaker(
+    path: &str,
+    br: Option<&file::FileBreaker>,
+) -> Result<BreakerConf, ConfigError> {
+    // A short first cooldown and a 30 s cap: an outage's probations come at most every 30 s
+    // (jittered), so a recovered twin is back within 30 s of its recovery.
+    let cooldown = nonzero_ms(
+        &format!("{path}.breaker.cooldown_ms"),
+        br.and_then(|b| b.cooldown_ms),
+        5_000,
+    )?;
+    let max_cooldown = nonzero_ms(
+        &format!("{path}.breaker.max_cooldown_ms"),
+        br.and_then(|b| b.max_cooldown_ms),
+        (cooldown.as_millis() as u64).max(30_000),
+    )?;
+    if max_cooldown < cooldown {
+        return Err(err(
+            format!("{path}.breaker.max_cooldown_ms"),
+            "must be at least breaker.cooldown_ms",
+        ));
+    }
+    Ok(BreakerConf {
+        failures: match br.and_then(|b| b.failures) {
+            Some(0) => {
+                return Err(err(
+                    format!("{path}.breaker.failures"),
+                    "must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => 5,
+        },
+        cooldown,
+        max_cooldown,
+    })
+}
+
 fn build_provider(
     id: ProviderId,
     path: &str,
@@ -671,96 +780,9 @@ fn build_provider(
         }
     };
     let base = endpoints[0].base.clone();
-    let t = p.timeouts.as_ref();
-    let first_byte = nonzero_ms(
-        &format!("{path}.timeouts.first_byte_ms"),
-        t.and_then(|t| t.first_byte_ms),
-        30_000,
-    )?;
-    let idle = nonzero_ms(
-        &format!("{path}.timeouts.idle_ms"),
-        t.and_then(|t| t.idle_ms),
-        first_byte.as_millis() as u64,
-    )?;
-    let timeouts = Timeouts {
-        connect: nonzero_ms(
-            &format!("{path}.timeouts.connect_ms"),
-            t.and_then(|t| t.connect_ms),
-            2_000,
-        )?,
-        first_byte,
-        idle,
-        first_token: nonzero_ms(
-            &format!("{path}.timeouts.first_token_ms"),
-            t.and_then(|t| t.first_token_ms),
-            first_byte.as_millis() as u64,
-        )?,
-        stream_idle: nonzero_ms(
-            &format!("{path}.timeouts.stream_idle_ms"),
-            t.and_then(|t| t.stream_idle_ms),
-            idle.as_millis() as u64,
-        )?,
-    };
-    let pr = p.probe.as_ref();
-    let probe = ProbeConf {
-        // Bedrock Runtime has nothing free to probe: passive health only, unless asked.
-        enabled: pr.and_then(|p| p.enabled).unwrap_or(!matches!(
-            api,
-            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
-        )),
-        // None: the family's model listing (`wire::request::probe_path`).
-        path: pr.and_then(|p| p.path.clone()),
-        interval: nonzero_ms(
-            &format!("{path}.probe.interval_ms"),
-            pr.and_then(|p| p.interval_ms),
-            5_000,
-        )?,
-        timeout: nonzero_ms(
-            &format!("{path}.probe.timeout_ms"),
-            pr.and_then(|p| p.timeout_ms),
-            2_000,
-        )?,
-        // Azure's listing names base models, not the deployments offerings use.
-        list_models: pr
-            .and_then(|p| p.list_models)
-            .unwrap_or(api != ApiKind::Azure),
-    };
-    if probe.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
-        return Err(err(format!("{path}.probe.path"), "must start with '/'"));
-    }
-    let br = p.breaker.as_ref();
-    // A short first cooldown and a 30 s cap: an outage's probations come at most every 30 s
-    // (jittered), so a recovered twin is back within 30 s of its recovery.
-    let cooldown = nonzero_ms(
-        &format!("{path}.breaker.cooldown_ms"),
-        br.and_then(|b| b.cooldown_ms),
-        5_000,
-    )?;
-    let max_cooldown = nonzero_ms(
-        &format!("{path}.breaker.max_cooldown_ms"),
-        br.and_then(|b| b.max_cooldown_ms),
-        (cooldown.as_millis() as u64).max(30_000),
-    )?;
-    if max_cooldown < cooldown {
-        return Err(err(
-            format!("{path}.breaker.max_cooldown_ms"),
-            "must be at least breaker.cooldown_ms",
-        ));
-    }
-    let breaker = BreakerConf {
-        failures: match br.and_then(|b| b.failures) {
-            Some(0) => {
-                return Err(err(
-                    format!("{path}.breaker.failures"),
-                    "must be at least 1",
-                ))
-            }
-            Some(n) => n,
-            None => 5,
-        },
-        cooldown,
-        max_cooldown,
-    };
+    let timeouts = provider_timeouts(path, p.timeouts.as_ref())?;
+    let probe = provider_probe(path, api, p.probe.as_ref())?;
+    let breaker = provider_breaker(path, p.breaker.as_ref())?;
     let mut extra_headers = Vec::new();
     for (k, v) in p.headers.iter().flatten() {
         let name = http::HeaderName::from_bytes(k.as_bytes())
