@@ -110,15 +110,20 @@ impl Breaker {
         }
     }
 
-    pub fn on_success(&mut self) {
+    /// Returns whether it was not closed (a change the fleet hears of: `health::verdict`).
+    pub fn on_success(&mut self) -> bool {
+        let was_closed = matches!(self.state, BreakerState::Closed { .. });
         self.state = BreakerState::Closed {
             consecutive_failures: 0,
         };
+        !was_closed
     }
 
     /// A retryable failure of real traffic (the caller counts at most one per request). `unit`
     /// is a uniform draw in [0, 1) that jitters the open period when this failure opens it.
-    pub fn on_failure(&mut self, now: Instant, unit: f64) {
+    /// Returns the end of the open period when this failure opened the breaker.
+    pub fn on_failure(&mut self, now: Instant, unit: f64) -> Option<Instant> {
+        let was_open = matches!(self.state, BreakerState::Open { .. });
         self.state = match self.state {
             BreakerState::Closed {
                 consecutive_failures,
@@ -146,6 +151,10 @@ impl Breaker {
             // Failures of requests admitted before it opened: already open, nothing to add.
             open @ BreakerState::Open { .. } => open,
         };
+        match self.state {
+            BreakerState::Open { until, .. } if !was_open => Some(until),
+            _ => None,
+        }
     }
 
     /// Another replica saw this breaker open until `until`: open here too. Never shortens an

@@ -29,7 +29,7 @@ use pool::Pool;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use verdict::{wall, Verdict, VerdictBus};
 
@@ -313,11 +313,15 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty();
+        let bus = BusSlot::default();
+        if let Some(b) = previous.and_then(|(h, _)| h.bus.get()) {
+            let _ = bus.set(b.clone());
+        }
         Health {
             providers: list,
             offerings,
             offerings_marked: AtomicBool::new(marked),
-            bus: BusSlot::default(),
+            bus,
         }
     }
 }
@@ -416,14 +420,15 @@ impl Health {
 
     /// The endpoint answered: its breaker closes (said to the fleet when it was not closed).
     fn close_breaker(&self, provider: ProviderId, endpoint: usize) {
-        let mut e = self.providers[provider].pool.state(endpoint);
-        let was_closed = matches!(e.breaker.state(), BreakerState::Closed { .. });
-        e.breaker.on_success();
-        drop(e);
-        if !was_closed {
+        let closed = self.providers[provider]
+            .pool
+            .state(endpoint)
+            .breaker
+            .on_success();
+        if closed {
             self.tell(provider, |name| Verdict::BreakerClosed {
                 provider: name.to_string(),
-                endpoint: self.endpoint_name(provider, endpoint),
+                endpoint: self.endpoint_url(provider, endpoint).to_string(),
             });
         }
     }
@@ -440,21 +445,16 @@ impl Health {
     ) {
         let p = &self.providers[provider];
         let mut e = p.pool.state(endpoint);
-        let mut opened = None;
-        if count_for_breaker {
-            let was_open = matches!(e.breaker.state(), BreakerState::Open { .. });
-            e.breaker.on_failure(now, rand::random::<f64>());
-            if let (false, BreakerState::Open { until, .. }) = (was_open, e.breaker.state()) {
-                opened = Some(until);
-            }
-        }
+        let opened = count_for_breaker
+            .then(|| e.breaker.on_failure(now, rand::random::<f64>()))
+            .flatten();
         e.last_error = Some(reason.as_str().to_string());
         drop(e);
         p.lock().last_error = Some(reason.as_str().to_string());
         if let Some(until) = opened {
             self.tell(provider, |name| Verdict::BreakerOpened {
                 provider: name.to_string(),
-                endpoint: self.endpoint_name(provider, endpoint),
+                endpoint: self.endpoint_url(provider, endpoint).to_string(),
                 until: wall(until, now),
             });
         }
@@ -470,13 +470,15 @@ impl Health {
         now: Instant,
     ) {
         let mut e = self.providers[provider].pool.state(endpoint);
-        extend(&mut e.cooldown_until, now + after);
+        let news = extend(&mut e.cooldown_until, now + after, now);
         drop(e);
-        self.tell(provider, |name| Verdict::Cooldown {
-            provider: name.to_string(),
-            endpoint: self.endpoint_name(provider, endpoint),
-            until: wall(now + after, now),
-        });
+        if news {
+            self.tell(provider, |name| Verdict::Cooldown {
+                provider: name.to_string(),
+                endpoint: self.endpoint_url(provider, endpoint).to_string(),
+                until: SystemTime::now() + after,
+            });
+        }
     }
 
     /// A probation request ended without an answer either way.
@@ -535,7 +537,7 @@ impl Health {
         now: Instant,
     ) {
         self.with_offering(provider, model_id, |st, _| {
-            extend(&mut st.at(endpoint).cooldown_until, now + after)
+            extend(&mut st.at(endpoint).cooldown_until, now + after, now);
         });
     }
 
@@ -633,13 +635,15 @@ impl Health {
     }
 
     pub fn set_drained(&self, provider: ProviderId, drained: bool) {
-        self.providers[provider]
+        let was = self.providers[provider]
             .drained
-            .store(drained, Ordering::Relaxed);
-        self.tell(provider, |name| Verdict::Drained {
-            provider: name.to_string(),
-            drained,
-        });
+            .swap(drained, Ordering::Relaxed);
+        if was != drained {
+            self.tell(provider, |name| Verdict::Drained {
+                provider: name.to_string(),
+                drained,
+            });
+        }
     }
 
     pub fn snapshot(&self, provider: ProviderId, now: Instant) -> ProviderSnapshot {
@@ -705,15 +709,17 @@ impl Health {
         for_how_long: Duration,
         now: Instant,
     ) {
-        self.with_offering(provider, model_id, |st, _| {
-            extend(&mut st.unavailable_until, now + for_how_long);
+        let news = self.with_offering(provider, model_id, |st, _| {
             st.last_error = Some(FailoverReason::ModelUnavailable.as_str().to_string());
+            extend(&mut st.unavailable_until, now + for_how_long, now)
         });
-        self.tell(provider, |name| Verdict::ModelGone {
-            provider: name.to_string(),
-            model: model_id.to_string(),
-            until: wall(now + for_how_long, now),
-        });
+        if news {
+            self.tell(provider, |name| Verdict::ModelGone {
+                provider: name.to_string(),
+                model: model_id.to_string(),
+                until: SystemTime::now() + for_how_long,
+            });
+        }
     }
 
     /// An offering answered at `endpoint`: its breaker there closes at once, and whatever
@@ -796,10 +802,15 @@ impl Health {
 }
 
 /// Extend a hold to `until`; a shorter one never shortens a longer one.
-fn extend(hold: &mut Option<Instant>, until: Instant) {
+/// Hold until at least `until`. Returns whether that is news for the fleet (`verdict`): the
+/// hold began, or moved a second or more later; a storm of 429s each extending it by the time
+/// between them is not a verdict apiece.
+fn extend(hold: &mut Option<Instant>, until: Instant, now: Instant) -> bool {
+    let news = hold.is_none_or(|u| u <= now || until >= u + Duration::from_secs(1));
     if hold.is_none_or(|u| u < until) {
         *hold = Some(until);
     }
+    news
 }
 
 /// Why an offering is out (at every endpoint of its provider), and for how much longer when

@@ -85,21 +85,11 @@ impl Health {
         let _ = self.bus.set(bus);
     }
 
-    /// The bus this health publishes through, for the next config's health.
-    pub fn bus(&self) -> Option<Arc<dyn VerdictBus>> {
-        self.bus.get().cloned()
-    }
-
     /// Publish a verdict about `provider` when a bus is set (`make` is not called otherwise).
     pub(super) fn tell(&self, provider: ProviderId, make: impl FnOnce(&str) -> Verdict) {
         if let Some(bus) = self.bus.get() {
             bus.publish(make(&self.providers[provider].name));
         }
-    }
-
-    /// The endpoint URL of `provider`'s endpoint `endpoint`, as verdicts name it.
-    pub(super) fn endpoint_name(&self, provider: ProviderId, endpoint: usize) -> String {
-        self.providers[provider].urls[endpoint].clone()
     }
 
     /// Apply a verdict another replica published. Never publishes again; a verdict about a
@@ -133,12 +123,12 @@ impl Health {
                 ..
             } => {
                 let Some(i) = endpoint(url) else { return false };
-                extend(&mut p.pool.state(i).cooldown_until, local(*until, now));
+                extend(&mut p.pool.state(i).cooldown_until, local(*until, now), now);
             }
             Verdict::ModelGone { model, until, .. } => {
                 let until = local(*until, now);
                 self.with_offering(ProviderId(id), model, |st, _| {
-                    extend(&mut st.unavailable_until, until)
+                    extend(&mut st.unavailable_until, until, now);
                 });
             }
             Verdict::Drained { drained, .. } => p.drained.store(*drained, Ordering::Relaxed),
@@ -234,6 +224,17 @@ mod tests {
         one.on_retry_after(A, 0, Duration::from_secs(60), now);
         one.set_drained(A, true);
         one.mark_offering_unavailable(A, "a-m", Duration::from_secs(120), now);
+        // A storm of 429s each extending the hold a little, and the same drain again, are no
+        // news: one verdict for each change.
+        for ms in 1..50 {
+            one.on_retry_after(
+                A,
+                0,
+                Duration::from_secs(60),
+                now + Duration::from_millis(ms),
+            );
+        }
+        one.set_drained(A, true);
         let heard = one_bus.take();
         assert_eq!(heard.len(), 3, "{heard:?}");
         for v in &heard {

@@ -30,9 +30,6 @@ impl Runtime {
             &config.providers,
             Some((&previous.health, &previous.config.providers)),
         );
-        if let Some(bus) = previous.health.bus() {
-            health.set_bus(bus);
-        }
         Runtime { config, health }
     }
 }
