@@ -17,7 +17,7 @@ use crate::serve::queue::{
 };
 use crate::serve::state::{Runtime, Shared};
 use crate::wire::body::RequestBody;
-use crate::wire::errors::{ErrorKind, GatewayError};
+use crate::wire::errors::{truncate, ErrorKind, GatewayError};
 use crate::wire::job::{self, JobStatus};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -265,13 +265,6 @@ pub async fn resource(
         ErrorKind::MethodNotAllowed,
         format!("{method} is not allowed on a job; use GET or DELETE"),
     )))
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 /// Answer with a job: a waiting one as 202 and its JSON (with its location), a finished one as

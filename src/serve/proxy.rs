@@ -13,11 +13,11 @@ use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::background::{self, Queueing};
 use crate::serve::downstream::Downstream;
-use crate::serve::routing::{self, truncate, Routed};
+use crate::serve::routing::{self, Routed};
 use crate::serve::stage::{self, presented_token};
 use crate::serve::state::Shared;
 use crate::wire::body::RequestBody;
-use crate::wire::errors::{ErrorKind, GatewayError};
+use crate::wire::errors::{truncate, ErrorKind, GatewayError};
 use crate::wire::listing;
 use crate::wire::translate;
 use async_trait::async_trait;
@@ -263,11 +263,11 @@ impl Proxy {
             route,
             model_name,
             acceptable,
+            region,
         } = match routing::route(&self.shared, session, ctx, &rt, endpoint, &body, &path) {
             Ok(r) => r,
             Err(e) => return Ok(Handled::Reject(e)),
         };
-        let region = plan.region.clone();
         let acceptable = Acceptable {
             region: region.as_deref(),
             ..acceptable

@@ -11,7 +11,7 @@ use crate::serve::forward;
 use crate::serve::names::{self, HDR_PROVIDER, HDR_ROUTE, HDR_STRATEGY};
 use crate::serve::state::{Runtime, Shared};
 use crate::wire::body::RequestBody;
-use crate::wire::errors::{ErrorKind, GatewayError};
+use crate::wire::errors::{truncate, ErrorKind, GatewayError};
 use crate::wire::translate::{self, Direction};
 use pingora::proxy::Session;
 use tokio::time::Instant;
@@ -41,8 +41,10 @@ pub struct Routed<'c> {
     pub route: Option<&'c crate::model::Route>,
     /// The canonical model's name.
     pub model_name: &'c str,
-    /// What the request accepts, but for its region (`Plan::region`, which it borrows).
+    /// What the request accepts, but for its region (`region`, which it borrows).
     pub acceptable: Acceptable<'c>,
+    /// The region the request is pinned to (`x-twinroute-region`).
+    pub region: Option<String>,
 }
 
 /// Route the request: its control headers and route, its model, the providers it could
@@ -151,6 +153,7 @@ pub fn route<'c>(
         route,
         model_name: &model.name,
         acceptable,
+        region: constraints.region,
     })
 }
 
@@ -335,12 +338,5 @@ fn parse_bool(v: &str) -> Option<bool> {
         "true" | "1" | "yes" => Some(true),
         "false" | "0" | "no" => Some(false),
         _ => None,
-    }
-}
-
-pub fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }

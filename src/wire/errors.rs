@@ -104,6 +104,15 @@ impl GatewayError {
     }
 }
 
+/// At most the first 64 characters of a value a client sent, for an error message that names
+/// it (an unknown model, route or job id) without echoing whatever was pasted there.
+pub fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

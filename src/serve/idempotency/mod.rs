@@ -51,8 +51,9 @@ pub enum Claim {
 pub trait Leader: Tap + Send {
     /// The answer ended: `complete` when it was written whole. Followers see the end now.
     fn finish(&self, complete: bool);
-    /// Keep the answer for replay (`keep`), or let the key go. Only this leader's own entry:
-    /// after a failure a retry may already lead under the key.
+    /// Keep the answer for replay (`keep`, when the store holds it whole: one it let go of for
+    /// its size is not kept), or let the key go. Only this leader's own entry: after a failure
+    /// a retry may already lead under the key.
     async fn settle(self: Box<Self>, keep: bool);
 }
 

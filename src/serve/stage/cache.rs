@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The prompt cache's part in one request.
-pub enum Lookup {
+enum Lookup {
     /// Not cached here (no policy, another endpoint, zero retention, `no-store`).
     Off,
     /// Answer from the cache.
@@ -38,7 +38,7 @@ pub struct CacheState {
 
 /// Look the request up in the prompt cache: a fresh answer is a hit; a stale one is kept in
 /// the plan for stale-if-error; `x-twinroute-cache` goes on the upstream answer.
-pub async fn lookup(
+async fn lookup(
     store: &dyn AnswerCache,
     headers: &http::HeaderMap,
     ctx: &mut RequestLog,
@@ -49,14 +49,6 @@ pub async fn lookup(
     let Some(policy) = plan.policy.cache else {
         return Lookup::Off;
     };
-    if plan.keep_nothing
-        || !matches!(
-            plan.endpoint,
-            Endpoint::ChatCompletions | Endpoint::Messages
-        )
-    {
-        return Lookup::Off;
-    }
     let directive = Directive::parse(
         headers
             .get(http::header::CACHE_CONTROL)
@@ -116,7 +108,7 @@ pub async fn lookup(
 
 /// Keep the answer the recording saw, when it is a complete success with content (a stream
 /// folded into the answer it stands for).
-pub async fn keep(
+async fn keep(
     store: &dyn AnswerCache,
     ctx: &RequestLog,
     state: &CacheState,
@@ -129,6 +121,9 @@ pub async fn keep(
     let Some(bytes) = rec.body_bytes() else {
         return;
     };
+    if bytes.len() > state.policy.max_entry_bytes {
+        return;
+    }
     let answer = if stream {
         answer::fold(state.family, &bytes)
     } else {
@@ -169,8 +164,14 @@ pub struct CacheStage;
 
 #[async_trait]
 impl Stage for CacheStage {
+    /// A policy with `cache`, nothing kept from it, and an endpoint whose answers are cached.
     fn applies(&self, req: &Request<'_>) -> bool {
-        req.plan.policy.cache.is_some() && !req.plan.keep_nothing
+        req.plan.policy.cache.is_some()
+            && !req.plan.keep_nothing
+            && matches!(
+                req.plan.endpoint,
+                Endpoint::ChatCompletions | Endpoint::Messages
+            )
     }
 
     async fn before(&self, req: &mut Request<'_>) -> pingora::Result<Before> {
@@ -178,12 +179,7 @@ impl Stage for CacheStage {
             model: req.model_name,
             route: req.route.map(|r| r.name.as_str()),
             endpoint: req.plan.endpoint.as_str(),
-            // Hashed only when the cache is in play.
-            identity: if req.plan.keep_nothing {
-                [0; 32]
-            } else {
-                req.client_scope()
-            },
+            identity: req.client_scope(),
             acceptable: req.acceptable,
         };
         let store = &*req.shared.cache;

@@ -105,9 +105,7 @@ impl Stage for IdempotencyStage {
                 }
             }
             Keyed::Claimed(Claim::Lead(leader)) => {
-                if let Some(conf) = &req.cfg.idempotency {
-                    req.record(conf.max_entry_bytes);
-                }
+                // The leader records the answer into its store, which holds it to its own bound.
                 req.leader = Some(leader);
                 Before::Next
             }
@@ -115,14 +113,14 @@ impl Stage for IdempotencyStage {
     }
 
     /// The leader's answer ended: followers see the end, and the key keeps a complete success
-    /// (`decide::idempotency::storable`) or lets go.
-    async fn after(&self, req: &mut Request<'_>, answer: Option<&Recording>, ok: bool) {
+    /// (`decide::idempotency::storable`; the store also lets go of one it could not hold
+    /// whole) or lets go.
+    async fn after(&self, req: &mut Request<'_>, _answer: Option<&Recording>, ok: bool) {
         let Some(leader) = req.leader.take() else {
             return;
         };
         leader.finish(ok);
-        let complete = answer.is_some_and(Recording::complete);
-        let keep = storable(req.ctx.status, complete && req.ctx.error.is_none());
+        let keep = storable(req.ctx.status, ok && req.ctx.error.is_none());
         leader.settle(keep).await;
     }
 }
