@@ -111,7 +111,7 @@ impl Tokens {
         provider: &Provider,
         need: Need,
     ) -> Result<Arc<Token>, String> {
-        let Some(source) = source_of(provider) else {
+        let Some(source) = vendor::mint_source(provider) else {
             return Err("provider has no refreshable credential source".into());
         };
         let slot = self.slot(provider, &source);
@@ -172,22 +172,23 @@ impl Tokens {
     }
 }
 
-fn source_of(provider: &Provider) -> Option<Source<'_>> {
-    vendor::mint_source(provider)
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Whether a provider's credentials are minted and refreshed here.
 pub fn refreshable(provider: &Provider) -> bool {
-    source_of(provider).is_some()
+    vendor::mint_source(provider).is_some()
 }
 
 /// One credential from the source: the family says what to ask and how to read the answer
 /// (`wire::vendor`); this does the I/O.
 async fn mint(net: Net<'_>, source: &Source<'_>) -> Result<Token, String> {
-    let now_s = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now_s = unix_now();
     let read = |path: &str| std::fs::read_to_string(path).map_err(|e| e.to_string());
     let req = vendor::mint_request(source, now_s, &read)?;
     let headers: Vec<(&str, &str)> = req.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -216,7 +217,9 @@ async fn mint(net: Net<'_>, source: &Source<'_>) -> Result<Token, String> {
         } => (
             Secret::new(String::new()),
             Some(credentials),
-            Duration::from_secs((expires_at_s - now_s as i64).max(1) as u64),
+            // Counted from when the keys arrived, not from when they were asked for: the fetch
+            // can take up to MINT_TIMEOUT, as long as the margin kept before expiry.
+            Duration::from_secs((expires_at_s - unix_now() as i64).max(1) as u64),
         ),
     };
     Ok(Token {

@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 /// Request bodies up to this size are sent as one contiguous write.
@@ -50,32 +50,124 @@ pub(super) enum Exchange {
     },
 }
 
+/// One attempt as its family authorizes it (`wire::vendor::authorization`): keys already in
+/// the headers; a signature over the exact bytes sent, with the current keys, made last; or a
+/// minted bearer token. The two rare paths are boxed: an inline future sizes the attempt loop's
+/// and each one above it, all moved once per request. `Err`: the request could not be signed.
+pub(super) async fn authorized_exchange(
+    shared: &Shared,
+    provider: &Provider,
+    upstream: &ProviderEndpoint,
+    header: RequestHeader,
+    body: &SplicedBody,
+    budget: Duration,
+    bounded_by_deadline: bool,
+) -> Result<Exchange> {
+    Ok(match vendor::authorization(provider.api) {
+        vendor::Authorization::InHeaders => {
+            exchange(
+                shared,
+                provider,
+                upstream,
+                header,
+                body,
+                budget,
+                bounded_by_deadline,
+            )
+            .await
+        }
+        vendor::Authorization::MintedBearer => {
+            Box::pin(minted_bearer_exchange(
+                shared,
+                provider,
+                upstream,
+                header,
+                body,
+                budget,
+                bounded_by_deadline,
+            ))
+            .await
+        }
+        vendor::Authorization::SignedBody => {
+            Box::pin(signed_exchange(
+                shared,
+                provider,
+                upstream,
+                header,
+                body,
+                budget,
+                bounded_by_deadline,
+            ))
+            .await?
+        }
+    })
+}
+
+/// A signing family's attempt: the current keys (fixed, or temporary ones from IRSA / Pod
+/// Identity), then the signature over the exact bytes sent. No keys to be had is the attempt's
+/// `auth_failed`, nothing sent.
+async fn signed_exchange(
+    shared: &Shared,
+    provider: &Provider,
+    upstream: &ProviderEndpoint,
+    mut header: RequestHeader,
+    body: &SplicedBody,
+    budget: Duration,
+    bounded_by_deadline: bool,
+) -> Result<Exchange> {
+    let Some(creds) = signing_credentials(shared, provider, budget).await else {
+        return Ok(Exchange::Failed {
+            reason: FailoverReason::AuthFailed,
+            status: None,
+            retry_after_s: None,
+        });
+    };
+    let whole = body.to_vec();
+    if let Err(e) = vendor::sign(&mut header, provider, &creds, &whole, SystemTime::now()) {
+        return Error::e_explain(ErrorType::InternalError, format!("request signing: {e}"));
+    }
+    Ok(exchange(
+        shared,
+        provider,
+        upstream,
+        header,
+        body,
+        budget,
+        bounded_by_deadline,
+    )
+    .await)
+}
+
+/// The provider's current minted credential (a Vertex token, temporary AWS keys), minted now
+/// within `budget` when none is current.
+async fn current_token(
+    shared: &Shared,
+    provider: &Provider,
+    budget: Duration,
+) -> Option<std::sync::Arc<crate::serve::credentials::Token>> {
+    let net = crate::serve::credentials::Net {
+        connector: &shared.connector,
+        resolver: &shared.resolver,
+    };
+    let need = crate::serve::credentials::Need::Request;
+    match fast_timeout(budget, shared.tokens.bearer(net, provider, need)).await {
+        Ok(Ok(t)) => Some(t),
+        _ => None,
+    }
+}
+
 /// The AWS keys to sign a Bedrock request with: fixed ones as they are, temporary ones from
 /// the credential store (minted off the request path; within `budget` if none is current).
-pub(super) async fn signing_credentials(
+async fn signing_credentials(
     shared: &Shared,
     provider: &Provider,
     budget: Duration,
 ) -> Option<crate::model::AwsCredentials> {
     match provider.aws.as_ref().map(|a| &a.credentials) {
         Some(crate::model::AwsCredentialSource::Fixed(c)) => Some(c.clone()),
-        Some(_) => {
-            let net = crate::serve::credentials::Net {
-                connector: &shared.connector,
-                resolver: &shared.resolver,
-            };
-            let got = fast_timeout(
-                budget,
-                shared
-                    .tokens
-                    .bearer(net, provider, crate::serve::credentials::Need::Request),
-            )
-            .await;
-            match got {
-                Ok(Ok(t)) => t.aws.clone(),
-                _ => None,
-            }
-        }
+        Some(_) => current_token(shared, provider, budget)
+            .await
+            .and_then(|t| t.aws.clone()),
         None => None,
     }
 }
@@ -83,7 +175,7 @@ pub(super) async fn signing_credentials(
 /// A Vertex attempt: the current access token in `Authorization`; a 401 (a token revoked or
 /// expired early) invalidates it and is retried once with a freshly minted one, inside the same
 /// budget. No token to be had is the attempt's `auth_failed`, nothing sent.
-pub(super) async fn minted_bearer_exchange(
+async fn minted_bearer_exchange(
     shared: &Shared,
     provider: &Provider,
     upstream: &ProviderEndpoint,
@@ -100,21 +192,8 @@ pub(super) async fn minted_bearer_exchange(
     };
     for retry in [false, true] {
         let left = budget.saturating_sub(started.elapsed());
-        let token = match fast_timeout(
-            left,
-            shared.tokens.bearer(
-                crate::serve::credentials::Net {
-                    connector: &shared.connector,
-                    resolver: &shared.resolver,
-                },
-                provider,
-                crate::serve::credentials::Need::Request,
-            ),
-        )
-        .await
-        {
-            Ok(Ok(t)) => t,
-            _ => return auth_failed(None),
+        let Some(token) = current_token(shared, provider, left).await else {
+            return auth_failed(None);
         };
         let mut h = header.clone();
         if h.insert_header(
@@ -152,7 +231,7 @@ pub(super) async fn minted_bearer_exchange(
 }
 
 /// One attempt against one provider, up to its response header.
-pub(super) async fn exchange(
+async fn exchange(
     shared: &Shared,
     provider: &Provider,
     upstream: &ProviderEndpoint,

@@ -34,7 +34,7 @@ use crate::wire::translate::Direction;
 use crate::wire::vendor;
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
 
 mod attempt;
@@ -43,7 +43,7 @@ mod pick;
 mod relay;
 
 use attempt::{attempt_body, record_attempt, Recorded, Tried};
-use exchange::{exchange, minted_bearer_exchange, pool_again, signing_credentials, Exchange};
+use exchange::{authorized_exchange, pool_again, Exchange};
 use pick::{pick, Pick};
 pub use relay::send_error;
 use relay::{relay, RelayEnd, Served, Stage, Upstream};
@@ -337,7 +337,7 @@ async fn attempt_loop(
                 }
             };
         let upstream_ep = &provider.endpoints[ep];
-        let mut header = provider::build_request(
+        let header = provider::build_request(
             provider,
             upstream_ep,
             upstream_endpoint,
@@ -346,58 +346,17 @@ async fn attempt_loop(
             session.req_header(),
             spliced.len(),
         )?;
-        // A signing family: the current keys (fixed, or temporary ones from IRSA / Pod
-        // Identity), then the signature over the exact bytes sent, computed last.
-        let authorization = vendor::authorization(provider.api);
-        let mut no_credential = false;
-        if authorization == vendor::Authorization::SignedBody {
-            // Boxed, as every rare path here: an inline future sizes the attempt loop's and
-            // each one above it, all moved once per request (see `exchange`).
-            match Box::pin(signing_credentials(shared, provider, budget)).await {
-                Some(creds) => {
-                    let whole = spliced.to_vec();
-                    if let Err(e) =
-                        vendor::sign(&mut header, provider, &creds, &whole, SystemTime::now())
-                    {
-                        return Error::e_explain(
-                            ErrorType::InternalError,
-                            format!("request signing: {e}"),
-                        );
-                    }
-                }
-                None => no_credential = true,
-            }
-        }
         let attempt_start = Instant::now();
-        let result = if no_credential {
-            Exchange::Failed {
-                reason: FailoverReason::AuthFailed,
-                status: None,
-                retry_after_s: None,
-            }
-        } else if authorization == vendor::Authorization::MintedBearer {
-            Box::pin(minted_bearer_exchange(
-                shared,
-                provider,
-                upstream_ep,
-                header,
-                &spliced,
-                budget,
-                bounded_by_deadline,
-            ))
-            .await
-        } else {
-            exchange(
-                shared,
-                provider,
-                upstream_ep,
-                header,
-                &spliced,
-                budget,
-                bounded_by_deadline,
-            )
-            .await
-        };
+        let result = authorized_exchange(
+            shared,
+            provider,
+            upstream_ep,
+            header,
+            &spliced,
+            budget,
+            bounded_by_deadline,
+        )
+        .await?;
         let (outcome, answer) = match result {
             Exchange::Answer {
                 mut upstream,
