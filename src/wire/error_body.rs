@@ -19,30 +19,25 @@ pub const REDACTED: &[u8] = b"[REDACTED]";
 /// key provided: sk-...") must not hand the client twinroute's key. Secrets shorter than 8
 /// bytes are skipped: no key is that short, and redacting "a" would mangle any body.
 pub fn redact(body: &[u8], secrets: &[&[u8]]) -> Option<Vec<u8>> {
-    let secrets: Vec<&[u8]> = secrets.iter().copied().filter(|s| s.len() >= 8).collect();
-    if !secrets
-        .iter()
-        .any(|s| memchr::memmem::find(body, s).is_some())
-    {
-        return None;
-    }
-    let mut out = body.to_vec();
-    for s in secrets {
-        let finder = memchr::memmem::Finder::new(s);
-        let mut next = Vec::with_capacity(out.len());
+    let mut out: Option<Vec<u8>> = None;
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        let cur = out.as_deref().unwrap_or(body);
+        // Matches never overlap; a body without this secret is not copied for it.
+        let mut hits = memchr::memmem::find_iter(cur, s).peekable();
+        if hits.peek().is_none() {
+            continue;
+        }
+        let mut next = Vec::with_capacity(cur.len());
         let mut last = 0;
-        for at in finder.find_iter(&out) {
-            if at < last {
-                continue;
-            }
-            next.extend_from_slice(&out[last..at]);
+        for at in hits {
+            next.extend_from_slice(&cur[last..at]);
             next.extend_from_slice(REDACTED);
             last = at + s.len();
         }
-        next.extend_from_slice(&out[last..]);
-        out = next;
+        next.extend_from_slice(&cur[last..]);
+        out = Some(next);
     }
-    Some(out)
+    out
 }
 
 /// The error fields providers use, from whichever of the common shapes the body has:

@@ -602,7 +602,7 @@ pub(super) async fn relay_whole(
                 let e = GatewayError::new(
                     ErrorKind::UpstreamFailed,
                     format!(
-                        "provider {} sent an answer over {MAX_TRANSLATED_BODY} bytes to translate",
+                        "provider {} sent an answer over {MAX_TRANSLATED_BODY} bytes, more than is read whole (to translate it, or to clear an error of credentials)",
                         provider.name
                     ),
                 );
