@@ -50,71 +50,42 @@ pub(super) enum Exchange {
     },
 }
 
+/// What one attempt is sent with, but for its header: where, the body, and its time.
+#[derive(Clone, Copy)]
+pub(super) struct Call<'a> {
+    pub shared: &'a Shared,
+    pub provider: &'a Provider,
+    pub upstream: &'a ProviderEndpoint,
+    pub body: &'a SplicedBody,
+    /// Time the attempt may take, up to its response header.
+    pub budget: Duration,
+    /// Whether that budget is the request's deadline (a timeout is then `deadline`).
+    pub bounded_by_deadline: bool,
+}
+
 /// One attempt as its family authorizes it (`wire::vendor::authorization`): keys already in
 /// the headers; a signature over the exact bytes sent, with the current keys, made last; or a
 /// minted bearer token. The two rare paths are boxed: an inline future sizes the attempt loop's
 /// and each one above it, all moved once per request. `Err`: the request could not be signed.
-pub(super) async fn authorized_exchange(
-    shared: &Shared,
-    provider: &Provider,
-    upstream: &ProviderEndpoint,
-    header: RequestHeader,
-    body: &SplicedBody,
-    budget: Duration,
-    bounded_by_deadline: bool,
-) -> Result<Exchange> {
-    Ok(match vendor::authorization(provider.api) {
-        vendor::Authorization::InHeaders => {
-            exchange(
-                shared,
-                provider,
-                upstream,
-                header,
-                body,
-                budget,
-                bounded_by_deadline,
-            )
-            .await
-        }
-        vendor::Authorization::MintedBearer => {
-            Box::pin(minted_bearer_exchange(
-                shared,
-                provider,
-                upstream,
-                header,
-                body,
-                budget,
-                bounded_by_deadline,
-            ))
-            .await
-        }
-        vendor::Authorization::SignedBody => {
-            Box::pin(signed_exchange(
-                shared,
-                provider,
-                upstream,
-                header,
-                body,
-                budget,
-                bounded_by_deadline,
-            ))
-            .await?
-        }
+pub(super) async fn authorized_exchange(call: Call<'_>, header: RequestHeader) -> Result<Exchange> {
+    Ok(match vendor::authorization(call.provider.api) {
+        vendor::Authorization::InHeaders => exchange(call, header).await,
+        vendor::Authorization::MintedBearer => Box::pin(minted_bearer_exchange(call, header)).await,
+        vendor::Authorization::SignedBody => Box::pin(signed_exchange(call, header)).await?,
     })
 }
 
 /// A signing family's attempt: the current keys (fixed, or temporary ones from IRSA / Pod
 /// Identity), then the signature over the exact bytes sent. No keys to be had is the attempt's
 /// `auth_failed`, nothing sent.
-async fn signed_exchange(
-    shared: &Shared,
-    provider: &Provider,
-    upstream: &ProviderEndpoint,
-    mut header: RequestHeader,
-    body: &SplicedBody,
-    budget: Duration,
-    bounded_by_deadline: bool,
-) -> Result<Exchange> {
+async fn signed_exchange(call: Call<'_>, mut header: RequestHeader) -> Result<Exchange> {
+    let Call {
+        shared,
+        provider,
+        body,
+        budget,
+        ..
+    } = call;
     let Some(creds) = signing_credentials(shared, provider, budget).await else {
         return Ok(Exchange::Failed {
             reason: FailoverReason::AuthFailed,
@@ -126,16 +97,7 @@ async fn signed_exchange(
     if let Err(e) = vendor::sign(&mut header, provider, &creds, &whole, SystemTime::now()) {
         return Error::e_explain(ErrorType::InternalError, format!("request signing: {e}"));
     }
-    Ok(exchange(
-        shared,
-        provider,
-        upstream,
-        header,
-        body,
-        budget,
-        bounded_by_deadline,
-    )
-    .await)
+    Ok(exchange(call, header).await)
 }
 
 /// The provider's current minted credential (a Vertex token, temporary AWS keys), minted now
@@ -175,15 +137,13 @@ async fn signing_credentials(
 /// A Vertex attempt: the current access token in `Authorization`; a 401 (a token revoked or
 /// expired early) invalidates it and is retried once with a freshly minted one, inside the same
 /// budget. No token to be had is the attempt's `auth_failed`, nothing sent.
-async fn minted_bearer_exchange(
-    shared: &Shared,
-    provider: &Provider,
-    upstream: &ProviderEndpoint,
-    header: RequestHeader,
-    body: &SplicedBody,
-    budget: Duration,
-    bounded_by_deadline: bool,
-) -> Exchange {
+async fn minted_bearer_exchange(call: Call<'_>, header: RequestHeader) -> Exchange {
+    let Call {
+        shared,
+        provider,
+        budget,
+        ..
+    } = call;
     let started = Instant::now();
     let auth_failed = |status| Exchange::Failed {
         reason: FailoverReason::AuthFailed,
@@ -204,16 +164,11 @@ async fn minted_bearer_exchange(
         {
             return auth_failed(None);
         }
-        let result = exchange(
-            shared,
-            provider,
-            upstream,
-            h,
-            body,
-            budget.saturating_sub(started.elapsed()),
-            bounded_by_deadline,
-        )
-        .await;
+        let left = Call {
+            budget: budget.saturating_sub(started.elapsed()),
+            ..call
+        };
+        let result = exchange(left, h).await;
         match result {
             Exchange::Failed {
                 status: Some(401), ..
@@ -231,15 +186,15 @@ async fn minted_bearer_exchange(
 }
 
 /// One attempt against one provider, up to its response header.
-async fn exchange(
-    shared: &Shared,
-    provider: &Provider,
-    upstream: &ProviderEndpoint,
-    header: RequestHeader,
-    body: &SplicedBody,
-    budget: Duration,
-    bounded_by_deadline: bool,
-) -> Exchange {
+async fn exchange(call: Call<'_>, header: RequestHeader) -> Exchange {
+    let Call {
+        shared,
+        provider,
+        upstream,
+        body,
+        budget,
+        bounded_by_deadline,
+    } = call;
     let failed = |reason| Exchange::Failed {
         reason,
         status: None,

@@ -43,7 +43,7 @@ mod pick;
 mod relay;
 
 use attempt::{attempt_body, record_attempt, Recorded, Tried};
-use exchange::{authorized_exchange, pool_again, Exchange};
+use exchange::{authorized_exchange, pool_again, Call, Exchange};
 use pick::{pick, Pick};
 pub use relay::send_error;
 use relay::{relay, RelayEnd, Served, Stage, Upstream};
@@ -347,16 +347,15 @@ async fn attempt_loop(
             spliced.len(),
         )?;
         let attempt_start = Instant::now();
-        let result = authorized_exchange(
+        let call = Call {
             shared,
             provider,
-            upstream_ep,
-            header,
-            &spliced,
+            upstream: upstream_ep,
+            body: &spliced,
             budget,
             bounded_by_deadline,
-        )
-        .await?;
+        };
+        let result = authorized_exchange(call, header).await?;
         let (outcome, answer) = match result {
             Exchange::Answer {
                 mut upstream,
