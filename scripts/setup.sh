@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building twinroute needs on a fresh Debian machine: cmake (Pingora's zlib-ng
 # build script), CA certificates (TLS to real providers), openssl and curl (webhook test), and
-# the pinned OpenAI/Anthropic Python SDKs (translation tests). Idempotent; quiet when all is there.
+# redis-server and redis-cli (shared-state tests), the pinned OpenAI/Anthropic Python SDKs
+# (translation tests). Idempotent; quiet when all is there.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -10,6 +11,9 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 # The webhook test makes a certificate with openssl and calls the webhook with curl.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The shared-state tests start a real Redis (standalone and a three-master Cluster).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   SUDO=""

@@ -52,7 +52,7 @@ fn order(cfg: &Config, out: &mut String, model: ModelId, endpoint: Endpoint, pol
             None => String::new(),
         };
         // Served through translation: the provider is called on its own format's path.
-        let translated = crate::wire::translate::Direction::between(endpoint, p.api);
+        let translated = crate::wire::translate::Direction::between(endpoint, p.api());
         let path = upstream_path(
             p,
             translated.map_or(endpoint, |d| d.provider_endpoint()),
@@ -91,8 +91,8 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
         let keyless = p.key.is_none()
             && p.key_env.is_none()
             && p.credential_missing.is_none()
-            && p.aws.is_none()
-            && p.gcp.is_none()
+            && p.aws().is_none()
+            && p.gcp().is_none()
             && p.endpoints
                 .iter()
                 .all(|e| e.key.is_none() && e.key_env.is_none());
@@ -125,7 +125,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
                 let cannot: Vec<&str> = m
                     .offerings
                     .iter()
-                    .filter(|o| !endpoint.served_by(cfg.providers[o.provider].api))
+                    .filter(|o| !endpoint.served_by(cfg.providers[o.provider].api()))
                     .map(|o| cfg.providers[o.provider].name.as_str())
                     .collect();
                 if !cannot.is_empty() && cannot.len() < m.offerings.len() {
@@ -158,13 +158,13 @@ pub fn report(cfg: &Config) -> String {
             out,
             "  {:<14} api={:<9} {}://{}:{}{}  region={}  key={}",
             p.name,
-            p.api.as_str(),
+            p.api().as_str(),
             if p.base.tls { "https" } else { "http" },
             p.base.host,
             p.base.port,
             p.base.path,
             p.region.as_deref().unwrap_or("-"),
-            match (&p.key_env, &p.credential_missing, &p.aws) {
+            match (&p.key_env, &p.credential_missing, &p.aws()) {
                 (_, Some(why), _) => format!("MISSING ({why}): left out of rotation"),
                 (_, None, Some(aws)) => match &aws.credentials {
                     AwsCredentialSource::Fixed(AwsCredentials::Bearer(_)) => format!(
@@ -369,7 +369,7 @@ pub async fn live(cfg: &Config) -> (String, bool) {
     let mut credentials: Vec<Option<LiveState>> = Vec::with_capacity(cfg.providers.len());
     for p in &cfg.providers {
         let is_cloud = matches!(
-            p.api,
+            p.api(),
             crate::model::ApiKind::Bedrock
                 | crate::model::ApiKind::Vertex
                 | crate::model::ApiKind::VertexOpenAi

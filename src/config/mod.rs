@@ -4,17 +4,16 @@
 //! (secrets from the environment, durations, parsed upstream URLs, the catalog index) so the
 //! proxy never re-parses or re-validates per request. Errors name the key path that is wrong.
 
+mod aws;
 pub mod file;
+mod gcp;
+mod provider;
 
 use crate::model::catalog::{Catalog, Equivalent, Feature, Model, Offering, Price};
 pub use crate::model::ConfigError;
-use crate::model::{
-    ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, Config, GcpConf,
-    GcpCredentials, LogFormat, OnCeiling, Policy, ProbeConf, Provider, ProviderEndpoint, Route,
-    Secret, Strategy, Timeouts, UpstreamBase,
-};
+use crate::model::{ApiKind, Config, LogFormat, OnCeiling, Policy, Route, Secret, Strategy};
 use crate::model::{ModelId, ProviderId, StreamRecovery};
-use file::{FileConfig, FilePolicy, FileProvider};
+use file::{FileConfig, FilePolicy};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,39 +101,6 @@ pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
         .map_err(|e| err("", e.to_string().trim_start_matches("error: ").to_string()))?;
     build(file, env)
 }
-
-/// A Google service-account key file (`type: service_account`): what signing a token request
-/// needs. A file that cannot be read or is not such a key is a config error: it was named.
-fn service_account(path: &str, file: &str) -> Result<GcpCredentials, ConfigError> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| err(path, format!("cannot read {file}: {e}")))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| err(path, format!("{file} is not JSON: {e}")))?;
-    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    if field("type").as_deref() != Some("service_account") {
-        return Err(err(
-            path,
-            format!("{file} is not a service-account key (type)"),
-        ));
-    }
-    let (Some(client_email), Some(private_key)) = (field("client_email"), field("private_key"))
-    else {
-        return Err(err(
-            path,
-            format!("{file} lacks client_email or private_key"),
-        ));
-    };
-    Ok(GcpCredentials::ServiceAccount {
-        client_email,
-        private_key_id: field("private_key_id"),
-        private_key: Secret::new(private_key),
-        token_uri: field("token_uri")
-            .unwrap_or_else(|| "https://oauth2.googleapis.com/token".into()),
-    })
-}
-
-/// The GA Azure OpenAI data-plane version most SDKs default to.
-const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
 fn nonzero_ms(path: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
     match v {
@@ -349,500 +315,6 @@ fn build_idempotency(
 
 /// A provider's timeouts: each defaults from the one before it (first token and idle from
 /// first byte, stream idle from idle).
-fn provider_timeouts(path: &str, t: Option<&file::FileTimeouts>) -> Result<Timeouts, ConfigError> {
-    let first_byte = nonzero_ms(
-        &format!("{path}.timeouts.first_byte_ms"),
-        t.and_then(|t| t.first_byte_ms),
-        30_000,
-    )?;
-    let idle = nonzero_ms(
-        &format!("{path}.timeouts.idle_ms"),
-        t.and_then(|t| t.idle_ms),
-        first_byte.as_millis() as u64,
-    )?;
-    Ok(Timeouts {
-        connect: nonzero_ms(
-            &format!("{path}.timeouts.connect_ms"),
-            t.and_then(|t| t.connect_ms),
-            2_000,
-        )?,
-        first_byte,
-        idle,
-        first_token: nonzero_ms(
-            &format!("{path}.timeouts.first_token_ms"),
-            t.and_then(|t| t.first_token_ms),
-            first_byte.as_millis() as u64,
-        )?,
-        stream_idle: nonzero_ms(
-            &format!("{path}.timeouts.stream_idle_ms"),
-            t.and_then(|t| t.stream_idle_ms),
-            idle.as_millis() as u64,
-        )?,
-    })
-}
-
-/// A provider's active health probe: on by default where the family has something free to
-/// probe.
-fn provider_probe(
-    path: &str,
-    api: ApiKind,
-    pr: Option<&file::FileProbe>,
-) -> Result<ProbeConf, ConfigError> {
-    let probe = ProbeConf {
-        // Bedrock Runtime has nothing free to probe: passive health only, unless asked.
-        enabled: pr.and_then(|p| p.enabled).unwrap_or(!matches!(
-            api,
-            ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi
-        )),
-        // None: the family's model listing (`wire::request::probe_path`).
-        path: pr.and_then(|p| p.path.clone()),
-        interval: nonzero_ms(
-            &format!("{path}.probe.interval_ms"),
-            pr.and_then(|p| p.interval_ms),
-            5_000,
-        )?,
-        timeout: nonzero_ms(
-            &format!("{path}.probe.timeout_ms"),
-            pr.and_then(|p| p.timeout_ms),
-            2_000,
-        )?,
-        // Azure's listing names base models, not the deployments offerings use.
-        list_models: pr
-            .and_then(|p| p.list_models)
-            .unwrap_or(api != ApiKind::Azure),
-    };
-    if probe.path.as_ref().is_some_and(|p| !p.starts_with('/')) {
-        return Err(err(format!("{path}.probe.path"), "must start with '/'"));
-    }
-    Ok(probe)
-}
-
-/// A provider's breaker settings (its endpoints' and its offerings').
-fn provider_breaker(
-    path: &str,
-    br: Option<&file::FileBreaker>,
-) -> Result<BreakerConf, ConfigError> {
-    // A short first cooldown and a 30 s cap: an outage's probations come at most every 30 s
-    // (jittered), so a recovered twin is back within 30 s of its recovery.
-    let cooldown = nonzero_ms(
-        &format!("{path}.breaker.cooldown_ms"),
-        br.and_then(|b| b.cooldown_ms),
-        5_000,
-    )?;
-    let max_cooldown = nonzero_ms(
-        &format!("{path}.breaker.max_cooldown_ms"),
-        br.and_then(|b| b.max_cooldown_ms),
-        (cooldown.as_millis() as u64).max(30_000),
-    )?;
-    if max_cooldown < cooldown {
-        return Err(err(
-            format!("{path}.breaker.max_cooldown_ms"),
-            "must be at least breaker.cooldown_ms",
-        ));
-    }
-    Ok(BreakerConf {
-        failures: match br.and_then(|b| b.failures) {
-            Some(0) => {
-                return Err(err(
-                    format!("{path}.breaker.failures"),
-                    "must be at least 1",
-                ))
-            }
-            Some(n) => n,
-            None => 5,
-        },
-        cooldown,
-        max_cooldown,
-    })
-}
-
-fn build_provider(
-    id: ProviderId,
-    path: &str,
-    p: FileProvider,
-    env: &dyn EnvSource,
-) -> Result<Provider, ConfigError> {
-    if p.name.is_empty()
-        || !p
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(err(
-            format!("{path}.name"),
-            "must be non-empty and use only letters, digits, '-', '_' or '.'",
-        ));
-    }
-    let api = match p.api.as_str() {
-        "openai" => ApiKind::OpenAi,
-        "anthropic" => ApiKind::Anthropic,
-        "azure" => ApiKind::Azure,
-        "bedrock" => ApiKind::Bedrock,
-        "vertex" => match p.vertex_api.as_deref() {
-            None | Some("anthropic") => ApiKind::Vertex,
-            Some("openai") => ApiKind::VertexOpenAi,
-            Some(other) => {
-                return Err(err(
-                    format!("{path}.vertex_api"),
-                    format!("unknown value {other:?} (expected anthropic or openai)"),
-                ))
-            }
-        },
-        other => {
-            return Err(err(
-                format!("{path}.api"),
-                format!(
-                    "unknown api {other:?} (expected openai, anthropic, azure, bedrock or vertex)"
-                ),
-            ))
-        }
-    };
-    for (key, set) in [
-        ("gcp_project", p.gcp_project.is_some()),
-        ("gcp_location", p.gcp_location.is_some()),
-        ("gcp_credentials_file", p.gcp_credentials_file.is_some()),
-        ("vertex_api", p.vertex_api.is_some()),
-    ] {
-        if set && !matches!(api, ApiKind::Vertex | ApiKind::VertexOpenAi) {
-            return Err(err(format!("{path}.{key}"), "only for api: vertex"));
-        }
-    }
-    if p.aws_region.is_some() && api != ApiKind::Bedrock {
-        return Err(err(format!("{path}.aws_region"), "only for api: bedrock"));
-    }
-    // Bedrock: the signing region, and the regional endpoint unless base_url replaces it
-    // (VPC endpoints, PrivateLink, tests); the signature does not change with it.
-    let mut p = p;
-    let mut aws_region = None;
-    if api == ApiKind::Bedrock {
-        let region = p
-            .aws_region
-            .clone()
-            .or_else(|| env.get("AWS_REGION"))
-            .or_else(|| env.get("AWS_DEFAULT_REGION"))
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| {
-                err(
-                    format!("{path}.aws_region"),
-                    "api: bedrock needs aws_region (or AWS_REGION / AWS_DEFAULT_REGION)",
-                )
-            })?;
-        if !region
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(err(format!("{path}.aws_region"), "not an AWS region name"));
-        }
-        if p.base_url.is_none() && p.endpoints.is_none() {
-            p.base_url = Some(format!("https://bedrock-runtime.{region}.amazonaws.com"));
-        }
-        aws_region = Some(region);
-    }
-    // Vertex: project and location, the regional (or global) endpoint unless base_url replaces
-    // it (Private Service Connect, tests), and where access tokens come from.
-    let mut gcp = None;
-    if matches!(api, ApiKind::Vertex | ApiKind::VertexOpenAi) {
-        let project = p
-            .gcp_project
-            .clone()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                err(
-                    format!("{path}.gcp_project"),
-                    "api: vertex needs gcp_project",
-                )
-            })?;
-        let location = p
-            .gcp_location
-            .clone()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| {
-                err(
-                    format!("{path}.gcp_location"),
-                    "api: vertex needs gcp_location (a region such as us-east5, or global)",
-                )
-            })?;
-        for (key, v) in [("gcp_project", &project), ("gcp_location", &location)] {
-            if !v
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            {
-                return Err(err(
-                    format!("{path}.{key}"),
-                    "lowercase letters, digits and '-' only",
-                ));
-            }
-        }
-        if p.base_url.is_none() && p.endpoints.is_none() {
-            p.base_url = Some(if location == "global" {
-                "https://aiplatform.googleapis.com".to_string()
-            } else {
-                format!("https://{location}-aiplatform.googleapis.com")
-            });
-        }
-        let file = p.gcp_credentials_file.clone().or_else(|| {
-            env.get("GOOGLE_APPLICATION_CREDENTIALS")
-                .filter(|v| !v.is_empty())
-        });
-        let credentials = match file {
-            Some(file) => service_account(&format!("{path}.gcp_credentials_file"), &file)?,
-            None => GcpCredentials::MetadataServer {
-                host: env
-                    .get("GCE_METADATA_HOST")
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| "metadata.google.internal".to_string()),
-            },
-        };
-        gcp = Some(GcpConf {
-            project,
-            location,
-            credentials,
-        });
-    }
-    if let Some(v) = &p.api_version {
-        if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(err(
-                format!("{path}.api_version"),
-                "use letters, digits and '-' only",
-            ));
-        }
-    }
-    let required = p.required.unwrap_or(false);
-    let missing: std::cell::RefCell<Vec<String>> = std::cell::RefCell::new(Vec::new());
-    let read_key = |key_path: String, var: &str| -> Result<Option<Secret>, ConfigError> {
-        match env.get(var) {
-            Some(v) if !v.is_empty() => {
-                if http::HeaderValue::from_str(&v).is_err() {
-                    return Err(err(
-                        key_path,
-                        format!("env var {var} holds characters not allowed in a header"),
-                    ));
-                }
-                Ok(Some(Secret::new(v)))
-            }
-            // No credential: a config error only for `required: true`; otherwise the provider
-            // is left out of rotation (`credential_missing`) with a warning.
-            _ if required => Err(err(
-                key_path,
-                format!("env var {var} is not set (or empty)"),
-            )),
-            _ => {
-                missing.borrow_mut().push(format!("{var} is not set"));
-                Ok(None)
-            }
-        }
-    };
-    let read_file = |key_path: String, file: &str| -> Result<Option<Secret>, ConfigError> {
-        let v = match std::fs::read_to_string(file) {
-            Ok(v) => v,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
-                missing.borrow_mut().push(format!("{file} does not exist"));
-                return Ok(None);
-            }
-            Err(e) => return Err(err(key_path.clone(), format!("cannot read {file}: {e}"))),
-        };
-        // Mounted secrets usually end with a newline.
-        let v = v.trim();
-        if v.is_empty() || http::HeaderValue::from_str(v).is_err() {
-            return Err(err(
-                key_path,
-                format!("{file} is empty or holds characters not allowed in a header"),
-            ));
-        }
-        Ok(Some(Secret::new(v.to_string())))
-    };
-    let key = match (&p.api_key_env, &p.api_key_file) {
-        (Some(var), None) => read_key(format!("{path}.api_key_env"), var)?,
-        (None, Some(file)) => read_file(format!("{path}.api_key_file"), file)?,
-        (None, None) => None,
-        (Some(_), Some(_)) => {
-            return Err(err(
-                format!("{path}.api_key_file"),
-                "set api_key_env or api_key_file, not both",
-            ))
-        }
-    };
-    // Bedrock credentials, in the AWS SDKs' order: a Bedrock API key, then static keys.
-    let aws = match &aws_region {
-        None => None,
-        Some(region) => {
-            let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
-            let credentials = if let Some(token) = get("AWS_BEARER_TOKEN_BEDROCK") {
-                Some(AwsCredentialSource::Fixed(AwsCredentials::Bearer(
-                    Secret::new(token),
-                )))
-            } else if let (Some(id), Some(secret)) =
-                (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
-            {
-                Some(AwsCredentialSource::Fixed(AwsCredentials::Static {
-                    access_key_id: Secret::new(id),
-                    secret_access_key: Secret::new(secret),
-                    session_token: get("AWS_SESSION_TOKEN").map(Secret::new),
-                }))
-            } else if let (Some(role_arn), Some(token_file)) =
-                (get("AWS_ROLE_ARN"), get("AWS_WEB_IDENTITY_TOKEN_FILE"))
-            {
-                Some(AwsCredentialSource::WebIdentity {
-                    role_arn,
-                    token_file,
-                    session_name: get("AWS_ROLE_SESSION_NAME")
-                        .unwrap_or_else(|| "twinroute".to_string()),
-                    sts_url: get("AWS_ENDPOINT_URL_STS")
-                        .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com")),
-                })
-            } else {
-                get("AWS_CONTAINER_CREDENTIALS_FULL_URI").map(|full_uri| {
-                    AwsCredentialSource::Container {
-                        full_uri,
-                        token_file: get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
-                        token: get("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(Secret::new),
-                    }
-                })
-            };
-            match credentials {
-                Some(credentials) => Some(AwsConf {
-                    region: region.clone(),
-                    credentials,
-                }),
-                None if required => {
-                    return Err(err(
-                        format!("{path}.api"),
-                        "api: bedrock found no AWS credentials (AWS_BEARER_TOKEN_BEDROCK, or \
-                         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
-                    ))
-                }
-                None => None,
-            }
-        }
-    };
-    let endpoints = match (&p.base_url, &p.endpoints) {
-        (Some(url), None) => vec![ProviderEndpoint {
-            url: url.clone(),
-            base: UpstreamBase::parse(url).map_err(|r| err(format!("{path}.base_url"), r))?,
-            region: p.region.clone(),
-            weight: 1,
-            key: key.clone(),
-            key_env: p.api_key_env.clone(),
-        }],
-        (None, Some(list)) if !list.is_empty() => {
-            let mut out = Vec::with_capacity(list.len());
-            for (i, e) in list.iter().enumerate() {
-                let epath = format!("{path}.endpoints[{i}]");
-                let base =
-                    UpstreamBase::parse(&e.url).map_err(|r| err(format!("{epath}.url"), r))?;
-                if let Some(first) = out.first() {
-                    let first: &ProviderEndpoint = first;
-                    if first.base.path != base.path {
-                        return Err(err(
-                            format!("{epath}.url"),
-                            format!(
-                                "every endpoint of a provider must have the same API root path \
-                                 ({:?} here, {:?} on endpoints[0])",
-                                base.path, first.base.path
-                            ),
-                        ));
-                    }
-                }
-                let weight = e.weight.unwrap_or(1);
-                if weight == 0 || weight > 1000 {
-                    return Err(err(format!("{epath}.weight"), "must be between 1 and 1000"));
-                }
-                let (key, key_env) = match (&e.api_key_env, &e.api_key_file) {
-                    (Some(var), _) => (
-                        read_key(format!("{epath}.api_key_env"), var)?,
-                        Some(var.clone()),
-                    ),
-                    (None, Some(file)) => (read_file(format!("{epath}.api_key_file"), file)?, None),
-                    (None, None) => (key.clone(), p.api_key_env.clone()),
-                };
-                out.push(ProviderEndpoint {
-                    url: e.url.clone(),
-                    base,
-                    region: e.region.clone().or_else(|| p.region.clone()),
-                    weight,
-                    key,
-                    key_env,
-                });
-            }
-            out
-        }
-        (Some(_), Some(_)) => {
-            return Err(err(
-                format!("{path}.endpoints"),
-                "set base_url or endpoints, not both",
-            ))
-        }
-        _ => {
-            return Err(err(
-                format!("{path}.base_url"),
-                "a provider needs base_url or a non-empty endpoints list",
-            ))
-        }
-    };
-    let base = endpoints[0].base.clone();
-    let timeouts = provider_timeouts(path, p.timeouts.as_ref())?;
-    let probe = provider_probe(path, api, p.probe.as_ref())?;
-    let breaker = provider_breaker(path, p.breaker.as_ref())?;
-    let mut extra_headers = Vec::new();
-    for (k, v) in p.headers.iter().flatten() {
-        let name = http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| err(format!("{path}.headers.{k}"), "not a valid header name"))?;
-        let value = http::HeaderValue::from_str(v)
-            .map_err(|_| err(format!("{path}.headers.{k}"), "not a valid header value"))?;
-        extra_headers.push((name, value));
-    }
-    if p.max_connections == Some(0) {
-        return Err(err(format!("{path}.max_connections"), "must be at least 1"));
-    }
-    Ok(Provider {
-        id,
-        max_connections: p.max_connections,
-        zero_retention: p.zero_retention.unwrap_or(false),
-        name: p.name,
-        api,
-        base,
-        key,
-        key_env: p.api_key_env,
-        region: p.region,
-        endpoints,
-        timeouts,
-        probe,
-        breaker,
-        anthropic_version: p
-            .anthropic_version
-            .unwrap_or_else(|| "2023-06-01".to_string()),
-        azure_api_version: p
-            .api_version
-            .unwrap_or_else(|| DEFAULT_AZURE_API_VERSION.to_string()),
-        extra_headers,
-        tls_verify: p.tls_verify.unwrap_or(true),
-        credential_missing: {
-            let mut m = missing.into_inner();
-            if aws.is_none() && api == ApiKind::Bedrock {
-                m.push(
-                    "no AWS credentials: set AWS_BEARER_TOKEN_BEDROCK, AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY, AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE (IRSA), or \
-                     AWS_CONTAINER_CREDENTIALS_FULL_URI (Pod Identity)"
-                        .to_string(),
-                );
-            }
-            (!m.is_empty()).then(|| m.join(", "))
-        },
-        aws,
-        gcp,
-        default_max_tokens: match p.default_max_tokens {
-            Some(0) => {
-                return Err(err(
-                    format!("{path}.default_max_tokens"),
-                    "must be greater than 0",
-                ))
-            }
-            Some(n) => n,
-            None => 4096,
-        },
-    })
-}
-
 pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigError> {
     let listen = file.listen.unwrap_or_else(|| "127.0.0.1:4000".to_string());
     let admin_listen = file
@@ -933,7 +405,12 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
                 format!("duplicate provider {:?}", p.name),
             ));
         }
-        providers.push(Arc::new(build_provider(ProviderId(i), &path, p, env)?));
+        providers.push(Arc::new(provider::build_provider(
+            ProviderId(i),
+            &path,
+            p,
+            env,
+        )?));
     }
     let policy = build_policy("policy", file.policy.as_ref(), &Policy::default())?;
 
@@ -970,7 +447,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             if o.model.is_empty() {
                 return Err(err(format!("{opath}.model"), "must not be empty"));
             }
-            if provider.api == ApiKind::Azure
+            if provider.api() == ApiKind::Azure
                 && !o
                     .model
                     .chars()
@@ -1160,6 +637,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::UpstreamBase;
 
     fn env() -> BTreeMap<String, String> {
         [("K".to_string(), "sk-test".to_string())]

@@ -429,7 +429,7 @@ pub fn candidates(input: &RouteInput<'_>) -> Result<Vec<Candidate>, NoRoute> {
     let provider_of = |o: &Choice| catalog.offering(o.model, o.offering).provider;
 
     // Filters, in an order that makes the error name the first thing that ruled everything out.
-    let api_of = |o: &Choice| providers[provider_of(o)].api;
+    let api_of = |o: &Choice| providers[provider_of(o)].api();
     pool.retain(|o| endpoint.reachable_by(api_of(o)));
     if pool.is_empty() {
         return Err(NoRoute::WrongApi);

@@ -9,6 +9,7 @@
 //! of state sits behind its own short-held lock; no lock is held across an await. State is kept
 //! by identity across reloads (`carried_over`), not by position in the config.
 
+pub mod admit;
 pub mod breaker;
 pub mod ewma;
 pub mod pool;

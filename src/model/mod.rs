@@ -17,7 +17,7 @@ pub use ids::{ModelId, OfferingIdx, ProviderId};
 pub use policy::{Backoff, CachePolicy, OnCeiling, Policy, QueuePolicy, Strategy, StreamRecovery};
 pub use provider::{
     ApiKind, AwsConf, AwsCredentialSource, AwsCredentials, BreakerConf, GcpConf, GcpCredentials,
-    ProbeConf, Provider, ProviderEndpoint, Secret, Timeouts, UpstreamBase,
+    ProbeConf, Provider, ProviderEndpoint, Secret, Timeouts, UpstreamBase, Vendor,
 };
 use std::fmt;
 use std::sync::Arc;

@@ -33,6 +33,44 @@ impl ApiKind {
     }
 }
 
+/// What one vendor's wire needs beyond what every provider has: each family's own settings,
+/// resolved at load time. `ApiKind` is its name (`Provider::api`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Vendor {
+    OpenAi,
+    /// `anthropic_version` (the `anthropic-version` header unless the client sent one).
+    Anthropic {
+        version: String,
+    },
+    /// `api_version` (the `api-version` query parameter).
+    Azure {
+        api_version: String,
+    },
+    /// Region and credentials; `None` when no AWS credentials were found (the provider is then
+    /// out of rotation, `credential_missing` says why).
+    Bedrock {
+        aws: Option<AwsConf>,
+    },
+    /// Project, location and where access tokens come from; `openai` for `vertex_api: openai`.
+    Vertex {
+        gcp: GcpConf,
+        openai: bool,
+    },
+}
+
+impl Vendor {
+    pub fn api(&self) -> ApiKind {
+        match self {
+            Vendor::OpenAi => ApiKind::OpenAi,
+            Vendor::Anthropic { .. } => ApiKind::Anthropic,
+            Vendor::Azure { .. } => ApiKind::Azure,
+            Vendor::Bedrock { .. } => ApiKind::Bedrock,
+            Vendor::Vertex { openai: false, .. } => ApiKind::Vertex,
+            Vendor::Vertex { openai: true, .. } => ApiKind::VertexOpenAi,
+        }
+    }
+}
+
 /// Where an `api: bedrock` provider signs for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AwsConf {
@@ -237,7 +275,8 @@ pub struct Provider {
     /// Its place in `Config::providers`; a compact id on the hot path.
     pub id: ProviderId,
     pub name: String,
-    pub api: ApiKind,
+    /// The wire family and its own settings.
+    pub vendor: Vendor,
     pub base: UpstreamBase,
     pub key: Option<Secret>,
     pub key_env: Option<String>,
@@ -245,17 +284,11 @@ pub struct Provider {
     pub timeouts: Timeouts,
     pub probe: ProbeConf,
     pub breaker: BreakerConf,
-    pub anthropic_version: String,
-    pub azure_api_version: String,
     pub extra_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub tls_verify: bool,
     /// Why this provider has no usable credential (`OPENAI_API_KEY is not set`): it is left
     /// out of rotation. Only for providers without `required: true`.
     pub credential_missing: Option<String>,
-    /// `api: bedrock`: region and credentials.
-    pub aws: Option<AwsConf>,
-    /// `api: vertex`: project, location and where access tokens come from.
-    pub gcp: Option<GcpConf>,
     /// `max_tokens` for a translated request that sent none (Messages requires one).
     pub default_max_tokens: u64,
     /// At least one; `base`, `key` and `region` above are the first one's (all share the path).
@@ -267,11 +300,31 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// The wire format this provider speaks.
+    pub fn api(&self) -> ApiKind {
+        self.vendor.api()
+    }
+
+    /// `api: bedrock` with credentials: the signing region and where keys come from.
+    pub fn aws(&self) -> Option<&AwsConf> {
+        match &self.vendor {
+            Vendor::Bedrock { aws } => aws.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// `api: vertex`: project, location and where access tokens come from.
+    pub fn gcp(&self) -> Option<&GcpConf> {
+        match &self.vendor {
+            Vendor::Vertex { gcp, .. } => Some(gcp),
+            _ => None,
+        }
+    }
     /// Whether `other` (from another config) is the same upstream in every setting: only its
     /// place in the provider list may differ. A reload keeps the health of such providers.
     pub fn same_upstream(&self, other: &Provider) -> bool {
         self.name == other.name
-            && self.api == other.api
+            && self.vendor == other.vendor
             && self.base == other.base
             && self.key == other.key
             && self.key_env == other.key_env
@@ -279,14 +332,10 @@ impl Provider {
             && self.timeouts == other.timeouts
             && self.probe == other.probe
             && self.breaker == other.breaker
-            && self.anthropic_version == other.anthropic_version
-            && self.azure_api_version == other.azure_api_version
             && self.extra_headers == other.extra_headers
             && self.tls_verify == other.tls_verify
             && self.default_max_tokens == other.default_max_tokens
             && self.credential_missing == other.credential_missing
-            && self.aws == other.aws
-            && self.gcp == other.gcp
             && self.endpoints == other.endpoints
             && self.max_connections == other.max_connections
             && self.zero_retention == other.zero_retention

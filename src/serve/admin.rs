@@ -4,7 +4,7 @@
 use crate::decide::route::{self, RequestConstraints, RouteInput};
 use crate::model::endpoint::Endpoint;
 use crate::observe::metrics::{self, METRICS};
-use crate::serve::state::{Runtime, Shared};
+use crate::serve::state::{Generation, Shared};
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -51,7 +51,7 @@ pub fn update_store_gauges(shared: &Shared) {
 }
 
 /// Refresh the health gauges from the live state; called on every scrape so they are never stale.
-pub fn update_health_gauges(rt: &Runtime) {
+pub fn update_health_gauges(rt: &Generation) {
     let now = Instant::now();
     for p in &rt.config.providers {
         let s = rt.health.snapshot(p.id, now);
@@ -91,7 +91,7 @@ pub fn update_health_gauges(rt: &Runtime) {
     }
 }
 
-pub fn status_json(rt: &Runtime, tokens: &crate::serve::credentials::Tokens) -> Value {
+pub fn status_json(rt: &Generation, tokens: &crate::serve::credentials::Tokens) -> Value {
     let now = Instant::now();
     let providers: Vec<Value> = rt
         .config
@@ -101,7 +101,7 @@ pub fn status_json(rt: &Runtime, tokens: &crate::serve::credentials::Tokens) -> 
             let s = rt.health.snapshot(p.id, now);
             json!({
                 "name": s.name,
-                "api": p.api.as_str(),
+                "api": p.api().as_str(),
                 "region": p.region,
                 "healthy": s.healthy && p.credential_missing.is_none(),
                 // Left out of rotation: no credential (which env var or file is missing).
@@ -139,7 +139,7 @@ pub fn status_json(rt: &Runtime, tokens: &crate::serve::credentials::Tokens) -> 
                 .find(|e| {
                     m.offerings
                         .iter()
-                        .any(|o| e.served_by(rt.config.providers[o.provider].api))
+                        .any(|o| e.served_by(rt.config.providers[o.provider].api()))
                 })
                 .unwrap_or(Endpoint::ChatCompletions);
             let order: Vec<Value> = route::candidates(&RouteInput {

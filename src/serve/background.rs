@@ -15,7 +15,7 @@ use crate::serve::forward::{self, Plan, Ran};
 use crate::serve::queue::{
     Found, NewJob, Refused, JOB_HEADER, JOB_TOKEN_HEADER, NO_CAPACITY_HEADER,
 };
-use crate::serve::state::{Runtime, Shared};
+use crate::serve::state::{Generation, Shared};
 use crate::wire::body::RequestBody;
 use crate::wire::errors::{truncate, ErrorKind, GatewayError};
 use crate::wire::job::{self, JobStatus};
@@ -100,7 +100,7 @@ pub fn queueing(
 /// run, told to wait) instead of failed.
 pub async fn execute(
     shared: &Shared,
-    rt: &Runtime,
+    rt: &Generation,
     down: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     plan: &Plan,

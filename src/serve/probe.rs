@@ -7,7 +7,7 @@
 //! ID the provider does not list is taken out (`probe_model_missing`) until it is listed again.
 
 use crate::model::Provider;
-use crate::serve::state::{Runtime, Shared};
+use crate::serve::state::{Generation, Shared};
 use crate::wire::listing::parse_listing;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -29,7 +29,7 @@ impl ProbeService {
 
 /// Compare one provider's listing with its offerings and take out (or put back) the ones it
 /// does not (or again does) list.
-fn apply_listing(rt: &Runtime, p: &Provider, body: &[u8]) {
+fn apply_listing(rt: &Generation, p: &Provider, body: &[u8]) {
     let Some(listed) = parse_listing(body) else {
         log::debug!(
             "provider {}: probe body is not a full model listing",

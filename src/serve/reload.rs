@@ -1,6 +1,6 @@
 //! Hot reload: a changed config file (polled) or SIGHUP is validated and swapped in whole.
 //!
-//! In-flight requests keep the `Runtime` they started with (an `Arc` each), new ones get the new
+//! In-flight requests keep the `Generation` they started with (an `Arc` each), new ones get the new
 //! config: nothing is dropped. An invalid file is refused with a log line naming the problem and
 //! the running config stays in force. Listener addresses, thread count and the grace period are
 //! fixed at start; a change to them is logged as needing a restart and otherwise ignored.
@@ -10,7 +10,7 @@
 
 use crate::config::{self};
 use crate::model::Config;
-use crate::serve::state::{Runtime, Shared};
+use crate::serve::state::{Generation, Shared};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -70,7 +70,7 @@ impl Reloader {
                 "config reload: {k} changed ({a} -> {b}); takes effect only after a restart"
             );
         }
-        let rt = Runtime::reloaded(new, &old);
+        let rt = Generation::reloaded(new, &old);
         let without = rt.config.without_credentials();
         if !without.is_empty() {
             log::warn!(

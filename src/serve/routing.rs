@@ -9,7 +9,7 @@ use crate::model::Strategy;
 use crate::observe::access_log::RequestLog;
 use crate::serve::forward;
 use crate::serve::names::{self, HDR_PROVIDER, HDR_ROUTE, HDR_STRATEGY};
-use crate::serve::state::{Runtime, Shared};
+use crate::serve::state::{Generation, Shared};
 use crate::wire::body::RequestBody;
 use crate::wire::errors::{truncate, ErrorKind, GatewayError};
 use crate::wire::translate::{self, Direction};
@@ -54,7 +54,7 @@ pub fn route<'c>(
     shared: &Shared,
     session: &Session,
     ctx: &mut RequestLog,
-    rt: &'c Runtime,
+    rt: &'c Generation,
     endpoint: Endpoint,
     body: &RequestBody,
     path: &str,
@@ -89,7 +89,7 @@ pub fn route<'c>(
     let lacks_declared = offerings.clone().any(|o| !o.lacks.is_empty());
     let translated = relevant
         .clone()
-        .any(|p| endpoint.rebuilt_for(cfg.providers[p].api));
+        .any(|p| endpoint.rebuilt_for(cfg.providers[p].api()));
     let (json, include_usage) =
         look_into_body(body, endpoint, &mut constraints, translated, lacks_declared)?;
     let health = rt.health.routing_snapshot(Instant::now(), relevant);

@@ -12,25 +12,26 @@ use pingora::connectors::http::Connector;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 
-/// A config and the health table built for its providers (indexes match).
-pub struct Runtime {
+/// One generation of the config and the health table built for its providers (indexes match):
+/// swapped whole on reload; a request keeps the generation it started with.
+pub struct Generation {
     pub config: Config,
     pub health: Health,
 }
 
-impl Runtime {
-    pub fn new(config: Config) -> Runtime {
+impl Generation {
+    pub fn new(config: Config) -> Generation {
         let health = Health::new(&config.providers);
-        Runtime { config, health }
+        Generation { config, health }
     }
 
     /// A reloaded config, keeping the health of every provider it did not change.
-    pub fn reloaded(config: Config, previous: &Runtime) -> Runtime {
+    pub fn reloaded(config: Config, previous: &Generation) -> Generation {
         let health = Health::carried_over(
             &config.providers,
             Some((&previous.health, &previous.config.providers)),
         );
-        Runtime { config, health }
+        Generation { config, health }
     }
 }
 
@@ -61,7 +62,7 @@ impl Stores {
 }
 
 pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
+    pub runtime: ArcSwap<Generation>,
     pub connector: Connector,
     pub resolver: Resolver,
     pub ready: AtomicBool,
@@ -96,7 +97,7 @@ impl Shared {
         } = stores;
         let scope_secret =
             crate::serve::secrets::scope_secret(config.queue.as_ref().map(|q| q.dir.as_path()))?;
-        let runtime = Runtime::new(config);
+        let runtime = Generation::new(config);
         if let Some(bus) = verdicts {
             runtime.health.set_bus(bus);
         }

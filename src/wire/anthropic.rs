@@ -1,7 +1,7 @@
 //! Anthropic Messages API: `x-api-key` plus `anthropic-version` (the client's own version header
 //! is kept when it sent one: it chose the API semantics it parses).
 
-use crate::model::{Provider, Secret};
+use crate::model::Secret;
 use pingora::http::RequestHeader;
 use pingora::Result;
 
@@ -45,12 +45,14 @@ pub fn accepts_prefill(model_id: &str) -> bool {
     (major, minor) < (4, 6)
 }
 
-pub fn authorize(provider: &Provider, key: Option<&Secret>, req: &mut RequestHeader) -> Result<()> {
+/// The key as `x-api-key`, and `anthropic-version` (the provider's `anthropic_version`) unless
+/// the client chose its own.
+pub fn authorize(version: &str, key: Option<&Secret>, req: &mut RequestHeader) -> Result<()> {
     if let Some(key) = key {
         req.insert_header("x-api-key", key.expose())?;
     }
     if !req.headers.contains_key("anthropic-version") {
-        req.insert_header("anthropic-version", provider.anthropic_version.as_str())?;
+        req.insert_header("anthropic-version", version)?;
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `api-version` is a query parameter, and the key goes in `api-key`.
 
 use crate::model::endpoint::Endpoint;
-use crate::model::{Provider, Secret};
+use crate::model::Secret;
 use pingora::http::RequestHeader;
 use pingora::Result;
 
@@ -11,13 +11,11 @@ pub fn listing_path(base_path: &str, api_version: &str) -> String {
     format!("{base_path}/openai/models?api-version={api_version}")
 }
 
-pub fn path(provider: &Provider, endpoint: Endpoint, deployment: &str) -> String {
+pub fn path(base_path: &str, api_version: &str, endpoint: Endpoint, deployment: &str) -> String {
     // Deployment names are validated to [A-Za-z0-9._-] at config load: no escaping needed.
     format!(
-        "{}/openai/deployments/{deployment}{}?api-version={}",
-        provider.base.path,
+        "{base_path}/openai/deployments/{deployment}{}?api-version={api_version}",
         endpoint.subpath(),
-        provider.azure_api_version
     )
 }
 

@@ -114,7 +114,7 @@ pub fn sign(
     body: &[u8],
     now: SystemTime,
 ) -> Result<(), SignError> {
-    let Some(aws) = provider.aws.as_ref() else {
+    let Some(aws) = provider.aws() else {
         return Err(SignError("provider has no AWS settings".into()));
     };
     match credentials {

@@ -5,7 +5,7 @@
 
 use super::{anthropic, azure, bedrock, openai, vertex};
 use crate::model::endpoint::Endpoint;
-use crate::model::{ApiKind, Provider, ProviderEndpoint};
+use crate::model::{Provider, ProviderEndpoint, Vendor};
 use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::request::Parts as RequestParts;
 use http::HeaderValue;
@@ -73,29 +73,18 @@ pub fn upstream_path(
     model_id: &str,
     stream: bool,
 ) -> String {
-    match provider.api {
-        ApiKind::Azure => azure::path(provider, endpoint, model_id),
-        ApiKind::Bedrock => bedrock::path(&provider.base.path, model_id, stream),
-        ApiKind::Vertex => match &provider.gcp {
-            Some(g) => vertex::path(
-                &provider.base.path,
-                &g.project,
-                &g.location,
-                model_id,
-                stream,
-            ),
-            None => format!("{}/", provider.base.path),
-        },
-        ApiKind::VertexOpenAi => match &provider.gcp {
-            Some(g) => vertex::openai_path(&provider.base.path, &g.project, &g.location),
-            None => format!("{}/", provider.base.path),
-        },
-        ApiKind::OpenAi | ApiKind::Anthropic => {
-            let root = if provider.base.path.is_empty() {
-                "/v1"
-            } else {
-                provider.base.path.as_str()
-            };
+    let base = provider.base.path.as_str();
+    match &provider.vendor {
+        Vendor::Azure { api_version } => azure::path(base, api_version, endpoint, model_id),
+        Vendor::Bedrock { .. } => bedrock::path(base, model_id, stream),
+        Vendor::Vertex { gcp, openai: false } => {
+            vertex::path(base, &gcp.project, &gcp.location, model_id, stream)
+        }
+        Vendor::Vertex { gcp, openai: true } => {
+            vertex::openai_path(base, &gcp.project, &gcp.location)
+        }
+        Vendor::OpenAi | Vendor::Anthropic { .. } => {
+            let root = if base.is_empty() { "/v1" } else { base };
             format!("{root}{}", endpoint.subpath())
         }
     }
@@ -146,14 +135,14 @@ fn authorize(
     req: &mut RequestHeader,
 ) -> Result<()> {
     let key = upstream.key.as_ref();
-    match provider.api {
-        ApiKind::OpenAi => openai::authorize(key, req),
-        ApiKind::Anthropic => anthropic::authorize(provider, key, req),
-        ApiKind::Azure => azure::authorize(key, req),
+    match &provider.vendor {
+        Vendor::OpenAi => openai::authorize(key, req),
+        Vendor::Anthropic { version } => anthropic::authorize(version, key, req),
+        Vendor::Azure { .. } => azure::authorize(key, req),
         // Signed over the final body by the caller (`bedrock::sign`).
-        ApiKind::Bedrock => Ok(()),
+        Vendor::Bedrock { .. } => Ok(()),
         // The caller adds the current access token (`serve::credentials`).
-        ApiKind::Vertex | ApiKind::VertexOpenAi => Ok(()),
+        Vendor::Vertex { .. } => Ok(()),
     }
 }
 
@@ -164,13 +153,13 @@ pub fn probe_path(provider: &Provider) -> String {
         return p.clone();
     }
     let base = &provider.base.path;
-    match provider.api {
-        ApiKind::OpenAi => openai::listing_path(base),
-        ApiKind::Anthropic => anthropic::listing_path(base),
-        ApiKind::Azure => azure::listing_path(base, &provider.azure_api_version),
+    match &provider.vendor {
+        Vendor::OpenAi => openai::listing_path(base),
+        Vendor::Anthropic { .. } => anthropic::listing_path(base),
+        Vendor::Azure { api_version } => azure::listing_path(base, api_version),
         // Bedrock Runtime has no free listing: its probe is off by default (passive health
         // only); an operator who enables it names a path.
-        ApiKind::Bedrock | ApiKind::Vertex | ApiKind::VertexOpenAi => format!("{base}/"),
+        Vendor::Bedrock { .. } | Vendor::Vertex { .. } => format!("{base}/"),
     }
 }
 

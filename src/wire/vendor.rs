@@ -102,10 +102,10 @@ pub enum MintSource<'a> {
 
 /// The source a provider's credentials are minted from, if they are.
 pub fn mint_source(provider: &Provider) -> Option<MintSource<'_>> {
-    if let Some(g) = &provider.gcp {
+    if let Some(g) = provider.gcp() {
         return Some(MintSource::Gcp(&g.credentials));
     }
-    match provider.aws.as_ref().map(|a| &a.credentials) {
+    match provider.aws().map(|a| &a.credentials) {
         Some(
             s @ (AwsCredentialSource::WebIdentity { .. } | AwsCredentialSource::Container { .. }),
         ) => Some(MintSource::Aws(s)),

@@ -1,20 +1,28 @@
 //! One attempt's own parts, apart from the loop that runs them: the body a candidate is sent
-//! (spliced, or rebuilt for its family), and what an attempt leaves behind once it is made (the
-//! attempt state machine's verdict, health signals, the attempts metric, the access line).
+//! (spliced, or rebuilt for its family), the exchange held to its commit point, and what an
+//! attempt leaves behind once it is made (the attempt state machine's verdict, health signals,
+//! the attempts metric, the access line).
 
+use super::exchange::{authorized_exchange, Call, Exchange};
+use super::relay::Upstream;
 use super::Plan;
 use crate::decide::attempt::{AttemptFacts, Attempts, Outcome, Probation, Step};
 use crate::decide::outcome::FailoverReason;
 use crate::decide::route::Candidate;
+use crate::model::endpoint::answer_family;
 use crate::model::endpoint::Endpoint;
 use crate::model::error::{ErrorKind, GatewayError};
-use crate::model::Provider;
+use crate::model::{Config, Provider};
 use crate::observe::access_log::{AttemptLog, RequestLog};
 use crate::observe::metrics::METRICS;
-use crate::serve::state::Runtime;
+use crate::serve::commit::{self, Held, HoldSpec};
+use crate::serve::state::Generation;
 use crate::wire::body::{RequestBody, SplicedBody};
 use crate::wire::translate::{self, Direction};
+use crate::wire::vendor;
 use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use tokio::time::Instant;
 
 /// The body one candidate is sent, and the client route it is sent on: translated (or wrapped in
@@ -29,9 +37,9 @@ pub(super) fn attempt_body(
     offering: &crate::model::catalog::Offering,
     dropped: &[&str],
 ) -> std::result::Result<(SplicedBody, Endpoint), GatewayError> {
-    let translation = Direction::between(plan.endpoint, provider.api);
+    let translation = Direction::between(plan.endpoint, provider.api());
     let continuation_json = plan.continuation.as_ref().map(|c| &c.json);
-    let rebuilt = plan.endpoint.rebuilt_for(provider.api) || continuation_json.is_some();
+    let rebuilt = plan.endpoint.rebuilt_for(provider.api()) || continuation_json.is_some();
     match (rebuilt, continuation_json.or(plan.parsed_body.as_ref())) {
         (true, Some(json)) => {
             let bytes = translate::provider_body(
@@ -83,7 +91,7 @@ pub(super) struct Recorded {
 /// Record what an attempt produced: the attempt state machine's verdict, the health signals it
 /// gives, the attempts metric and the access line's attempt.
 pub(super) fn record_attempt(
-    rt: &Runtime,
+    rt: &Generation,
     plan: &Plan,
     ctx: &mut RequestLog,
     attempts: &mut Attempts,
@@ -139,5 +147,121 @@ pub(super) fn record_attempt(
         step: verdict.step,
         status,
         reason,
+    }
+}
+
+/// One attempt on the wire, held to its commit point: the exchange, then (a success) the hold
+/// until a stream's first content or a whole body arrives, so that nothing reaches the client
+/// before the answer is known to be one. The outcome, and the answer when there is one to
+/// deliver or to clear (an error answer).
+pub(super) async fn exchange_held(
+    call: Call<'_>,
+    header: RequestHeader,
+    cfg: &Config,
+    plan: &Plan,
+    started: Instant,
+    attempts: &Attempts,
+) -> pingora::Result<(Outcome, Option<Upstream>)> {
+    match authorized_exchange(call, header).await? {
+        Exchange::Failed {
+            reason,
+            status,
+            retry_after_s,
+        } => Ok((
+            Outcome::Failed {
+                reason,
+                status,
+                retry_after_s,
+            },
+            None,
+        )),
+        Exchange::Answer {
+            upstream: mut session,
+            peer,
+            ttfb,
+            prefix,
+            verdict,
+        } => {
+            let status = session
+                .response_header()
+                .map(|h| h.status.as_u16())
+                .unwrap_or(0);
+            let answered = Outcome::Answered {
+                status,
+                ttfb,
+                body_verdict: verdict,
+            };
+            if verdict.is_some() || !(200..300).contains(&status) {
+                return Ok((
+                    answered,
+                    Some(Upstream {
+                        session,
+                        peer,
+                        prefix,
+                    }),
+                ));
+            }
+            // The commit point: nothing reaches the client before it.
+            let spec = hold_spec(cfg, plan, call.provider, &session, started, attempts);
+            Ok(match commit::hold(&mut session, prefix, &spec).await {
+                Held::Committed(prefix) => (
+                    answered,
+                    Some(Upstream {
+                        session,
+                        peer,
+                        prefix,
+                    }),
+                ),
+                Held::Failed(reason) => (
+                    Outcome::Failed {
+                        reason,
+                        status: Some(status),
+                        retry_after_s: None,
+                    },
+                    None,
+                ),
+            })
+        }
+    }
+}
+
+/// How to hold a successful answer until its commit point: a stream (by its content type) until
+/// its first content within `first_token_ms` (the route's, else the provider's), a whole body
+/// within the request's deadline.
+fn hold_spec(
+    cfg: &Config,
+    plan: &Plan,
+    provider: &Provider,
+    upstream: &HttpSession,
+    attempt_start: Instant,
+    attempts: &Attempts,
+) -> HoldSpec {
+    let framing = vendor::framing(
+        provider.api(),
+        upstream
+            .response_header()
+            .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
+            .map(|v| v.as_bytes()),
+    );
+    let eventstream = framing == vendor::Framing::EventStream;
+    let stream = (framing != vendor::Framing::Whole).then(|| answer_family(provider.api()));
+    let first_token = plan
+        .policy
+        .first_token
+        .unwrap_or(provider.timeouts.first_token);
+    let by = attempt_start + first_token;
+    let deadline = attempts.deadline();
+    HoldSpec {
+        stream,
+        eventstream,
+        first_token_by: by.min(deadline),
+        first_token_reason: if by <= deadline {
+            FailoverReason::FirstTokenTimeout
+        } else {
+            FailoverReason::Deadline
+        },
+        body_by: deadline,
+        max_body: cfg.max_response_body_bytes,
+        max_event: cfg.max_stream_event_bytes,
     }
 }

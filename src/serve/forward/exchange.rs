@@ -68,7 +68,7 @@ pub(super) struct Call<'a> {
 /// minted bearer token. The two rare paths are boxed: an inline future sizes the attempt loop's
 /// and each one above it, all moved once per request. `Err`: the request could not be signed.
 pub(super) async fn authorized_exchange(call: Call<'_>, header: RequestHeader) -> Result<Exchange> {
-    Ok(match vendor::authorization(call.provider.api) {
+    Ok(match vendor::authorization(call.provider.api()) {
         vendor::Authorization::InHeaders => exchange(call, header).await,
         vendor::Authorization::MintedBearer => Box::pin(minted_bearer_exchange(call, header)).await,
         vendor::Authorization::SignedBody => Box::pin(signed_exchange(call, header)).await?,
@@ -125,7 +125,7 @@ async fn signing_credentials(
     provider: &Provider,
     budget: Duration,
 ) -> Option<crate::model::AwsCredentials> {
-    match provider.aws.as_ref().map(|a| &a.credentials) {
+    match provider.aws().map(|a| &a.credentials) {
         Some(crate::model::AwsCredentialSource::Fixed(c)) => Some(c.clone()),
         Some(_) => current_token(shared, provider, budget)
             .await
@@ -292,7 +292,7 @@ async fn exchange(call: Call<'_>, header: RequestHeader) -> Exchange {
             // family's own error table (Bedrock's x-amzn-ErrorType) decides before the body's.
             let family_verdict = up
                 .response_header()
-                .and_then(|h| vendor::error_verdict(provider.api, &h.headers, &prefix));
+                .and_then(|h| vendor::error_verdict(provider.api(), &h.headers, &prefix));
             let verdict = match family_verdict {
                 Some(verdict) => verdict,
                 None if complete => classify_error_body(status, &prefix),

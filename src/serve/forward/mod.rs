@@ -18,35 +18,32 @@ use crate::decide::outcome::FailoverReason;
 use crate::decide::route::Candidate;
 use crate::model::endpoint::{answer_family, Endpoint, Family};
 use crate::model::error::GatewayError;
-use crate::model::{ModelId, Policy, Provider, ProviderId, StreamRecovery};
+use crate::model::{ModelId, Policy, ProviderId};
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
 use crate::serve::cache::Rendered;
-use crate::serve::commit::{self, Held, HoldSpec};
 use crate::serve::downstream::Downstream;
 use crate::serve::names;
-use crate::serve::state::{Runtime, Shared};
+use crate::serve::state::{Generation, Shared};
 use crate::wire::body::RequestBody;
 use crate::wire::request as provider;
 use crate::wire::sse::stream_error_event;
 use crate::wire::stream_event::StreamTrack;
-use crate::wire::translate::Direction;
-use crate::wire::vendor;
 use pingora::prelude::*;
-use pingora::protocols::http::client::HttpSession;
 use std::time::Duration;
 use tokio::time::Instant;
 
 mod attempt;
+mod deliver;
 mod exchange;
 mod pick;
 mod relay;
 
-use attempt::{attempt_body, record_attempt, Recorded, Tried};
-use exchange::{authorized_exchange, pool_again, Call, Exchange};
+use attempt::{attempt_body, exchange_held, record_attempt, Tried};
+use deliver::{deliver, Winner};
+use exchange::{pool_again, Call};
 use pick::{pick, Pick};
 pub use relay::send_error;
-use relay::{relay, RelayEnd, Served, Stage, Upstream};
 
 /// The routing decision for one request.
 pub struct Plan {
@@ -135,7 +132,7 @@ struct BrokenStream {
 /// attempt may take, what its outcome means and which health signals it gives.
 pub async fn run(
     shared: &Shared,
-    rt: &Runtime,
+    rt: &Generation,
     session: &mut Downstream<'_>,
     ctx: &mut RequestLog,
     plan: &Plan,
@@ -170,7 +167,7 @@ pub async fn run(
 /// (never the offering that broke), the client's request with the text sent as an assistant
 /// turn, the original deadline and what is left of its attempts. `None` when no candidate can.
 fn continuation_plan(
-    rt: &Runtime,
+    rt: &Generation,
     plan: &Plan,
     body: &RequestBody,
     broken: BrokenStream,
@@ -183,7 +180,7 @@ fn continuation_plan(
         .filter(|c| c.provider != broken.provider)
         .filter(|c| {
             let offering = cfg.catalog.offering(c.model, c.offering);
-            let api = cfg.providers[c.provider].api;
+            let api = cfg.providers[c.provider].api();
             offering.prefill.unwrap_or_else(|| {
                 answer_family(api) == Family::Anthropic
                     && crate::wire::anthropic::accepts_prefill(&offering.model_id)
@@ -241,64 +238,75 @@ async fn end_broken_stream(
     session.write_body(Some(event), true).await
 }
 
-/// Run a plan's attempts: deliver an answer, an error, or (a committed stream that broke under
-/// `stream_recovery: continue`) hand the break back.
-async fn attempt_loop(
-    shared: &Shared,
-    rt: &Runtime,
-    session: &mut Downstream<'_>,
-    ctx: &mut RequestLog,
-    plan: &Plan,
-    body: &RequestBody,
-) -> Result<Attempted> {
-    let cfg = &rt.config;
-    let model = cfg.catalog.model(plan.model);
-    let first = &cfg.providers[plan.candidates[0].provider];
-    let mut attempts = Attempts::new(
-        &plan.policy,
-        plan.pinned,
-        first.timeouts.first_byte,
-        Instant::now(),
-    );
-    if let Some(c) = &plan.continuation {
-        attempts.limit(c.attempts_left, c.deadline);
-    }
-    let mut cursor = 0usize;
-    let mut previous: Option<ProviderId> = None;
-    ctx.zero_retention |= plan.zero_retention;
+/// Where the attempt loop is between attempts: the attempt state machine, the next candidate in
+/// order, the provider tried last (for the failover metric) and a same-offering retry the last
+/// attempt asked for.
+struct Turns {
+    attempts: Attempts,
+    cursor: usize,
+    previous: Option<ProviderId>,
+    again: Option<Again>,
+}
 
-    // A same-offering retry the last attempt asked for: (candidate, endpoint, wait).
-    let mut again: Option<(Candidate, usize, Duration)> = None;
-    while let Some(backoff) = attempts.next_wait(Instant::now(), rand::random::<f64>()) {
-        let wait = again.as_ref().map_or(backoff, |(_, _, w)| *w);
+/// A retry of the same candidate on the same endpoint (a short Retry-After), after `wait`.
+struct Again {
+    candidate: Candidate,
+    endpoint: usize,
+    wait: Duration,
+}
+
+impl Turns {
+    fn new(rt: &Generation, plan: &Plan) -> Turns {
+        let first = &rt.config.providers[plan.candidates[0].provider];
+        let mut attempts = Attempts::new(
+            &plan.policy,
+            plan.pinned,
+            first.timeouts.first_byte,
+            Instant::now(),
+        );
+        if let Some(c) = &plan.continuation {
+            attempts.limit(c.attempts_left, c.deadline);
+        }
+        Turns {
+            attempts,
+            cursor: 0,
+            previous: None,
+            again: None,
+        }
+    }
+
+    /// The next attempt's candidate, after its backoff: the retry asked for, else the next
+    /// candidate health admits. `None` when the attempts or the deadline are spent, or nothing
+    /// is admitted.
+    async fn next<'r>(&mut self, rt: &'r Generation, plan: &Plan) -> Option<Pick<'r>> {
+        let backoff = self
+            .attempts
+            .next_wait(Instant::now(), rand::random::<f64>())?;
+        let wait = self.again.as_ref().map_or(backoff, |a| a.wait);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         let now = Instant::now();
-        if !attempts.begin(now) {
-            break;
+        if !self.attempts.begin(now) {
+            return None;
         }
-        let Some(Pick {
-            candidate: cand,
-            endpoint: ep,
-            probation,
-            slot: _slot,
-        }) = (match again.take() {
-            Some((candidate, endpoint, _)) => Some(Pick {
-                candidate,
-                endpoint,
+        match self.again.take() {
+            Some(a) => Some(Pick {
+                candidate: a.candidate,
+                endpoint: a.endpoint,
                 probation: Probation::default(),
-                slot: None,
+                _slot: None,
             }),
-            None => pick(rt, plan, &mut cursor, now, &mut attempts),
-        })
-        else {
-            break;
-        };
+            None => pick(rt, plan, &mut self.cursor, now, &mut self.attempts),
+        }
+    }
+
+    /// Note an attempt about to go to `pick`: fail-open and zero retention in the access line,
+    /// and a failover from the provider tried last.
+    fn note(&mut self, rt: &Generation, plan: &Plan, ctx: &mut RequestLog, pick: &Pick<'_>) {
+        let cfg = &rt.config;
+        let cand = &pick.candidate;
         let provider = &cfg.providers[cand.provider];
-        let (budget, bounded_by_deadline) = attempts.budget(now, provider.timeouts.first_byte);
-        let served_model = cfg.catalog.model(cand.model);
-        let offering = cfg.catalog.offering(cand.model, cand.offering);
         if cand.fail_open.is_some() {
             ctx.fail_open = true;
         }
@@ -307,262 +315,156 @@ async fn attempt_loop(
             ctx.zero_retention = true;
         }
         if let (Some(prev), Some(f)) = (
-            previous.filter(|p| *p != cand.provider),
-            attempts.failures().last(),
+            self.previous.filter(|p| *p != cand.provider),
+            self.attempts.failures().last(),
         ) {
             METRICS
                 .failovers
                 .with_label_values(&[
-                    &model.name,
+                    &cfg.catalog.model(plan.model).name,
                     &cfg.providers[prev].name,
                     &provider.name,
                     f.reason.as_str(),
                 ])
                 .inc();
         }
-        previous = Some(cand.provider);
+        self.previous = Some(cand.provider);
+    }
 
+    /// Keep the retry of the same offering a step asked for, if it fits the deadline.
+    fn retry_if_asked(&mut self, step: Step, pick: &Pick<'_>) {
+        if let Step::Again { wait, .. } = step {
+            if self.attempts.fits(Instant::now(), wait) {
+                self.again = Some(Again {
+                    candidate: pick.candidate.clone(),
+                    endpoint: pick.endpoint,
+                    wait,
+                });
+            }
+        }
+    }
+}
+
+/// Run a plan's attempts: deliver an answer, an error, or (a committed stream that broke under
+/// `stream_recovery: continue`) hand the break back. Each turn: pick a candidate health admits,
+/// build its body and header, exchange and hold to the commit point, record the outcome, then
+/// deliver, retry or move on as the attempt state machine says.
+async fn attempt_loop(
+    shared: &Shared,
+    rt: &Generation,
+    session: &mut Downstream<'_>,
+    ctx: &mut RequestLog,
+    plan: &Plan,
+    body: &RequestBody,
+) -> Result<Attempted> {
+    let cfg = &rt.config;
+    let mut turns = Turns::new(rt, plan);
+    ctx.zero_retention |= plan.zero_retention;
+    while let Some(pick) = turns.next(rt, plan).await {
+        turns.note(rt, plan, ctx, &pick);
+        let cand = &pick.candidate;
+        let provider = &cfg.providers[cand.provider];
+        let offering = cfg.catalog.offering(cand.model, cand.offering);
+        let (budget, bounded_by_deadline) = turns
+            .attempts
+            .budget(Instant::now(), provider.timeouts.first_byte);
         // Parameters this offering must not see: cut from the body, everything else as sent.
         let dropped = body.present(&offering.drop_params);
-        let translation = Direction::between(plan.endpoint, provider.api);
         let (spliced, upstream_endpoint) =
             match attempt_body(plan, body, provider, offering, &dropped) {
                 Ok(b) => b,
+                Err(_) if plan.continuation.is_some() => continue,
                 Err(e) => {
-                    if plan.continuation.is_some() {
-                        continue;
-                    }
                     send_error(session, ctx, e, plan.endpoint.family(), vec![]).await?;
                     return Ok(Attempted::Done);
                 }
             };
-        let upstream_ep = &provider.endpoints[ep];
+        let upstream = &provider.endpoints[pick.endpoint];
         let header = provider::build_request(
             provider,
-            upstream_ep,
+            upstream,
             upstream_endpoint,
             &offering.model_id,
             body.stream,
             session.req_header(),
             spliced.len(),
         )?;
-        let attempt_start = Instant::now();
+        let started = Instant::now();
         let call = Call {
             shared,
             provider,
-            upstream: upstream_ep,
+            upstream,
             body: &spliced,
             budget,
             bounded_by_deadline,
         };
-        let result = authorized_exchange(call, header).await?;
-        let (outcome, answer) = match result {
-            Exchange::Answer {
-                mut upstream,
-                peer,
-                ttfb,
-                prefix,
-                verdict,
-            } => {
-                let status = upstream
-                    .response_header()
-                    .map(|h| h.status.as_u16())
-                    .unwrap_or(0);
-                let answered = Outcome::Answered {
-                    status,
-                    ttfb,
-                    body_verdict: verdict,
-                };
-                if verdict.is_some() || !(200..300).contains(&status) {
-                    (answered, Some((upstream, peer, prefix)))
-                } else {
-                    // The commit point: nothing reaches the client before it.
-                    let spec = hold_spec(cfg, plan, provider, &upstream, attempt_start, &attempts);
-                    match commit::hold(&mut upstream, prefix, &spec).await {
-                        Held::Committed(prefix) => (answered, Some((upstream, peer, prefix))),
-                        Held::Failed(reason) => {
-                            let failed = Outcome::Failed {
-                                reason,
-                                status: Some(status),
-                                retry_after_s: None,
-                            };
-                            (failed, None)
-                        }
-                    }
-                }
-            }
-            Exchange::Failed {
-                reason,
-                status,
-                retry_after_s,
-            } => {
-                let outcome = Outcome::Failed {
-                    reason,
-                    status,
-                    retry_after_s,
-                };
-                (outcome, None)
-            }
+        let (outcome, answer) =
+            exchange_held(call, header, cfg, plan, started, &turns.attempts).await?;
+        let tried = Tried {
+            candidate: cand,
+            endpoint: pick.endpoint,
+            probation: pick.probation,
+            provider,
+            model_id: &offering.model_id,
+            started,
         };
-        let Recorded {
-            step,
-            status,
-            reason,
-        } = record_attempt(
-            rt,
-            plan,
-            ctx,
-            &mut attempts,
-            Tried {
-                candidate: &cand,
-                endpoint: ep,
-                probation,
-                provider,
-                model_id: &offering.model_id,
-                started: attempt_start,
-            },
-            outcome,
-        );
-        if let Step::Again { wait, .. } = step {
-            if attempts.fits(Instant::now(), wait) {
-                again = Some((cand.clone(), ep, wait));
-            }
-        }
-        match (step, answer) {
-            (Step::Deliver, Some((upstream, _, _)))
-                if plan.continuation.is_some()
-                    && !upstream
-                        .response_header()
-                        .is_some_and(|h| h.status.is_success()) =>
-            {
+        let recorded = record_attempt(rt, plan, ctx, &mut turns.attempts, tried, outcome);
+        turns.retry_if_asked(recorded.step, &pick);
+        match (recorded.step, answer, outcome) {
+            (Step::Deliver, Some(up), _) if plan.continuation.is_some() && !up.is_success() => {
                 // A continuation's error answer (a model that refuses the prefill, say) never
                 // reaches the client: it has half a stream; the next candidate is tried.
                 log::info!(
                     "request {}: {} refused the continuation ({})",
                     ctx.request_id,
                     provider.name,
-                    status.unwrap_or(0)
+                    recorded.status.unwrap_or(0)
                 );
             }
-            (Step::Deliver, Some((upstream, peer, prefix))) => {
-                let Outcome::Answered { ttfb, .. } = outcome else {
-                    unreachable!("an answer comes with an Answered outcome");
-                };
-                METRICS
-                    .upstream_ttfb
-                    .with_label_values(&[&model.name, &provider.name])
-                    .observe(ttfb.as_secs_f64());
-                ctx.provider = Some(provider.name.clone());
-                ctx.served_model = Some(offering.model_id.clone());
-                ctx.status = status.unwrap_or(0);
-                ctx.ttfb_ms = Some(ctx.start.elapsed().as_millis() as u64);
-                ctx.dropped_params = dropped.iter().map(|d| d.to_string()).collect();
-                let equivalent = cand
-                    .grade
-                    .map(|g| format!("{};grade={g}", served_model.name));
-                if equivalent.is_some() {
-                    ctx.degraded = equivalent.clone();
-                    METRICS
-                        .degraded
-                        .with_label_values(&[&model.name, &served_model.name])
-                        .inc();
-                    log::warn!(
-                        "request {}: {} served by equivalent {} on {}",
-                        ctx.request_id,
-                        model.name,
-                        served_model.name,
-                        provider.name
-                    );
-                }
-                let started = attempts.started();
-                let attempts_header = started.to_string();
-                let broken = |reason: FailoverReason| {
-                    let signal = crate::decide::attempt::broken_after_commit(reason);
-                    rt.health.apply(
-                        cand.provider,
-                        ep,
-                        &offering.model_id,
-                        signal,
-                        Instant::now(),
-                    );
-                };
-                let origin = plan
-                    .continuation
-                    .as_ref()
-                    .map_or(provider.name.as_str(), |c| c.origin.as_str());
-                let stage = match &plan.continuation {
-                    Some(c) => Stage::Splice(Box::new(c.track.splice())),
-                    None if plan.policy.stream_recovery == StreamRecovery::Continue
-                        && body.stream =>
-                    {
-                        Stage::Track(Box::new(StreamTrack::new(plan.endpoint.family())))
-                    }
-                    None => Stage::Plain,
-                };
-                let end = relay(
-                    shared,
-                    session,
-                    ctx,
-                    Upstream {
-                        session: upstream,
-                        peer,
-                        prefix,
-                    },
+            (Step::Deliver, Some(up), Outcome::Answered { status, ttfb, .. }) => {
+                let winner = Winner {
+                    candidate: cand,
+                    endpoint: pick.endpoint,
                     provider,
-                    Served {
-                        model_name: &served_model.name,
-                        model_id: &offering.model_id,
-                        price: offering.price,
-                        equivalent,
-                        dropped: &dropped,
-                        attempts: &attempts_header,
-                        family: plan.endpoint.family(),
-                        translation,
-                        include_usage: plan.include_usage,
-                        stream_idle: plan
-                            .policy
-                            .stream_idle
-                            .unwrap_or(provider.timeouts.stream_idle),
-                        broken: &broken,
-                        origin,
-                        cache_header: plan.cache_header,
-                        max_event: cfg.max_stream_event_bytes,
-                    },
-                    stage,
-                )
-                .await?;
-                return Ok(match end {
-                    RelayEnd::Done => Attempted::Done,
-                    RelayEnd::Broken { reason, track } => {
-                        Attempted::Broken(Box::new(BrokenStream {
-                            reason,
-                            provider: cand.provider,
-                            track: *track,
-                            deadline: attempts.deadline(),
-                            attempts_left: plan.policy.max_attempts.saturating_sub(started),
-                        }))
-                    }
-                });
+                    offering,
+                    dropped: &dropped,
+                    status,
+                    ttfb,
+                    stream: body.stream,
+                    attempts_started: turns.attempts.started(),
+                    deadline: turns.attempts.deadline(),
+                };
+                return deliver(shared, rt, session, ctx, plan, winner, up).await;
             }
-            (_, Some((mut upstream, peer, _))) => {
+            (_, Some(mut up), _) => {
                 // An error answer read whole is pooled again, unless retention forbids it.
-                if upstream.response_done() && !ctx.zero_retention {
-                    pool_again(shared, upstream, &peer).await;
+                if up.session.response_done() && !ctx.zero_retention {
+                    pool_again(shared, up.session, &up.peer).await;
                 }
             }
-            (_, None) => {
+            (_, None, _) => {
                 log::debug!(
                     "attempt {} to {} failed: {}",
-                    attempts.started(),
+                    turns.attempts.started(),
                     provider.name,
-                    reason.map_or("unknown", |r| r.as_str())
+                    recorded.reason.map_or("unknown", |r| r.as_str())
                 );
             }
         }
     }
+    exhausted(session, ctx, plan, &turns.attempts).await
+}
 
+/// Every attempt is spent: complete nothing of a broken stream (its error event names the
+/// original break), serve a stale cached answer if there is one, hand background work back
+/// unanswered, or send the client the error the attempts add up to.
+async fn exhausted(
+    session: &mut Downstream<'_>,
+    ctx: &mut RequestLog,
+    plan: &Plan,
+    attempts: &Attempts,
+) -> Result<Attempted> {
     if let Some(c) = &plan.continuation {
-        // Nothing completed the stream: the client's error event names the original break.
         METRICS
             .stream_recoveries
             .with_label_values(&["failed"])
@@ -603,45 +505,4 @@ async fn attempt_loop(
     )
     .await?;
     Ok(Attempted::Done)
-}
-
-/// How to hold a successful answer until its commit point: a stream (by its content type) until
-/// its first content within `first_token_ms` (the route's, else the provider's), a whole body
-/// within the request's deadline.
-fn hold_spec(
-    cfg: &crate::model::Config,
-    plan: &Plan,
-    provider: &Provider,
-    upstream: &HttpSession,
-    attempt_start: Instant,
-    attempts: &Attempts,
-) -> HoldSpec {
-    let framing = vendor::framing(
-        provider.api,
-        upstream
-            .response_header()
-            .and_then(|h| h.headers.get(http::header::CONTENT_TYPE))
-            .map(|v| v.as_bytes()),
-    );
-    let eventstream = framing == vendor::Framing::EventStream;
-    let stream = (framing != vendor::Framing::Whole).then(|| answer_family(provider.api));
-    let first_token = plan
-        .policy
-        .first_token
-        .unwrap_or(provider.timeouts.first_token);
-    let by = attempt_start + first_token;
-    let deadline = attempts.deadline();
-    HoldSpec {
-        stream,
-        eventstream,
-        first_token_by: by.min(deadline),
-        first_token_reason: if by <= deadline {
-            FailoverReason::FirstTokenTimeout
-        } else {
-            FailoverReason::Deadline
-        },
-        body_by: deadline,
-        max_body: cfg.max_response_body_bytes,
-        max_event: cfg.max_stream_event_bytes,
-    }
 }

@@ -3,9 +3,9 @@
 
 use crate::decide::attempt::{Attempts, Probation};
 use crate::decide::route::Candidate;
-use crate::health::breaker::Admission;
+use crate::health::admit::Admitted;
 use crate::health::InflightSlot;
-use crate::serve::state::Runtime;
+use crate::serve::state::Generation;
 use tokio::time::Instant;
 
 use super::Plan;
@@ -17,14 +17,15 @@ pub(super) struct Pick<'r> {
     pub(super) endpoint: usize,
     /// Which breakers (the endpoint's, the offering's) admitted this as their one probation.
     pub(super) probation: Probation,
-    /// The provider's `max_connections` slot, held for the attempt (none when failing open).
-    pub(super) slot: Option<InflightSlot<'r>>,
+    /// The provider's `max_connections` slot, held (never read) until the attempt and its
+    /// relay end: its drop gives the slot back (none when failing open).
+    pub(super) _slot: Option<InflightSlot<'r>>,
 }
 
 /// Next candidate health admits, cycling through the list. When health turns every candidate
 /// away, the first one in order is used anyway (fail open).
 pub(super) fn pick<'r>(
-    rt: &'r Runtime,
+    rt: &'r Generation,
     plan: &Plan,
     cursor: &mut usize,
     now: Instant,
@@ -58,49 +59,28 @@ pub(super) fn pick<'r>(
                 candidate: c.clone(),
                 endpoint: rt.health.fallback_endpoint(c.provider, region, now),
                 probation: Probation::default(),
-                slot: None,
+                _slot: None,
             });
         }
-        // Health may have changed since routing (a Retry-After or a breaker trip mid-request,
-        // an offering another request just found gone).
         let model_id = &catalog.offering(c.model, c.offering).model_id;
-        if rt.health.provider_skip(c.provider, now).is_some()
-            || rt.health.offering_skip(c.provider, model_id, now).is_some()
-        {
-            continue;
-        }
-        // A provider at its max_connections is passed over like an unhealthy one.
         let max = rt.config.providers[c.provider].max_connections;
-        let Some(slot) = rt.health.try_acquire(c.provider, max) else {
-            attempts.note_saturated();
-            continue;
-        };
-        let Some((ep, endpoint_admission)) =
-            rt.health.select_endpoint(c.provider, region, model_id, now)
-        else {
-            continue;
-        };
-        let endpoint_probation = endpoint_admission == Admission::Probation;
-        // The offering's own breaker: a model sick on a healthy provider.
-        let offering_probation = match rt.health.admit_offering(c.provider, ep, model_id, now) {
-            Admission::Admit => false,
-            Admission::Probation => true,
-            Admission::Reject { .. } => {
-                if endpoint_probation {
-                    rt.health.on_abandoned(c.provider, ep, now);
-                }
-                continue;
+        match rt.health.admit(c.provider, model_id, max, region, now) {
+            Admitted::Yes {
+                endpoint,
+                probation,
+                slot,
+            } => {
+                return Some(Pick {
+                    candidate: c.clone(),
+                    endpoint,
+                    probation,
+                    _slot: Some(slot),
+                })
             }
-        };
-        return Some(Pick {
-            candidate: c.clone(),
-            endpoint: ep,
-            probation: Probation {
-                endpoint: endpoint_probation,
-                offering: offering_probation,
-            },
-            slot: Some(slot),
-        });
+            // A provider at its max_connections is passed over like an unhealthy one.
+            Admitted::Saturated => attempts.note_saturated(),
+            Admitted::Unhealthy => {}
+        }
     }
     let mut c = loop {
         let c = &plan.candidates[*cursor % n];
@@ -124,6 +104,6 @@ pub(super) fn pick<'r>(
         candidate: c,
         endpoint,
         probation: Probation::default(),
-        slot: None,
+        _slot: None,
     })
 }

@@ -78,16 +78,11 @@ pub(super) enum Stage {
     Splice(Box<Splice>),
 }
 
-/// How a relay ended.
-pub(super) enum RelayEnd {
-    /// The answer (or its explicit error event) reached the client.
-    Done,
-    /// A tracked stream broke where a continuation can complete it; nothing of the break was
-    /// sent.
-    Broken {
-        reason: FailoverReason,
-        track: Box<StreamTrack>,
-    },
+/// A tracked stream that broke where a continuation can complete it (`stream_recovery:
+/// continue`); nothing of the break was sent to the client.
+pub(super) struct StreamBreak {
+    pub(super) reason: FailoverReason,
+    pub(super) track: Box<StreamTrack>,
 }
 
 /// Send client-format bytes through the stage; `true` when they carried an error event (held
@@ -179,7 +174,18 @@ pub(super) struct Upstream {
     pub(super) prefix: Option<Bytes>,
 }
 
-/// Stream the chosen answer to the client, chunk by chunk as it arrives.
+impl Upstream {
+    /// The upstream answered 2xx.
+    pub(super) fn is_success(&self) -> bool {
+        self.session
+            .response_header()
+            .is_some_and(|h| h.status.is_success())
+    }
+}
+
+/// Stream the chosen answer to the client, chunk by chunk as it arrives. `Some` only when a
+/// tracked stream broke and the caller may complete it elsewhere; otherwise the answer, or its
+/// explicit error event, reached the client.
 pub(super) async fn relay(
     shared: &Shared,
     session: &mut Downstream<'_>,
@@ -188,7 +194,7 @@ pub(super) async fn relay(
     provider: &Provider,
     served: Served<'_>,
     mut stage: Stage,
-) -> Result<RelayEnd> {
+) -> Result<Option<StreamBreak>> {
     let (attempts, family, max_event) = (served.attempts, served.family, served.max_event);
     let Upstream {
         session: mut upstream,
@@ -216,7 +222,7 @@ pub(super) async fn relay(
     // A family may stream in frames of its own (Bedrock's AWS event stream): decoded into the
     // SSE they carry.
     let framing = vendor::framing(
-        provider.api,
+        provider.api(),
         resp.headers
             .get(http::header::CONTENT_TYPE)
             .map(|v| v.as_bytes()),
@@ -275,7 +281,7 @@ pub(super) async fn relay(
             resp.into(),
         ))
         .await?;
-        return Ok(RelayEnd::Done);
+        return Ok(None);
     }
     let mut frames = None;
     if is_eventstream {
@@ -326,7 +332,7 @@ pub(super) async fn relay(
     }
     let mut staged = Vec::new();
     // Every upstream stream event is checked before it goes on: malformed ones are dropped.
-    let mut guard = is_sse.then(|| EventGuard::new(answer_family(provider.api), max_event));
+    let mut guard = is_sse.then(|| EventGuard::new(answer_family(provider.api()), max_event));
     let mut slices: Vec<Bytes> = Vec::new();
     // What a read that did not wait returned after the bytes it was joined to (`join_ready`).
     let mut held: Option<Result<Option<Bytes>>> = None;
@@ -476,7 +482,7 @@ pub(super) async fn relay(
         match stage {
             Stage::Track(track) if track.continuable() => {
                 // Nothing of the break was sent: the caller completes the stream elsewhere.
-                return Ok(RelayEnd::Broken { reason, track });
+                return Ok(Some(StreamBreak { reason, track }));
             }
             Stage::Track(_) => {
                 METRICS
@@ -500,7 +506,7 @@ pub(super) async fn relay(
         session.set_keepalive(None);
         let event = stream_error_event(family, served.origin);
         session.write_body(Some(event), true).await?;
-        return Ok(RelayEnd::Done);
+        return Ok(None);
     }
     if let Stage::Splice(_) = stage {
         // Said in the stream itself (a comment every SSE parser skips) and in the access line.
@@ -520,12 +526,12 @@ pub(super) async fn relay(
     if ctx.zero_retention {
         // Zero retention: neither connection outlives the request with its bytes in a buffer.
         // The upstream one is dropped rather than pooled; the client's closes (set above).
-        return Ok(RelayEnd::Done);
+        return Ok(None);
     }
     if upstream.response_done() {
         pool_again(shared, upstream, &peer).await;
     }
-    Ok(RelayEnd::Done)
+    Ok(None)
 }
 
 /// Bytes on their way to the client: through the translator when the formats differ.
@@ -622,7 +628,7 @@ pub(super) async fn relay_whole(
             }
         }
     }
-    let foreign_error = served.translation.is_some() || vendor::reshapes_errors(provider.api);
+    let foreign_error = served.translation.is_some() || vendor::reshapes_errors(provider.api());
     let body = if !(200..300).contains(&status) {
         let body = if foreign_error {
             translate::response::error(served.family, status, &buf)

@@ -11,47 +11,39 @@ use crate::serve::stage::{Before, Request, Stage};
 use crate::wire::errors::{ErrorKind, GatewayError};
 use async_trait::async_trait;
 
-/// Whether a request takes part in idempotency, and its claim.
-pub enum Keyed {
-    /// No key (or no store, or a request whose answer may not be kept).
-    No,
-    /// The key header is malformed, or sent more than once.
-    Invalid(GatewayError),
-    Claimed(Claim),
-}
-
 /// Claim the request's `Idempotency-Key` in `store`. `scoped` gives the client's scope and the
 /// request's fingerprint, asked only when the request carries a key. A request none of whose
-/// answer may be kept (`keep_nothing`: zero retention) is not keyed.
+/// answer may be kept (`keep_nothing`: zero retention) is not keyed: `Ok(None)`, as for a request
+/// without a key; `Err` when the key header is malformed or sent more than once.
 pub async fn claim(
     store: &dyn IdempotencyStore,
     headers: &http::HeaderMap,
     keep_nothing: bool,
     scoped: impl FnOnce() -> ([u8; 32], Fingerprint),
-) -> Keyed {
+) -> Result<Option<Claim>, GatewayError> {
     let mut values = headers
         .get_all(&crate::serve::names::IDEMPOTENCY_KEY)
         .iter();
     let Some(value) = values.next() else {
-        return Keyed::No;
+        return Ok(None);
     };
     if values.next().is_some() {
         // Which one the client meant is not ours to guess: the first winning silently
         // would replay an answer for a key the client may not have sent last.
-        return Keyed::Invalid(GatewayError::new(
+        return Err(GatewayError::new(
             ErrorKind::InvalidRequest,
             "send one Idempotency-Key header, not several",
         ));
     }
     if keep_nothing {
-        return Keyed::No;
+        return Ok(None);
     }
     let key = match parse_key(value.as_bytes()) {
         Ok(k) => k.to_string(),
-        Err(e) => return Keyed::Invalid(GatewayError::new(ErrorKind::InvalidRequest, e.message())),
+        Err(e) => return Err(GatewayError::new(ErrorKind::InvalidRequest, e.message())),
     };
     let (scope, fp) = scoped();
-    Keyed::Claimed(store.claim(&ScopedKey { scope, key }, fp).await)
+    Ok(Some(store.claim(&ScopedKey { scope, key }, fp).await))
 }
 
 /// `Idempotency-Key`, when `idempotency` is on and the request carries one.
@@ -82,13 +74,13 @@ impl Stage for IdempotencyStage {
         })
         .await;
         Ok(match keyed {
-            Keyed::No => Before::Next,
-            Keyed::Invalid(e) => Before::Refuse(e),
-            Keyed::Claimed(Claim::Conflict) => Before::Refuse(GatewayError::new(
+            Ok(None) => Before::Next,
+            Err(e) => Before::Refuse(e),
+            Ok(Some(Claim::Conflict)) => Before::Refuse(GatewayError::new(
                 ErrorKind::IdempotencyKeyReused,
                 "this Idempotency-Key was already used with a different request body",
             )),
-            Keyed::Claimed(Claim::Follow(mut feed)) => {
+            Ok(Some(Claim::Follow(mut feed))) => {
                 req.ctx.idempotent_replay = true;
                 METRICS.idempotency_replays.inc();
                 let family = req.plan.endpoint.family();
@@ -104,7 +96,7 @@ impl Stage for IdempotencyStage {
                     )),
                 }
             }
-            Keyed::Claimed(Claim::Lead(leader)) => {
+            Ok(Some(Claim::Lead(leader))) => {
                 // The leader records the answer into its store, which holds it to its own bound.
                 req.leader = Some(leader);
                 Before::Next

@@ -21,7 +21,7 @@ use crate::serve::downstream::{Both, Downstream, Tap};
 use crate::serve::forward::Plan;
 use crate::serve::idempotency::Leader;
 use crate::serve::recording::Recording;
-use crate::serve::state::{Runtime, Shared};
+use crate::serve::state::{Generation, Shared};
 use crate::wire::body::RequestBody;
 use crate::wire::errors::GatewayError;
 use async_trait::async_trait;
@@ -114,7 +114,7 @@ pub fn presented_token(h: &http::HeaderMap) -> Option<&[u8]> {
 /// else what writing its answer came to.
 pub async fn run(
     req: &mut Request<'_>,
-    rt: &Runtime,
+    rt: &Generation,
     queueing: &Queueing,
 ) -> Result<pingora::Result<()>, GatewayError> {
     let mut ran = [false; STAGES.len()];
@@ -146,7 +146,7 @@ pub async fn run(
 /// through the request's recording and its idempotency leader when it has them.
 async fn upstream(
     req: &mut Request<'_>,
-    rt: &Runtime,
+    rt: &Generation,
     queueing: &Queueing,
     answer: Option<&Recording>,
 ) -> pingora::Result<()> {

@@ -116,7 +116,7 @@ pub fn provider_body(
         trimmed = serde_json::Value::Object(map);
         &trimmed
     };
-    let out = match Direction::between(endpoint, provider.api) {
+    let out = match Direction::between(endpoint, provider.api()) {
         Some(Direction::OpenAiToAnthropic) => {
             request::openai_to_anthropic(body, model_id, provider.default_max_tokens)?
         }
@@ -127,7 +127,7 @@ pub fn provider_body(
             same
         }
     };
-    match provider.api {
+    match provider.api() {
         ApiKind::Bedrock => return Ok(super::bedrock::envelope(&out)),
         ApiKind::Vertex => return Ok(super::vertex::envelope(&out)),
         _ => {}
