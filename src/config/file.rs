@@ -30,6 +30,9 @@ pub struct FileConfig {
     pub state_dir: Option<String>,
     /// The background queue's limits (used when `state_dir` is set).
     pub queue: Option<FileQueue>,
+    /// Health verdicts, breaker counts, probation and drains shared with the other replicas
+    /// through Redis. Unset: this process keeps its own state, and nothing needs Redis.
+    pub shared_state: Option<FileSharedState>,
     pub log_format: Option<String>,
     /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
     pub grace_period_s: Option<u64>,
@@ -58,6 +61,21 @@ pub struct FileConfig {
     pub policy: Option<FilePolicy>,
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSharedState {
+    /// `redis://host:6379/0`, or `rediss://` for TLS.
+    pub redis_url: Option<String>,
+    /// The env var holding the URL, when it carries a password.
+    pub redis_url_env: Option<String>,
+    /// The URL is a seed node of a Redis Cluster.
+    pub cluster: Option<bool>,
+    /// Key prefix (default `twinroute`).
+    pub namespace: Option<String>,
+    /// One Redis call's bound (default 50).
+    pub timeout_ms: Option<u64>,
 }
 
 /// A per-feature route: requests it matches use its policy instead of the top-level one.

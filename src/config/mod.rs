@@ -8,6 +8,7 @@ mod aws;
 pub mod file;
 mod gcp;
 mod provider;
+mod shared_state;
 
 use crate::model::catalog::{Catalog, Equivalent, Feature, Model, Offering, Price};
 pub use crate::model::ConfigError;
@@ -594,6 +595,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
         max_response_body_bytes: max_response_body_bytes as usize,
         max_stream_event_bytes: max_stream_event_bytes as usize,
         idempotency: build_idempotency(file.idempotency.as_ref())?,
+        shared_state: shared_state::build(file.shared_state.as_ref(), env)?,
         cache_max_bytes: file.cache_max_bytes.unwrap_or(64 << 20),
         queue: build_queue(file.state_dir.as_deref(), file.queue.as_ref())?,
         log_format,
@@ -908,6 +910,64 @@ models:
         ] {
             let e = parse(&format!("{OK}{bad}"), &env()).unwrap_err();
             assert_eq!(e.path, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn shared_state_keys() {
+        assert!(parse(OK, &env()).unwrap().shared_state.is_none());
+        let c = parse(
+            &format!("{OK}shared_state: {{redis_url_env: R, cluster: true, namespace: fleet-a}}\n"),
+            &[(
+                "R".to_string(),
+                "rediss://:pw-hunter2@redis:6380/0".to_string(),
+            )]
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap();
+        let s = c.shared_state.unwrap();
+        assert_eq!(s.url.expose(), "rediss://:pw-hunter2@redis:6380/0");
+        assert!(s.cluster);
+        assert_eq!(s.namespace, "fleet-a");
+        assert_eq!(s.timeout, Duration::from_millis(50));
+        for (bad, key) in [
+            ("shared_state: {}\n", "shared_state.redis_url"),
+            (
+                "shared_state: {redis_url: \"http://:pw-hunter2@h:1\"}\n",
+                "shared_state.redis_url",
+            ),
+            (
+                "shared_state: {redis_url: \"redis://\"}\n",
+                "shared_state.redis_url",
+            ),
+            (
+                "shared_state: {redis_url: \"redis://h\", redis_url_env: R}\n",
+                "shared_state.redis_url",
+            ),
+            (
+                "shared_state: {redis_url_env: NOPE}\n",
+                "shared_state.redis_url_env",
+            ),
+            (
+                "shared_state: {redis_url: \"redis://h\", namespace: \"a b\"}\n",
+                "shared_state.namespace",
+            ),
+            (
+                "shared_state: {redis_url: \"redis://h\", timeout_ms: 0}\n",
+                "shared_state.timeout_ms",
+            ),
+            (
+                "shared_state: {redis_url: \"redis://h\", pool: 3}\n",
+                "shared_state",
+            ),
+        ] {
+            let e = parse(&format!("{OK}{bad}"), &env()).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{bad}: {e}");
+            assert!(
+                !e.to_string().contains("hunter2"),
+                "the URL's password in {e}"
+            );
         }
     }
 

@@ -110,6 +110,33 @@ impl Breaker {
         }
     }
 
+    /// Whether it holds anything against its grain: failures counted, open or half-open.
+    pub fn failing(&self) -> bool {
+        !matches!(
+            self.state,
+            BreakerState::Closed {
+                consecutive_failures: 0
+            }
+        )
+    }
+
+    /// Whether it is closed (normal traffic passes).
+    pub fn admits_traffic(&self) -> bool {
+        matches!(self.state, BreakerState::Closed { .. })
+    }
+
+    /// The fleet counted `failures` failures in all: open now, as if this replica had counted
+    /// them (a closed breaker only). Returns the end of the open period when it opened.
+    pub fn trip(&mut self, now: Instant, unit: f64) -> Option<Instant> {
+        let BreakerState::Closed { .. } = self.state else {
+            return None;
+        };
+        let cooldown = self.conf.cooldown.min(self.conf.max_cooldown);
+        let until = now + jittered(cooldown, unit);
+        self.state = BreakerState::Open { until, cooldown };
+        Some(until)
+    }
+
     /// Returns whether it was not closed (a change the fleet hears of: `health::verdict`).
     pub fn on_success(&mut self) -> bool {
         let was_closed = matches!(self.state, BreakerState::Closed { .. });

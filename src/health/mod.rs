@@ -39,6 +39,8 @@ struct Inner {
     probe_latency: Ewma,
     passive_ttfb: PeakEwma,
     last_error: Option<String>,
+    /// Who drained the provider for the fleet, and when (`None`: not drained, or by hand here).
+    drained_by: Option<(String, SystemTime)>,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,8 @@ pub struct ProviderSnapshot {
     pub probe_latency_ms: Option<f64>,
     pub last_error: Option<String>,
     pub drained: bool,
+    /// A fleet drain: which replica asked, and when.
+    pub drained_by: Option<(String, SystemTime)>,
     pub endpoints: Vec<EndpointSnapshot>,
 }
 
@@ -335,6 +339,7 @@ impl ProviderHealth {
                 probe_latency: Ewma::default(),
                 passive_ttfb: PeakEwma::new(Duration::from_secs(10)),
                 last_error: None,
+                drained_by: None,
             }),
             pool: Pool::new(p, connector.clone(), resolver.clone()),
             regions: p.endpoints.iter().map(|e| e.region.clone()).collect(),
@@ -421,16 +426,17 @@ impl Health {
 
     /// The endpoint answered: its breaker closes (said to the fleet when it was not closed).
     fn close_breaker(&self, provider: ProviderId, endpoint: usize) {
-        let closed = self.providers[provider]
-            .pool
-            .state(endpoint)
-            .breaker
-            .on_success();
+        let mut e = self.providers[provider].pool.state(endpoint);
+        let failing = e.breaker.failing();
+        let closed = e.breaker.on_success();
+        drop(e);
         if closed {
-            self.tell(provider, |name| Verdict::BreakerClosed {
-                provider: name.to_string(),
-                endpoint: self.endpoint_url(provider, endpoint).to_string(),
+            self.tell(provider, |_| Verdict::BreakerClosed {
+                at: self.subject(provider, endpoint, None),
             });
+        }
+        if failing {
+            self.fleet_clear(provider, endpoint, None);
         }
     }
 
@@ -446,18 +452,22 @@ impl Health {
     ) {
         let p = &self.providers[provider];
         let mut e = p.pool.state(endpoint);
+        let was_open = !e.breaker.admits_traffic();
         let opened = count_for_breaker
             .then(|| e.breaker.on_failure(now, rand::random::<f64>()))
             .flatten();
         e.last_error = Some(reason.as_str().to_string());
         drop(e);
         p.lock().last_error = Some(reason.as_str().to_string());
-        if let Some(until) = opened {
-            self.tell(provider, |name| Verdict::BreakerOpened {
-                provider: name.to_string(),
-                endpoint: self.endpoint_url(provider, endpoint).to_string(),
+        match opened {
+            Some(until) => self.tell(provider, |_| Verdict::BreakerOpened {
+                at: self.subject(provider, endpoint, None),
                 until: wall(until, now),
-            });
+            }),
+            None if count_for_breaker && !was_open => {
+                self.fleet_count(provider, endpoint, None, p.breaker_conf.failures)
+            }
+            None => {}
         }
     }
 
@@ -474,9 +484,8 @@ impl Health {
         let news = extend(&mut e.cooldown_until, now + after, now);
         drop(e);
         if news {
-            self.tell(provider, |name| Verdict::Cooldown {
-                provider: name.to_string(),
-                endpoint: self.endpoint_url(provider, endpoint).to_string(),
+            self.tell(provider, |_| Verdict::Cooldown {
+                at: self.subject(provider, endpoint, None),
                 until: SystemTime::now() + after,
             });
         }
@@ -516,16 +525,32 @@ impl Health {
         count_for_breaker: bool,
         now: Instant,
     ) {
-        self.with_offering(provider, model_id, |st, conf| {
-            if count_for_breaker {
-                st.at(endpoint)
-                    .breaker
-                    .get_or_insert_with(|| Breaker::new(conf.clone()))
-                    .on_failure(now, rand::random::<f64>());
-            }
+        let (was_open, opened) = self.with_offering(provider, model_id, |st, conf| {
             st.last_error = Some(reason.as_str().to_string());
+            if !count_for_breaker {
+                return (false, None);
+            }
+            let b = st
+                .at(endpoint)
+                .breaker
+                .get_or_insert_with(|| Breaker::new(conf.clone()));
+            (
+                !b.admits_traffic(),
+                b.on_failure(now, rand::random::<f64>()),
+            )
         });
         self.providers[provider].lock().last_error = Some(format!("{model_id}: {reason}"));
+        match opened {
+            Some(until) => self.tell(provider, |_| Verdict::BreakerOpened {
+                at: self.subject(provider, endpoint, Some(model_id)),
+                until: wall(until, now),
+            }),
+            None if count_for_breaker && !was_open => {
+                let threshold = self.providers[provider].breaker_conf.failures;
+                self.fleet_count(provider, endpoint, Some(model_id), threshold)
+            }
+            None => {}
+        }
     }
 
     /// The model's answer said "come back in `after`": cool this offering at that endpoint.
@@ -537,9 +562,15 @@ impl Health {
         after: Duration,
         now: Instant,
     ) {
-        self.with_offering(provider, model_id, |st, _| {
-            extend(&mut st.at(endpoint).cooldown_until, now + after, now);
+        let news = self.with_offering(provider, model_id, |st, _| {
+            extend(&mut st.at(endpoint).cooldown_until, now + after, now)
         });
+        if news {
+            self.tell(provider, |_| Verdict::Cooldown {
+                at: self.subject(provider, endpoint, Some(model_id)),
+                until: SystemTime::now() + after,
+            });
+        }
     }
 
     /// Admit one request to this offering at `endpoint`: `Probation` when its breaker's cooldown
@@ -635,14 +666,19 @@ impl Health {
         (body, (up != was_up).then_some((up, error)))
     }
 
-    pub fn set_drained(&self, provider: ProviderId, drained: bool) {
-        let was = self.providers[provider]
-            .drained
-            .swap(drained, Ordering::Relaxed);
-        if was != drained {
+    /// Drain (or undrain) a provider here; `fleet` names this replica when the whole fleet is
+    /// to follow (the verdict is published), `None` for this replica alone.
+    pub fn set_drained(&self, provider: ProviderId, drained: bool, fleet: Option<&str>) {
+        let p = &self.providers[provider];
+        p.drained.store(drained, Ordering::Relaxed);
+        let at = SystemTime::now();
+        p.lock().drained_by = fleet.filter(|_| drained).map(|by| (by.to_string(), at));
+        if let Some(by) = fleet {
             self.tell(provider, |name| Verdict::Drained {
                 provider: name.to_string(),
                 drained,
+                by: by.to_string(),
+                at,
             });
         }
     }
@@ -689,6 +725,7 @@ impl Health {
             probe_latency_ms: g.probe_latency.get(),
             last_error: g.last_error.clone(),
             drained,
+            drained_by: g.drained_by.clone().filter(|_| drained),
             endpoints,
         }
     }
@@ -730,14 +767,25 @@ impl Health {
             return;
         }
         let mut g = self.offerings();
+        let (mut failing, mut closed) = (false, false);
         if let Some(st) = g.get_mut(provider, model_id) {
             st.unavailable_until = None;
             if let Some(a) = st.at.get_mut(endpoint) {
                 a.cooldown_until = None;
                 if let Some(b) = a.breaker.as_mut() {
-                    b.on_success();
+                    failing = b.failing();
+                    closed = b.on_success();
                 }
             }
+        }
+        drop(g);
+        if closed {
+            self.tell(provider, |_| Verdict::BreakerClosed {
+                at: self.subject(provider, endpoint, Some(model_id)),
+            });
+        }
+        if failing {
+            self.fleet_clear(provider, endpoint, Some(model_id));
         }
     }
 

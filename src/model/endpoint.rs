@@ -13,7 +13,7 @@ pub enum Endpoint {
 }
 
 /// The error JSON shape a client of an endpoint expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     OpenAi,
     Anthropic,

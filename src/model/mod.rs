@@ -71,6 +71,19 @@ pub struct QueueConf {
     pub keep_done: Duration,
 }
 
+/// `shared_state`: what the fleet shares through Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedStateConf {
+    /// `redis://` or `rediss://` (TLS); a secret, as it may carry a password.
+    pub url: Secret,
+    /// The URL is a seed node of a Redis Cluster.
+    pub cluster: bool,
+    /// Prefix of every key: two fleets on one Redis never see each other's state.
+    pub namespace: String,
+    /// The bound on one Redis call; a request never waits longer on Redis.
+    pub timeout: Duration,
+}
+
 /// The whole runtime configuration, swapped in as one immutable unit.
 #[derive(Debug)]
 pub struct Config {
@@ -88,6 +101,8 @@ pub struct Config {
     pub cache_max_bytes: u64,
     /// The background queue (`None`: no `state_dir`, nothing is queued).
     pub queue: Option<QueueConf>,
+    /// State shared with the fleet through Redis (`None`: this process keeps its own).
+    pub shared_state: Option<SharedStateConf>,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
     pub max_concurrent_requests: usize,

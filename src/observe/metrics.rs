@@ -26,6 +26,9 @@ pub struct Metrics {
     pub idempotency_entries: prometheus::IntGauge,
     pub idempotency_bytes: prometheus::IntGauge,
     pub idempotency_replays: prometheus::IntCounter,
+    /// 1 while the fleet's Redis answers (`shared_state`), 0 while it does not.
+    pub shared_state_up: prometheus::IntGauge,
+    pub shared_state_errors: IntCounterVec,
     pub cache_lookups: IntCounterVec,
     pub log_waits: prometheus::IntCounter,
     pub cache_entries: prometheus::IntGauge,
@@ -139,6 +142,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "twinroute_idempotency_bytes",
         "Bytes the kept idempotent answers weigh",
     )?;
+    let shared_state_up = prometheus::IntGauge::new(
+        "twinroute_shared_state_up",
+        "1 while the shared state's Redis answers, 0 while it does not (local state serves)",
+    )?;
+    let shared_state_errors = IntCounterVec::new(
+        Opts::new(
+            "twinroute_shared_state_errors_total",
+            "Redis calls of the shared state that failed or timed out, by operation",
+        ),
+        &["op"],
+    )?;
     let idempotency_replays = prometheus::IntCounter::new(
         "twinroute_idempotency_replays_total",
         "Requests answered from another request with the same Idempotency-Key (in flight or kept)",
@@ -238,6 +252,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(idempotency_entries.clone()))?;
     registry.register(Box::new(idempotency_bytes.clone()))?;
     registry.register(Box::new(idempotency_replays.clone()))?;
+    registry.register(Box::new(shared_state_up.clone()))?;
+    registry.register(Box::new(shared_state_errors.clone()))?;
     registry.register(Box::new(cache_lookups.clone()))?;
     registry.register(Box::new(log_waits.clone()))?;
     registry.register(Box::new(cache_entries.clone()))?;
@@ -268,6 +284,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         idempotency_entries,
         idempotency_bytes,
         idempotency_replays,
+        shared_state_up,
+        shared_state_errors,
         cache_lookups,
         log_waits,
         cache_entries,

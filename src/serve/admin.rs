@@ -115,6 +115,10 @@ pub fn status_json(rt: &Generation, tokens: &crate::serve::credentials::Tokens) 
                 "probe_latency_ms": s.probe_latency_ms,
                 "last_error": s.last_error,
                 "drained": s.drained,
+                "drained_by": s.drained_by.as_ref().map(|(by, at)| json!({
+                    "replica": by,
+                    "at_unix_s": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                })),
                 "endpoints": s.endpoints.iter().map(|e| json!({
                     "url": e.url,
                     "region": e.region,
@@ -226,6 +230,9 @@ impl ServeHttp for Admin {
                         "oldest_age_s": s.oldest_age_s,
                     });
                 }
+                if let Some(f) = self.shared.fleet.as_deref() {
+                    v["shared_state"] = f.status_json();
+                }
                 json_response(200, v)
             }
             ("GET", "/metrics") => {
@@ -253,11 +260,32 @@ impl ServeHttp for Admin {
                     "undrain" => false,
                     _ => return json_response(404, json!({"error": "use /drain or /undrain"})),
                 };
-                rt.health.set_drained(provider.id, drained);
+                // `?scope=fleet`: every replica sharing this one's state follows.
+                let fleet_wide = session
+                    .req_header()
+                    .uri
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "scope=fleet"));
+                let fleet = match (fleet_wide, self.shared.fleet.as_deref()) {
+                    (false, _) => None,
+                    (true, Some(f)) => Some(f.replica()),
+                    (true, None) => {
+                        return json_response(
+                            400,
+                            json!({"error": "scope=fleet needs shared_state in the config"}),
+                        )
+                    }
+                };
+                rt.health.set_drained(provider.id, drained, fleet);
                 log::warn!(
-                    "provider {} {} by admin request",
+                    "provider {} {} by admin request{}",
                     provider.name,
-                    if drained { "drained" } else { "undrained" }
+                    if drained { "drained" } else { "undrained" },
+                    if fleet.is_some() {
+                        " for the fleet"
+                    } else {
+                        ""
+                    }
                 );
                 json_response(
                     200,

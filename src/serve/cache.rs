@@ -20,8 +20,9 @@ use pingora::Result;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// One kept answer: the client-format JSON of a non-streaming answer.
-#[derive(Debug)]
+/// One kept answer: the client-format JSON of a non-streaming answer. Plain data (JSON in a
+/// shared store).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Cached {
     pub answer: serde_json::Value,
     pub family: Family,
@@ -37,7 +38,7 @@ pub struct Cached {
 
 /// Who gave a kept answer, said again on every hit (`x-twinroute-provider`, `-model`,
 /// `-equivalent`): a hit never hides that an equivalent answered.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Origin {
     pub provider: Option<String>,
     pub model: Option<String>,

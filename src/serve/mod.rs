@@ -11,6 +11,7 @@ pub mod commit;
 pub mod credentials;
 pub mod downstream;
 pub mod drain;
+pub mod fleet;
 pub mod forward;
 pub mod header_guard;
 pub mod idempotency;

@@ -68,7 +68,7 @@ fn server_conf(config: &Config) -> ServerConf {
 /// returned `Shared` is what the admin API and tests observe. Fails when the job store under
 /// `state_dir` cannot be opened.
 pub fn build(config: Config, config_path: Option<String>) -> Result<(Server, Arc<Shared>), String> {
-    let stores = Stores::in_process(&config);
+    let stores = Stores::for_config(&config);
     build_with(config, config_path, stores)
 }
 
@@ -161,6 +161,15 @@ pub fn build_with(
             shared: shared.clone(),
         },
     ));
+    if let Some(fleet) = &shared.fleet {
+        server.add_service(background_service(
+            "shared state",
+            crate::serve::fleet::FleetService {
+                fleet: fleet.clone(),
+                shared: shared.clone(),
+            },
+        ));
+    }
     if shared.queue.is_some() {
         server.add_service(background_service(
             "queue drain",

@@ -6,6 +6,7 @@ use crate::health::Health;
 use crate::model::Config;
 use crate::net::resolve::Resolver;
 use crate::serve::cache::AnswerCache;
+use crate::serve::fleet::Fleet;
 use crate::serve::idempotency::IdempotencyStore;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
@@ -36,16 +37,40 @@ impl Generation {
 }
 
 /// Where state a fleet could share lives: the idempotency store (`None`: `idempotency` is off),
-/// the prompt cache, and the health verdict bus. The in-process stores by default; a shared store, or a test's own, is handed in
-/// whole (`serve::server::build_with`) and reached only through its trait.
+/// the prompt cache, and the health verdict bus. The in-process stores by default; a shared
+/// store, or a test's own, is handed in whole (`serve::server::build_with`) and reached only
+/// through its trait.
 pub struct Stores {
     pub idempotency: Option<Arc<dyn IdempotencyStore>>,
     pub cache: Arc<dyn AnswerCache>,
     /// Where health verdicts are published (`health::verdict`; `None`: kept to this process).
     pub verdicts: Option<Arc<dyn VerdictBus>>,
+    /// The fleet's Redis link (`shared_state`), whose background service the server runs.
+    pub fleet: Option<Arc<Fleet>>,
 }
 
 impl Stores {
+    /// The stores `config` asks for: in-process, and with `shared_state` the fleet's verdict
+    /// bus, idempotency store and prompt cache over Redis (each keeping an in-process one for
+    /// when Redis is down).
+    pub fn for_config(config: &Config) -> Stores {
+        let mut stores = Stores::in_process(config);
+        if let Some(conf) = &config.shared_state {
+            let fleet = Fleet::new(conf.clone());
+            stores.verdicts = Some(fleet.clone());
+            stores.idempotency = config.idempotency.as_ref().map(|c| {
+                Arc::new(crate::serve::fleet::FleetIdempotency::new(fleet.clone(), c))
+                    as Arc<dyn IdempotencyStore>
+            });
+            stores.cache = Arc::new(crate::serve::fleet::FleetCache::new(
+                fleet.clone(),
+                config.cache_max_bytes,
+            ));
+            stores.fleet = Some(fleet);
+        }
+        stores
+    }
+
     /// The in-process stores `config` asks for.
     pub fn in_process(config: &Config) -> Stores {
         Stores {
@@ -57,6 +82,7 @@ impl Stores {
                 config.cache_max_bytes,
             )),
             verdicts: None,
+            fleet: None,
         }
     }
 }
@@ -82,9 +108,15 @@ pub struct Shared {
     /// The data-plane runtime, recorded by the first request, so the memory trimmer can run a
     /// task on each of its threads (`serve::trim`: their allocator caches).
     pub data_plane: OnceLock<tokio::runtime::Handle>,
+    /// The fleet's Redis link (`None`: no `shared_state`). Built from the first config; a
+    /// reload keeps it.
+    pub fleet: Option<Arc<Fleet>>,
     /// Keys client scopes (`decide::idempotency::scope`): kept under `state_dir`, else made per
     /// process. Read at start; a reload keeps it.
     pub scope_secret: crate::decide::idempotency::ScopeSecret,
+    /// The fleet's scope secret, shared through Redis (`shared_state`), which replaces
+    /// `scope_secret` once this replica has read it.
+    pub fleet_scope: OnceLock<crate::decide::idempotency::ScopeSecret>,
 }
 
 impl Shared {
@@ -94,6 +126,7 @@ impl Shared {
             idempotency,
             cache,
             verdicts,
+            fleet,
         } = stores;
         let scope_secret =
             crate::serve::secrets::scope_secret(config.queue.as_ref().map(|q| q.dir.as_path()))?;
@@ -108,6 +141,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             idempotency,
             cache,
+            fleet,
             queue,
             runtime: ArcSwap::from_pointee(runtime),
             connector: Connector::new(None),
@@ -117,6 +151,7 @@ impl Shared {
             tokens: Default::default(),
             data_plane: OnceLock::new(),
             scope_secret,
+            fleet_scope: OnceLock::new(),
         }))
     }
 }

@@ -10,6 +10,8 @@ use twinroute::testkit::client;
 
 pub use twinroute::testkit::mock::{refused_addr, Behavior, MockProvider};
 
+pub mod redis;
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

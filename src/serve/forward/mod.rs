@@ -297,8 +297,47 @@ impl Turns {
                 probation: Probation::default(),
                 _slot: None,
             }),
-            None => pick(rt, plan, &mut self.cursor, now, &mut self.attempts),
+            None => self.admitted(rt, plan, now).await,
         }
+    }
+
+    /// The next candidate health admits. A half-open breaker's probation is the fleet's one
+    /// (`VerdictBus::claim_probation`): when another replica holds it, this candidate waits for
+    /// that trial's verdict and the next is picked. Without a fleet this is `pick` alone.
+    async fn admitted<'r>(
+        &mut self,
+        rt: &'r Generation,
+        plan: &Plan,
+        now: Instant,
+    ) -> Option<Pick<'r>> {
+        for _ in 0..=plan.candidates.len() {
+            let p = pick(rt, plan, &mut self.cursor, now, &mut self.attempts)?;
+            let Some(bus) = rt.health.bus() else {
+                return Some(p);
+            };
+            if !p.probation.endpoint && !p.probation.offering {
+                return Some(p);
+            }
+            let c = &p.candidate;
+            let provider = &rt.config.providers[c.provider];
+            let model = &rt.config.catalog.offering(c.model, c.offering).model_id;
+            let grain = p.probation.offering.then_some(model.as_str());
+            let at = rt.health.subject(c.provider, p.endpoint, grain);
+            let hold = provider.timeouts.first_byte;
+            if bus.claim_probation(&at, hold).await {
+                return Some(p);
+            }
+            let now = Instant::now();
+            if p.probation.endpoint {
+                rt.health
+                    .probation_taken(c.provider, p.endpoint, None, hold, now);
+            }
+            if p.probation.offering {
+                rt.health
+                    .probation_taken(c.provider, p.endpoint, Some(model), hold, now);
+            }
+        }
+        None
     }
 
     /// Note an attempt about to go to `pick`: fail-open and zero retention in the access line,

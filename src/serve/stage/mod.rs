@@ -99,7 +99,10 @@ pub fn client_scope(shared: &Shared, session: &Session, cfg: &Config) -> [u8; 32
     let token = (!cfg.client_tokens.is_empty())
         .then(|| presented_token(h))
         .flatten();
-    scope(&shared.scope_secret, token)
+    // The fleet's secret once Redis gave it (`serve::fleet`): a client is the same client on
+    // every replica, so its kept answers are found there too.
+    let secret = shared.fleet_scope.get().unwrap_or(&shared.scope_secret);
+    scope(secret, token)
 }
 
 /// The client token a request presents: `Authorization: Bearer`, else `x-api-key`.
