@@ -117,6 +117,8 @@ SETTINGS_KEYS = {
     "image", "imagePullPolicy", "configMap", "keysSecret", "listenPort", "adminPort",
     "nativeSidecar", "failurePolicy", "resources", "stateSizeLimit",
 }
+# Keys the injector reads when the chart sets them (sharedState on).
+OPTIONAL_SETTINGS_KEYS = {"sharedStateSecret"}
 
 # Every call of kubernetes_validate.utils.validate re-reads the 1.3 MB definitions file; keep
 # the parsed JSON (read-only) for the run.
@@ -214,7 +216,7 @@ class Run:
             except yaml.YAMLError as e:
                 self.fail(where, f"settings.yaml is not YAML: {e}")
                 return
-            keys = set(st or {})
+            keys = set(st or {}) - OPTIONAL_SETTINGS_KEYS
             if keys != SETTINGS_KEYS:
                 self.fail(where, f"settings.yaml keys: missing {sorted(SETTINGS_KEYS - keys)}, "
                                  f"unknown {sorted(keys - SETTINGS_KEYS)}")

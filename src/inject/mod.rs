@@ -106,7 +106,22 @@ pub struct InjectorSettings {
     /// Size limit of the sidecar's state volume (the background queue's jobs).
     #[serde(default = "default_state_size")]
     pub state_size_limit: String,
+    /// The Secret key holding the fleet's Redis URL (`shared_state`), given to the sidecar as
+    /// `TWINROUTE_REDIS_URL` (the chart's config reads it with `redis_url_env`).
+    #[serde(default)]
+    pub shared_state_secret: Option<SecretKeyRef>,
 }
+
+/// One key of a Secret in the pod's namespace.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// The env var an injected sidecar reads the fleet's Redis URL from.
+pub const REDIS_URL_ENV: &str = "TWINROUTE_REDIS_URL";
 
 impl InjectorSettings {
     pub fn from_yaml(text: &str) -> Result<InjectorSettings, String> {
@@ -117,6 +132,17 @@ impl InjectorSettings {
         }
         if !valid_name(&s.config_map) {
             return Err("injector settings: configMap must be a DNS-1123 name".into());
+        }
+        if let Some(r) = &s.shared_state_secret {
+            let key_ok = !r.key.is_empty()
+                && r.key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !valid_name(&r.name) || !key_ok {
+                return Err(
+                    "injector settings: sharedStateSecret needs a DNS-1123 name and a key".into(),
+                );
+            }
         }
         Ok(s)
     }
@@ -292,6 +318,13 @@ fn sidecar(s: &InjectorSettings) -> Value {
     });
     if let Some(secret) = &s.keys_secret {
         c["envFrom"] = json!([{"secretRef": {"name": secret, "optional": true}}]);
+    }
+    if let Some(r) = &s.shared_state_secret {
+        // Not optional: a config with shared_state and no URL would not start.
+        c["env"] = json!([{
+            "name": REDIS_URL_ENV,
+            "valueFrom": {"secretKeyRef": {"name": r.name, "key": r.key}},
+        }]);
     }
     if s.native_sidecar {
         c["restartPolicy"] = json!("Always");

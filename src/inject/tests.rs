@@ -356,3 +356,33 @@ fn settings_are_strict() {
         (4000, true, FailurePolicy::Ignore)
     );
 }
+
+#[test]
+fn a_fleet_sidecar_reads_the_redis_url_from_its_secret_key() {
+    let s = InjectorSettings::from_yaml(&format!(
+        "{SETTINGS}sharedStateSecret: {{name: twinroute-shared-state, key: redis-url}}\n"
+    ))
+    .unwrap();
+    let (resp, pod) = run(ANNOTATED, &s);
+    assert_eq!(resp["allowed"], true);
+    let sc = &pod["spec"]["initContainers"][0];
+    assert_eq!(
+        sc["env"],
+        json!([{"name": "TWINROUTE_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "twinroute-shared-state", "key": "redis-url"}}}])
+    );
+    // The provider keys still come from their own Secret.
+    assert_eq!(
+        sc["envFrom"][0]["secretRef"]["name"],
+        "twinroute-provider-keys"
+    );
+    for bad in [
+        "{name: Bad_Name, key: k}",
+        "{name: ok, key: \"\"}",
+        "{name: ok}",
+    ] {
+        assert!(
+            InjectorSettings::from_yaml(&format!("{SETTINGS}sharedStateSecret: {bad}\n")).is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -155,3 +155,45 @@ readinessProbe:
   failureThreshold: 2
   timeoutSeconds: 2
 {{- end }}
+
+{{/*
+Whether the release shares state through Redis (sharedState.redisUrl or existingSecret set).
+*/}}
+{{- define "twinroute.sharedStateOn" -}}
+{{- if or .Values.sharedState.redisUrl .Values.sharedState.existingSecret }}true{{- end }}
+{{- end }}
+
+{{/*
+Secret holding the Redis URL: sharedState.existingSecret or "<fullname>-shared-state" (created by
+the chart from sharedState.redisUrl).
+*/}}
+{{- define "twinroute.sharedStateSecretName" -}}
+{{- default (printf "%s-shared-state" (include "twinroute.fullname" .)) .Values.sharedState.existingSecret }}
+{{- end }}
+
+{{/*
+.Values.config with its shared_state block when sharedState is on: the URL comes from the env
+var TWINROUTE_REDIS_URL (the Secret's key, never in a ConfigMap). As JSON, for fromJson.
+*/}}
+{{- define "twinroute.config" -}}
+{{- $cfg := deepCopy .Values.config }}
+{{- if include "twinroute.sharedStateOn" . }}
+{{- $ss := dict "redis_url_env" "TWINROUTE_REDIS_URL" "cluster" .Values.sharedState.cluster "namespace" .Values.sharedState.namespace "timeout_ms" (int .Values.sharedState.timeoutMs) }}
+{{- $_ := set $cfg "shared_state" $ss }}
+{{- end }}
+{{- $cfg | toJson }}
+{{- end }}
+
+{{/*
+The env entry giving a twinroute container the Redis URL, when sharedState is on.
+*/}}
+{{- define "twinroute.sharedStateEnv" -}}
+{{- if include "twinroute.sharedStateOn" . }}
+env:
+  - name: TWINROUTE_REDIS_URL
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "twinroute.sharedStateSecretName" . }}
+        key: {{ .Values.sharedState.secretKey }}
+{{- end }}
+{{- end }}
