@@ -415,4 +415,35 @@ async fn idempotency_keys_and_the_prompt_cache_hold_across_replicas() {
     let other = post(&fleet[1], chat_body("C"), vec![two]).await;
     assert_eq!(other.header("x-twinroute-cache"), Some("miss"));
     assert_eq!(count_model(&p, "p-c"), 2);
+
+    // What Redis holds: no client token anywhere, in a key or a value.
+    let held = redis_contents(redis.port);
+    assert!(held.contains("idem:") && held.contains("cache:"), "{held}");
+    for token in ["fleet-token-one", "fleet-token-two"] {
+        assert!(!held.contains(token), "a client token in Redis");
+    }
+}
+
+/// Every key in the Redis on `port` and what it holds (strings, hashes, streams), as text.
+fn redis_contents(port: u16) -> String {
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut all = String::new();
+    for key in cli(&["--scan"]).lines() {
+        let kind = cli(&["TYPE", key]);
+        let value = match kind.trim() {
+            "string" => cli(&["GET", key]),
+            "hash" => cli(&["HGETALL", key]),
+            "stream" => cli(&["XRANGE", key, "-", "+"]),
+            other => format!("({other})"),
+        };
+        all.push_str(&format!("{key} = {value}\n"));
+    }
+    all
 }

@@ -17,9 +17,13 @@ fn fixture(name: &str) -> String {
 }
 
 fn run(base: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/translate_sdk.py");
+    run_script("translate_sdk.py", base);
+}
+
+fn run_script(name: &str, base: &str) {
+    let script = format!("{}/tests/sdk/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
-        .args([script, base])
+        .args([script.as_str(), base])
         .output()
         .expect("python3 runs (scripts/setup.sh installs the SDKs)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -71,4 +75,46 @@ async fn the_real_sdks_accept_translated_answers() {
     t.wait_for_log("translated=openai->anthropic").await;
     t.wait_for_log("translated=anthropic->openai").await;
     assert!(oa.request_count() >= 4 && an.request_count() >= 3);
+}
+
+/// The Responses API streamed as OpenAI streams it (typed events ending with
+/// `response.completed`, no `data: [DONE]`) reaches the real SDK whole, not as a 502 for a
+/// "truncated" stream; a Responses stream cut mid-answer ends with the Responses API's own
+/// `error` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responses_api_streams_through_to_the_real_sdk() {
+    let oa = MockProvider::start("oa").await.unwrap();
+    oa.set_strict(true);
+    let yaml = format!(
+        "providers:\n  - {{name: oa, api: openai, base_url: \"{}\", probe: {{enabled: false}}}}\nmodels:\n  - name: gpt-resp\n    offerings: [{{provider: oa, model: oa-resp}}]\n  - name: gpt-cut\n    offerings: [{{provider: oa, model: oa-cut}}]\npolicy: {{max_attempts: 1}}\n",
+        oa.base_url()
+    );
+    let t = Twinroute::start(&yaml, &[]).await;
+    let base = t.url("");
+    tokio::task::spawn_blocking(move || run_script("responses_sdk.py", &base))
+        .await
+        .unwrap();
+    assert!(!t.logs().contains("truncated"), "{}", t.logs());
+    assert_eq!(oa.request_count(), 3);
+    assert!(oa.requests().iter().all(|r| r.path == "/v1/responses"));
+
+    // Cut after three of its events: the client's stream ends with the Responses error event.
+    oa.set_model_behavior("oa-cut", Some(Behavior::StreamThenDie { chunks: 6 }));
+    let r = twinroute::testkit::client::post_json(
+        &t.url("/v1/responses"),
+        &[],
+        &serde_json::json!({"model": "gpt-cut", "input": "Hello", "stream": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("event: response.output_text.delta"), "{text}");
+    assert!(
+        text.ends_with("\n\n")
+            && text.contains("event: error\ndata: {")
+            && text.contains("\"type\":\"error\""),
+        "{text}"
+    );
+    assert!(!text.contains("[DONE]"), "{text}");
 }

@@ -19,6 +19,47 @@ pub enum Family {
     Anthropic,
 }
 
+/// Which events a stream is made of: chat completion chunks (ended by `data: [DONE]`), Messages
+/// events (ended by `message_stop`), or the Responses API's typed events (ended by
+/// `response.completed`, `.incomplete` or `.failed`, with no `[DONE]`). Each says differently
+/// where the answer's content is and how it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Chat,
+    Messages,
+    Responses,
+}
+
+impl Dialect {
+    /// The stream an answer on `endpoint` is, from a speaker of `family`'s wire format.
+    pub fn of(endpoint: Endpoint, family: Family) -> Dialect {
+        match (family, endpoint) {
+            (Family::Anthropic, _) => Dialect::Messages,
+            (Family::OpenAi, Endpoint::Responses) => Dialect::Responses,
+            (Family::OpenAi, _) => Dialect::Chat,
+        }
+    }
+
+    /// The error shape that goes with it.
+    pub fn family(self) -> Family {
+        match self {
+            Dialect::Chat | Dialect::Responses => Family::OpenAi,
+            Dialect::Messages => Family::Anthropic,
+        }
+    }
+}
+
+/// Chat completions for OpenAI's family, Messages for Anthropic's: the dialect of every route
+/// but Responses.
+impl From<Family> for Dialect {
+    fn from(f: Family) -> Dialect {
+        match f {
+            Family::OpenAi => Dialect::Chat,
+            Family::Anthropic => Dialect::Messages,
+        }
+    }
+}
+
 /// The wire family of what a provider kind answers: its error bodies and its stream events
 /// (Bedrock's event-stream frames carry Anthropic events; Vertex's rawPredict speaks Anthropic).
 pub fn answer_family(api: ApiKind) -> Family {

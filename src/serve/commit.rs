@@ -11,7 +11,7 @@
 //!
 //! What was held becomes the prefix the relay sends first; the relay never re-reads it.
 
-use crate::model::endpoint::Family;
+use crate::model::endpoint::Dialect;
 use crate::model::outcome::FailoverReason;
 use crate::wire::stream_event::{classify, EventKind};
 use crate::wire::translate::stream::{SseEvent, SseParser};
@@ -27,8 +27,8 @@ const MAX_STREAM_HOLD: usize = 256 * 1024;
 /// How to hold one answer.
 #[derive(Debug, Clone, Copy)]
 pub struct HoldSpec {
-    /// `Some(family)`: the answer is a stream of that family's events; `None`: a whole body.
-    pub stream: Option<Family>,
+    /// `Some(dialect)`: the answer is a stream of that dialect's events; `None`: a whole body.
+    pub stream: Option<Dialect>,
     /// The stream arrives as AWS event-stream frames (Bedrock), decoded to see its events.
     pub eventstream: bool,
     /// A stream's first content must arrive by then ...
@@ -61,7 +61,7 @@ pub async fn hold(up: &mut HttpSession, prefix: Option<Bytes>, spec: &HoldSpec) 
     }
     match spec.stream {
         None => hold_body(up, held, spec).await,
-        Some(family) => hold_stream(up, held, family, spec).await,
+        Some(stream) => hold_stream(up, held, stream, spec).await,
     }
 }
 
@@ -100,7 +100,7 @@ async fn hold_body(up: &mut HttpSession, mut held: BytesMut, spec: &HoldSpec) ->
 async fn hold_stream(
     up: &mut HttpSession,
     mut held: BytesMut,
-    family: Family,
+    stream: Dialect,
     spec: &HoldSpec,
 ) -> Held {
     let mut parser = SseParser::new(spec.max_event);
@@ -132,7 +132,7 @@ async fn hold_stream(
                 return Held::Failed(FailoverReason::ResponseTooLarge);
             }
             for ev in &events {
-                match classify(family, ev) {
+                match classify(stream, ev) {
                     EventKind::Content { .. } => return committed(held),
                     EventKind::End => ended = true,
                     // An error before any content (an overloaded model): another twin may

@@ -620,7 +620,9 @@ fn answer(
 ) -> Response<MockBody> {
     let text = format!("hello from {name}");
     if !stream {
-        let v = if anthropic {
+        let v = if path.ends_with("/responses") {
+            responses_object(model, "completed", &text, 5)
+        } else if anthropic {
             json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
                    "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
                    "usage": {"input_tokens": 12, "output_tokens": 5}})
@@ -642,8 +644,13 @@ fn answer(
     }
     let (tx, rx) = mpsc::channel(16);
     let model = model.to_string();
+    let responses = path.ends_with("/responses");
     tokio::spawn(async move {
-        let events = sse_events(&model, anthropic, chunks);
+        let events = if responses {
+            responses_events(&model, chunks)
+        } else {
+            sse_events(&model, anthropic, chunks)
+        };
         let total = events.len();
         for (i, ev) in events.into_iter().enumerate() {
             if let Some(n) = die_after {
@@ -667,6 +674,98 @@ fn answer(
         .header("x-mock-provider", name)
         .body(BoxBody::new(ChannelBody(rx)))
         .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// A Responses API response object (`POST /v1/responses`), as OpenAI documents it: one
+/// assistant `message` item holding `text` as `output_text`, with usage.
+pub fn responses_object(model: &str, status: &str, text: &str, output_tokens: usize) -> Value {
+    let content = if text.is_empty() {
+        json!([])
+    } else {
+        json!([{"type": "output_text", "text": text, "annotations": []}])
+    };
+    json!({
+        "id": "resp_mock", "object": "response", "created_at": 1_741_476_542, "status": status,
+        "error": null, "incomplete_details": null, "instructions": null,
+        "max_output_tokens": null, "model": model,
+        "output": if text.is_empty() { json!([]) } else { json!([{
+            "id": "msg_mock", "type": "message", "status": "completed", "role": "assistant",
+            "content": content}]) },
+        "parallel_tool_calls": true, "previous_response_id": null,
+        "reasoning": {"effort": null, "summary": null}, "store": true, "temperature": 1.0,
+        "text": {"format": {"type": "text"}}, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": output_tokens,
+                  "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": 12 + output_tokens},
+        "user": null, "metadata": {}
+    })
+}
+
+/// A streamed Responses answer as OpenAI sends it: typed events (`event:` and a `type` field,
+/// `sequence_number`s in order) from `response.created` to `response.completed`, and no
+/// `data: [DONE]` (that is chat completions' terminator, not this API's).
+pub fn responses_events(model: &str, chunks: usize) -> Vec<String> {
+    let text: String = (0..chunks).map(|i| format!("tok{i} ")).collect();
+    let mut seq = 0;
+    let mut out = Vec::new();
+    let mut push = |kind: &str, mut v: Value| {
+        v["type"] = json!(kind);
+        v["sequence_number"] = json!(seq);
+        seq += 1;
+        out.push(format!("event: {kind}\ndata: {v}\n\n"));
+    };
+    let started = responses_object(model, "in_progress", "", 0);
+    push("response.created", json!({"response": started}));
+    push("response.in_progress", json!({"response": started}));
+    let item = |status: &str, text: &str| {
+        let content = if status == "in_progress" {
+            json!([])
+        } else {
+            json!([{"type": "output_text", "text": text, "annotations": []}])
+        };
+        json!({"id": "msg_mock", "type": "message", "status": status, "role": "assistant", "content": content})
+    };
+    push(
+        "response.output_item.added",
+        json!({"output_index": 0, "item": item("in_progress", "")}),
+    );
+    let at = json!({"item_id": "msg_mock", "output_index": 0, "content_index": 0});
+    let with = |extra: Value| {
+        let mut v = at.clone();
+        for (k, x) in extra.as_object().into_iter().flatten() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    push(
+        "response.content_part.added",
+        with(json!({"part": {"type": "output_text", "text": "", "annotations": []}})),
+    );
+    for i in 0..chunks {
+        push(
+            "response.output_text.delta",
+            with(json!({"delta": format!("tok{i} "), "logprobs": []})),
+        );
+    }
+    push(
+        "response.output_text.done",
+        with(json!({"text": text, "logprobs": []})),
+    );
+    push(
+        "response.content_part.done",
+        with(json!({"part": {"type": "output_text", "text": text, "annotations": []}})),
+    );
+    push(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": item("completed", &text)}),
+    );
+    push(
+        "response.completed",
+        json!({"response": responses_object(model, "completed", &text, chunks)}),
+    );
+    out
 }
 
 /// The events of a streamed answer with `chunks` content deltas, ending with usage and the
@@ -1400,6 +1499,22 @@ pub fn bedrock_exception(kind: &str, message: &str) -> Bytes {
 ///   `tool_calls` id of the preceding assistant message; function arguments are JSON strings.
 pub fn validate(path: &str, body: &Value) -> Result<(), String> {
     let obj = body.as_object().ok_or("body must be a JSON object")?;
+    if path.ends_with("/responses") {
+        // The Responses API: `input` (a string or items) instead of `messages`.
+        match obj.get("input") {
+            Some(Value::String(_)) | Some(Value::Array(_)) => {}
+            Some(_) => return Err("input: must be a string or an array of items".into()),
+            None if obj.contains_key("previous_response_id") => {}
+            None => return Err("Missing required parameter: 'input'.".into()),
+        }
+        if !obj.get("model").is_some_and(Value::is_string) {
+            return Err("Missing required parameter: 'model'.".into());
+        }
+        if obj.contains_key("messages") {
+            return Err("Unknown parameter: 'messages'.".into());
+        }
+        return Ok(());
+    }
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)

@@ -7,7 +7,7 @@
 //! OpenAI `chat.completion.chunk`s (OpenAI, Azure, Vertex's OpenAI surface) or Anthropic
 //! Messages events (Anthropic, Vertex rawPredict, Bedrock once its frames are decoded).
 
-use crate::model::endpoint::Family;
+use crate::model::endpoint::{Dialect, Family};
 use crate::wire::sse_frame::{event_end_at, EventTooLarge, SseFramer};
 use crate::wire::translate::stream::{SseEvent, SseParser};
 use serde_json::Value;
@@ -36,16 +36,48 @@ pub enum Block {
     Thinking,
 }
 
-/// Classify one event of an upstream stream of `family`'s shape.
-pub fn classify(family: Family, ev: &SseEvent) -> EventKind {
+/// Classify one event of an upstream stream of this dialect.
+pub fn classify(stream: impl Into<Dialect>, ev: &SseEvent) -> EventKind {
+    let stream = stream.into();
     let data = ev.data.trim();
-    if family == Family::OpenAi && data == "[DONE]" {
+    if stream == Dialect::Chat && data == "[DONE]" {
         return EventKind::End;
     }
     let Ok(v) = serde_json::from_str::<Value>(data) else {
         return EventKind::Malformed;
     };
-    classify_value(family, ev.event.as_deref(), &v)
+    if stream == Dialect::Responses {
+        let kind = ev
+            .event
+            .as_deref()
+            .or_else(|| v.get("type").and_then(Value::as_str))
+            .unwrap_or("");
+        return classify_responses(kind, &v);
+    }
+    classify_value(stream.family(), ev.event.as_deref(), &v)
+}
+
+/// The Responses API's typed events: content is a text, refusal, function-arguments or
+/// reasoning delta; `response.completed` and `response.incomplete` end it; `response.failed`
+/// and `error` are the provider's own end of a broken stream.
+fn classify_responses(kind: &str, v: &Value) -> EventKind {
+    match kind {
+        "response.output_text.delta" | "response.refusal.delta" => EventKind::Content {
+            text: non_empty_str(v.get("delta")).unwrap_or("").to_string(),
+            inside: Block::Text,
+        },
+        "response.function_call_arguments.delta" => EventKind::Content {
+            text: String::new(),
+            inside: Block::ToolCall,
+        },
+        k if k.starts_with("response.reasoning") && k.ends_with(".delta") => EventKind::Content {
+            text: String::new(),
+            inside: Block::Thinking,
+        },
+        "response.completed" | "response.incomplete" => EventKind::End,
+        "response.failed" | "error" => EventKind::Error,
+        _ => EventKind::Preamble,
+    }
 }
 
 /// Classify an event whose data is already parsed (`name`: its `event:` field).
@@ -185,7 +217,7 @@ pub struct EventGuard {
 /// borrow the framer's list of the events a read finished).
 #[derive(Debug)]
 struct Marks {
-    family: Family,
+    stream: Dialect,
     /// OpenAI `[DONE]` or Anthropic `message_stop` seen, or an error event (the provider's
     /// own end of a broken stream, already on its way to the client).
     done: bool,
@@ -221,12 +253,12 @@ struct ChoiceLite {
 }
 
 impl EventGuard {
-    /// A guard for a stream of `family`'s events, none larger than `max_event` bytes.
-    pub fn new(family: Family, max_event: usize) -> EventGuard {
+    /// A guard for a stream of this dialect's events, none larger than `max_event` bytes.
+    pub fn new(stream: impl Into<Dialect>, max_event: usize) -> EventGuard {
         EventGuard {
             framer: SseFramer::new(max_event),
             marks: Marks {
-                family,
+                stream: stream.into(),
                 done: false,
                 stopped: false,
                 dropped: 0,
@@ -278,7 +310,31 @@ impl Marks {
         let Some(data) = data else {
             return true;
         };
-        if self.family == Family::OpenAi {
+        if self.stream == Dialect::Responses {
+            #[derive(serde::Deserialize)]
+            struct Typed<'a> {
+                #[serde(rename = "type", borrow, default)]
+                kind: Option<std::borrow::Cow<'a, str>>,
+            }
+            let Ok(t) = serde_json::from_slice::<Typed>(&data) else {
+                self.dropped += 1;
+                return false;
+            };
+            let kind = if name.is_empty() {
+                t.kind.as_deref().unwrap_or("").as_bytes()
+            } else {
+                name
+            };
+            // No `[DONE]` here: the typed end events are the stream's end.
+            if matches!(
+                kind,
+                b"response.completed" | b"response.incomplete" | b"response.failed" | b"error"
+            ) {
+                self.done = true;
+            }
+            return true;
+        }
+        if self.stream == Dialect::Chat {
             if data.as_ref() == b"[DONE]" {
                 self.done = true;
                 return true;
@@ -312,13 +368,13 @@ impl Marks {
 
     /// How the stream stands now that it closed cleanly.
     fn end(&self) -> StreamEnd {
-        match (self.done, self.stopped, self.family) {
+        match (self.done, self.stopped, self.stream) {
             (true, _, _) => StreamEnd::Complete,
-            (false, true, Family::OpenAi) => StreamEnd::Terminate(b"data: [DONE]\n\n"),
-            (false, true, Family::Anthropic) => {
+            (false, true, Dialect::Chat) => StreamEnd::Terminate(b"data: [DONE]\n\n"),
+            (false, true, Dialect::Messages) => {
                 StreamEnd::Terminate(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
             }
-            (false, false, _) => StreamEnd::Truncated,
+            (false, _, _) => StreamEnd::Truncated,
         }
     }
 }
@@ -912,8 +968,8 @@ mod tests {
         assert!(!track.continuable());
     }
 
-    fn guarded(family: Family, reads: &[&str]) -> (String, EventGuard) {
-        let mut g = EventGuard::new(family, 1 << 20);
+    fn guarded(stream: impl Into<Dialect>, reads: &[&str]) -> (String, EventGuard) {
+        let mut g = EventGuard::new(stream, 1 << 20);
         let mut out = Vec::new();
         for r in reads {
             g.feed(bytes::Bytes::from(r.to_string()), &mut out)
@@ -970,5 +1026,36 @@ mod tests {
         assert!(!text.contains("broken") && text.contains("message_delta"));
         assert_eq!(g.dropped(), 1);
         assert!(matches!(g.end(), StreamEnd::Terminate(_)));
+    }
+
+    #[test]
+    fn a_responses_stream_ends_with_its_typed_events_not_done() {
+        let events = crate::testkit::mock::responses_events("m", 3);
+        let all: Vec<&str> = events.iter().map(String::as_str).collect();
+        let (text, g) = guarded(Dialect::Responses, &all);
+        assert_eq!(text, events.concat(), "every event passed on as it came");
+        assert_eq!(g.end(), StreamEnd::Complete);
+        // Without `response.completed` it is a truncation, never finished with `[DONE]`.
+        let (_, g) = guarded(Dialect::Responses, &all[..all.len() - 1]);
+        assert_eq!(g.end(), StreamEnd::Truncated);
+        // `response.failed` and `error` are the provider's own end.
+        let failed = "event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":9}\n\n";
+        let (_, g) = guarded(Dialect::Responses, &[all[0], failed]);
+        assert_eq!(g.end(), StreamEnd::Complete);
+        // The same events read as chat chunks would be a truncation: the old bug.
+        let (_, g) = guarded(Family::OpenAi, &all);
+        assert_eq!(g.end(), StreamEnd::Truncated);
+        let mut parsed = Vec::new();
+        SseParser::new(1 << 20).feed(events.concat().as_bytes(), &mut parsed);
+        let kinds: Vec<EventKind> = parsed
+            .iter()
+            .map(|ev| classify(Dialect::Responses, ev))
+            .collect();
+        assert_eq!(kinds[0], EventKind::Preamble);
+        assert!(kinds.contains(&EventKind::Content {
+            text: "tok1 ".into(),
+            inside: Block::Text
+        }));
+        assert_eq!(kinds.last(), Some(&EventKind::End));
     }
 }

@@ -9,8 +9,8 @@ use super::Plan;
 use crate::decide::attempt::{AttemptFacts, Attempts, Outcome, Probation, Step};
 use crate::decide::outcome::FailoverReason;
 use crate::decide::route::Candidate;
-use crate::model::endpoint::answer_family;
 use crate::model::endpoint::Endpoint;
+use crate::model::endpoint::{answer_family, Dialect};
 use crate::model::error::{ErrorKind, GatewayError};
 use crate::model::{Config, Provider};
 use crate::observe::access_log::{AttemptLog, RequestLog};
@@ -225,6 +225,14 @@ pub(super) async fn exchange_held(
     }
 }
 
+/// The events a candidate's stream is made of: those of the route it is sent on (the client's,
+/// or the one translation sends it to) in the provider's family.
+pub(super) fn upstream_dialect(plan: &Plan, provider: &Provider) -> Dialect {
+    let endpoint = Direction::between(plan.endpoint, provider.api())
+        .map_or(plan.endpoint, |d| d.provider_endpoint());
+    Dialect::of(endpoint, answer_family(provider.api()))
+}
+
 /// How to hold a successful answer until its commit point: a stream (by its content type) until
 /// its first content within `first_token_ms` (the route's, else the provider's), a whole body
 /// within the request's deadline.
@@ -244,7 +252,7 @@ fn hold_spec(
             .map(|v| v.as_bytes()),
     );
     let eventstream = framing == vendor::Framing::EventStream;
-    let stream = (framing != vendor::Framing::Whole).then(|| answer_family(provider.api()));
+    let stream = (framing != vendor::Framing::Whole).then(|| upstream_dialect(plan, provider));
     let first_token = plan
         .policy
         .first_token

@@ -8,6 +8,7 @@ use super::{Attempted, BrokenStream, Plan};
 use crate::decide::outcome::FailoverReason;
 use crate::decide::route::Candidate;
 use crate::model::catalog::Offering;
+use crate::model::endpoint::{Dialect, Endpoint};
 use crate::model::{Provider, StreamRecovery};
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
@@ -95,7 +96,11 @@ pub(super) async fn deliver(
         .map_or(provider.name.as_str(), |c| c.origin.as_str());
     let stage = match &plan.continuation {
         Some(c) => Stage::Splice(Box::new(c.track.splice())),
-        None if plan.policy.stream_recovery == StreamRecovery::Continue && w.stream => {
+        // A Responses stream is not tracked: a continuation speaks chat and Messages only.
+        None if plan.policy.stream_recovery == StreamRecovery::Continue
+            && w.stream
+            && plan.endpoint != Endpoint::Responses =>
+        {
             Stage::Track(Box::new(StreamTrack::new(plan.endpoint.family())))
         }
         None => Stage::Plain,
@@ -108,6 +113,8 @@ pub(super) async fn deliver(
         dropped: w.dropped,
         attempts: &attempts_header,
         family: plan.endpoint.family(),
+        client_stream: Dialect::of(plan.endpoint, plan.endpoint.family()),
+        upstream_stream: super::attempt::upstream_dialect(plan, provider),
         translation: Direction::between(plan.endpoint, provider.api()),
         include_usage: plan.include_usage,
         stream_idle: plan

@@ -4,7 +4,7 @@
 
 use crate::decide::outcome::FailoverReason;
 use crate::model::catalog::Price;
-use crate::model::endpoint::{answer_family, Family};
+use crate::model::endpoint::{Dialect, Family};
 use crate::model::error::{ErrorKind, GatewayError};
 use crate::model::Provider;
 use crate::observe::access_log::RequestLog;
@@ -48,8 +48,12 @@ pub(super) struct Served<'a> {
     pub(super) dropped: &'a [&'a str],
     /// `x-twinroute-attempts`.
     pub(super) attempts: &'a str,
-    /// The client's wire family, for the error event of a broken stream.
+    /// The client's wire family, for its errors.
     pub(super) family: Family,
+    /// The client's stream (for the error event of a broken one) and the upstream's (how its
+    /// events end).
+    pub(super) client_stream: Dialect,
+    pub(super) upstream_stream: Dialect,
     /// The answer is translated into the client's format on its way.
     pub(super) translation: Option<Direction>,
     /// OpenAI client of a translated stream: end it with a usage chunk.
@@ -195,7 +199,7 @@ pub(super) async fn relay(
     served: Served<'_>,
     mut stage: Stage,
 ) -> Result<Option<StreamBreak>> {
-    let (attempts, family, max_event) = (served.attempts, served.family, served.max_event);
+    let (attempts, max_event) = (served.attempts, served.max_event);
     let Upstream {
         session: mut upstream,
         peer,
@@ -332,7 +336,7 @@ pub(super) async fn relay(
     }
     let mut staged = Vec::new();
     // Every upstream stream event is checked before it goes on: malformed ones are dropped.
-    let mut guard = is_sse.then(|| EventGuard::new(answer_family(provider.api()), max_event));
+    let mut guard = is_sse.then(|| EventGuard::new(served.upstream_stream, max_event));
     let mut slices: Vec<Bytes> = Vec::new();
     // What a read that did not wait returned after the bytes it was joined to (`join_ready`).
     let mut held: Option<Result<Option<Bytes>>> = None;
@@ -504,7 +508,7 @@ pub(super) async fn relay(
         // error event the SDKs surface as an exception. The upstream connection is dropped
         // with this function, never pooled.
         session.set_keepalive(None);
-        let event = stream_error_event(family, served.origin);
+        let event = stream_error_event(served.client_stream, served.origin);
         session.write_body(Some(event), true).await?;
         return Ok(None);
     }

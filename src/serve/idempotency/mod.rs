@@ -16,7 +16,7 @@
 pub mod memory;
 
 use crate::decide::idempotency::{Fingerprint, ScopedKey};
-use crate::model::endpoint::Family;
+use crate::model::endpoint::Dialect;
 use crate::serve::downstream::{Downstream, Tap};
 pub use crate::serve::recording::{AnswerEvent, Ending, Head};
 use async_trait::async_trait;
@@ -70,13 +70,13 @@ pub trait AnswerFeed: Send {
 /// `x-twinroute-idempotent-replay: true` and this request's id, then every chunk from the first,
 /// live until the leader finishes. `Ok(None)`: the leader's answer broke off before its header
 /// (nothing was sent; the caller answers instead); else the status sent. A stream that breaks off
-/// after its header ends with the error event in the client's `family`, never as a silent
+/// after its header ends with the error event of the client's `stream`, never as a silent
 /// truncation.
 pub async fn follow(
     feed: &mut dyn AnswerFeed,
     session: &mut Session,
     request_id: &str,
-    family: Family,
+    stream: Dialect,
 ) -> Result<Option<u16>> {
     let mut session = Downstream::new(session, None);
     let mut status = None;
@@ -106,7 +106,7 @@ pub async fn follow(
                 session.set_keepalive(None);
                 if sse {
                     // A stream says it broke, as the leader's own client would be told.
-                    let event = crate::wire::sse::stream_error_event(family, "twinroute");
+                    let event = crate::wire::sse::stream_error_event(stream, "twinroute");
                     session.write_body(Some(event), true).await?;
                     return Ok(status);
                 }

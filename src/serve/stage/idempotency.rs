@@ -3,6 +3,7 @@
 //! `serve::idempotency`.
 
 use crate::decide::idempotency::{fingerprint, parse_key, storable, Fingerprint, ScopedKey};
+use crate::model::endpoint::Dialect;
 use crate::observe::metrics::METRICS;
 use crate::serve::idempotency::{follow, Claim, IdempotencyStore};
 use crate::serve::names;
@@ -83,9 +84,10 @@ impl Stage for IdempotencyStage {
             Ok(Some(Claim::Follow(mut feed))) => {
                 req.ctx.idempotent_replay = true;
                 METRICS.idempotency_replays.inc();
-                let family = req.plan.endpoint.family();
+                let endpoint = req.plan.endpoint;
+                let stream = Dialect::of(endpoint, endpoint.family());
                 let id = &req.ctx.request_id;
-                match follow(&mut *feed, req.session, id, family).await? {
+                match follow(&mut *feed, req.session, id, stream).await? {
                     Some(status) => {
                         req.ctx.status = status;
                         Before::Answered
