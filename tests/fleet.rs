@@ -277,6 +277,14 @@ async fn redis_killed_or_frozen_fails_no_request_and_sharing_resumes_when_it_is_
         .await;
         assert!(down.is_some(), "a replica still says Redis is up");
         assert!(t.metrics().await.contains("twinroute_shared_state_up 0"));
+        // One warning for the outage, however many calls failed in it.
+        t.wait_for_log("shared state: Redis is unreachable").await;
+        assert_eq!(
+            t.logs()
+                .matches("shared state: Redis is unreachable")
+                .count(),
+            1
+        );
     }
 
     // Frozen (SIGSTOP): the kernel still accepts, nothing answers. No request waits on it for
@@ -446,4 +454,27 @@ fn redis_contents(port: u16) -> String {
         all.push_str(&format!("{key} = {value}\n"));
     }
     all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_redis_is_down_at_start_serves_says_so_once_and_joins_when_it_is_up() {
+    let mut redis = Redis::start();
+    redis.kill();
+    let (p, q) = mocks().await;
+    let config = yaml(&p, &q, "", &shared(&redis.url(), "late", false));
+    let t = Twinroute::start(&config, &[]).await;
+    for _ in 0..5 {
+        assert_eq!(send(&t).await, "p");
+    }
+    assert_eq!(t.status().await["shared_state"]["up"], false);
+    t.wait_for_log("shared state: Redis is unreachable").await;
+    redis.restart();
+    following(&t, Duration::from_secs(5)).await;
+    t.wait_for_log("is reachable; sharing with the fleet").await;
+    assert_eq!(
+        t.logs()
+            .matches("shared state: Redis is unreachable")
+            .count(),
+        1
+    );
 }

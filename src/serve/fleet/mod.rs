@@ -73,6 +73,9 @@ pub struct Fleet {
     replica: String,
     link: ArcSwapOption<Link>,
     up: AtomicBool,
+    /// The warning that Redis cannot be reached was logged (once per outage, the first one at
+    /// start included).
+    said_down: AtomicBool,
     /// The reader applied the snapshot and follows the stream.
     following: AtomicBool,
     state: Mutex<LinkState>,
@@ -98,6 +101,7 @@ impl Fleet {
             replica,
             link: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
+            said_down: AtomicBool::new(false),
             following: AtomicBool::new(false),
             state: Mutex::new(LinkState {
                 since: SystemTime::now(),
@@ -168,18 +172,21 @@ impl Fleet {
         let url = self.conf.url.expose();
         let why = &why.replace(url, "<redis_url>");
         METRICS.shared_state_errors.with_label_values(&[op]).inc();
-        if self.up.swap(false, Ordering::AcqRel) {
+        let was_up = self.up.swap(false, Ordering::AcqRel);
+        if was_up {
             METRICS.shared_state_up.set(0);
+        }
+        if !self.said_down.swap(true, Ordering::AcqRel) {
             log::warn!(
                 "shared state: Redis is unreachable ({op}: {why}); serving on this replica's own state"
             );
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.since = SystemTime::now();
-            s.last_error = Some(format!("{op}: {why}"));
-        } else {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            s.last_error = Some(format!("{op}: {why}"));
         }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if was_up {
+            s.since = SystemTime::now();
+        }
+        s.last_error = Some(format!("{op}: {why}"));
+        drop(s);
         self.trouble.notify_one();
     }
 
@@ -187,6 +194,7 @@ impl Fleet {
     fn recovered(&self) {
         if !self.up.swap(true, Ordering::AcqRel) {
             METRICS.shared_state_up.set(1);
+            self.said_down.store(false, Ordering::Release);
             log::warn!(
                 "shared state: Redis at namespace {} is reachable; sharing with the fleet",
                 self.conf.namespace
