@@ -255,6 +255,7 @@ async fn duplicates_follow_their_leader_and_hits_come_through_the_stores_seams_a
         cache: Arc::new(ShelfCache(shelf.clone())),
         verdicts: None,
         fleet: None,
+        ledger: Arc::new(twinroute::serve::team::MemoryLedger::default()),
     };
     let (server, shared) = twinroute::serve::server::build_with(cfg, None, stores).unwrap();
     std::thread::spawn(move || server.run_forever());

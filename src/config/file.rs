@@ -33,6 +33,9 @@ pub struct FileConfig {
     /// Health verdicts, breaker counts, probation and drains shared with the other replicas
     /// through Redis. Unset: this process keeps its own state, and nothing needs Redis.
     pub shared_state: Option<FileSharedState>,
+    /// Teams: client tokens that name a team, its allowed models, budget and rate limits.
+    #[serde(default)]
+    pub teams: Vec<FileTeam>,
     pub log_format: Option<String>,
     /// Seconds Pingora waits for in-flight requests on SIGTERM before it exits.
     pub grace_period_s: Option<u64>,
@@ -76,6 +79,37 @@ pub struct FileSharedState {
     pub namespace: Option<String>,
     /// One Redis call's bound (default 50).
     pub timeout_ms: Option<u64>,
+    /// Replicas sharing team budgets (each serves its share while Redis is down; default 1).
+    pub replicas: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTeam {
+    pub name: String,
+    /// Env var holding the team's comma-separated client tokens.
+    pub tokens_env: String,
+    /// Canonical model names (or aliases) the team may use; unset: any.
+    pub models: Option<Vec<String>>,
+    pub budget: Option<FileBudget>,
+    pub limits: Option<FileLimits>,
+    /// The team's policy layer.
+    pub policy: Option<FilePolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBudget {
+    pub usd: f64,
+    /// hour | day | month (UTC calendar windows).
+    pub per: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// A per-feature route: requests it matches use its policy instead of the top-level one.

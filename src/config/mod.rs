@@ -9,6 +9,7 @@ pub mod file;
 mod gcp;
 mod provider;
 mod shared_state;
+mod teams;
 
 use crate::model::catalog::{Catalog, Equivalent, Feature, Model, Offering, Price};
 pub use crate::model::ConfigError;
@@ -622,13 +623,14 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
             file.client_send_timeout_ms,
             60_000,
         )?,
-        client_tokens,
         admin_mutations: file.admin_mutations.unwrap_or(false),
         reload_poll: match file.reload_poll_ms {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
             None => Some(Duration::from_millis(1000)),
         },
+        teams: teams::build(&file.teams, &catalog, env, &client_tokens)?,
+        client_tokens,
         providers,
         catalog,
         policy,
@@ -880,7 +882,7 @@ models:
         assert_eq!(p.timeouts.first_token, p.timeouts.first_byte);
         assert_eq!(p.timeouts.stream_idle, p.timeouts.idle);
         let n = c.catalog.resolve("n").unwrap();
-        let model_policy = c.policy_for(None, n);
+        let model_policy = c.policy_for(None, None, n);
         assert_eq!(model_policy.stream_recovery, StreamRecovery::Continue);
         assert_eq!(
             model_policy.cache.unwrap().stale_if_error,
@@ -891,7 +893,7 @@ models:
             Some(false)
         );
         let route = &c.routes[0];
-        let routed = c.policy_for(Some(route), n);
+        let routed = c.policy_for(Some(route), None, n);
         assert_eq!(routed.first_token, Some(Duration::from_millis(700)));
         assert_eq!(routed.stream_idle, Some(Duration::from_millis(900)));
         // The route's policy goes over the model's: what it does not say stays the model's.
@@ -972,6 +974,56 @@ models:
     }
 
     #[test]
+    fn team_keys() {
+        let envs: BTreeMap<String, String> = [
+            ("K", "sk-test"),
+            ("T1", "tok-a, tok-b"),
+            ("T2", "tok-c"),
+            ("DUP", "tok-a"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let team = |extra: &str| {
+            format!("{OK}teams:\n  - {{name: search, tokens_env: T1{extra}}}\n  - {{name: ads, tokens_env: T2}}\n")
+        };
+        let c = parse(
+            &team(", models: [m-alias], budget: {usd: 50, per: day}, limits: {requests_per_minute: 600}, policy: {max_attempts: 1}"),
+            &envs,
+        )
+        .unwrap();
+        let t = &c.teams[0];
+        assert_eq!(t.tokens.len(), 2);
+        assert_eq!(
+            t.budget.as_ref().unwrap().per,
+            crate::model::team::Window::Day
+        );
+        assert_eq!(t.limits.requests_per_minute, Some(600));
+        let x = c.catalog.resolve("m").unwrap();
+        assert!(t.allows(x));
+        let search = c.team_of(b"tok-b").unwrap();
+        assert_eq!(c.teams[search.0].name, "search");
+        assert!(c.team_of(b"tok-z").is_none());
+        // The team's policy layer, under a route's.
+        assert_eq!(c.policy_for(None, Some(search), x).max_attempts, 1);
+        assert_ne!(c.policy_for(None, None, x).max_attempts, 1);
+        assert!(c.tokens_required());
+        for (bad, key) in [
+            (team(", models: [nope]"), "teams[0].models[0]"),
+            (team(", budget: {usd: 5, per: week}"), "teams[0].budget.per"),
+            (team(", budget: {usd: 0, per: day}"), "teams[0].budget.usd"),
+            (team(", limits: {tokens_per_minute: 0}"), "teams[0].limits.tokens_per_minute"),
+            (team(", tokens_env: NOPE"), "teams[0]"),
+            (format!("{OK}teams:\n  - {{name: a, tokens_env: T1}}\n  - {{name: a, tokens_env: T2}}\n"), "teams[1].name"),
+            (format!("{OK}teams:\n  - {{name: a, tokens_env: T1}}\n  - {{name: b, tokens_env: DUP}}\n"), "teams[1].tokens_env"),
+        ] {
+            let e = parse(&bad, &envs).unwrap_err();
+            assert!(e.to_string().starts_with(key), "{bad}: {e}");
+            assert!(!e.to_string().contains("tok-a"), "a token in {e}");
+        }
+    }
+
+    #[test]
     fn queue_keys() {
         let c = parse(OK, &env()).unwrap();
         assert!(c.queue.is_none(), "no state_dir, no queue");
@@ -984,12 +1036,12 @@ models:
         assert_eq!((q.max_jobs, q.drain_per_s), (50, 2.5));
         assert_eq!(q.keep_done, Duration::from_secs(3600));
         let n = c.catalog.resolve("n").unwrap();
-        let p = c.policy_for(None, n).queue;
+        let p = c.policy_for(None, None, n).queue;
         assert!(p.background);
         assert_eq!(p.max_wait, Duration::from_millis(250));
         assert_eq!(p.max_age, Duration::from_secs(60));
         let m = c.catalog.resolve("m").unwrap();
-        assert!(!c.policy_for(None, m).queue.background);
+        assert!(!c.policy_for(None, None, m).queue.background);
         for (bad, key) in [
             ("queue: {max_jobs: 5}\n", "queue"),
             ("state_dir: /x\nqueue: {max_jobs: 0}\n", "queue.max_jobs"),

@@ -69,10 +69,16 @@ pub(super) fn build(
             ))
         }
     };
+    let replicas = match f.replicas {
+        None => 1,
+        Some(n @ 1..=10_000) => n,
+        Some(_) => return Err(err("shared_state.replicas", "must be between 1 and 10000")),
+    };
     Ok(Some(SharedStateConf {
         url: Secret::new(url),
         cluster: f.cluster.unwrap_or(false),
         namespace,
         timeout,
+        replicas,
     }))
 }

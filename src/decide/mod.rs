@@ -7,6 +7,7 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod budget;
 pub mod cache;
 pub mod idempotency;
 pub mod memory;

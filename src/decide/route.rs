@@ -1335,9 +1335,9 @@ models:
         // "bot" comes first in the file and matches any path.
         let r = cfg.route_for("/v1/chat/completions", &h).unwrap();
         assert_eq!(r.name, "bot");
-        let p = cfg.policy_for(Some(r), ModelId(0));
+        let p = cfg.policy_for(Some(r), None, ModelId(0));
         assert_eq!((p.max_attempts, p.allow_equivalents), (1, true));
-        assert_eq!(cfg.policy_for(None, ModelId(0)).max_attempts, 3);
+        assert_eq!(cfg.policy_for(None, None, ModelId(0)).max_attempts, 3);
         h.insert("x-twinroute-route", "other".parse().unwrap());
         assert_eq!(cfg.route_for("/v1/embeddings", &h).unwrap().name, "embed");
     }

@@ -165,6 +165,19 @@ impl Catalog {
         self.index.get(requested).copied()
     }
 
+    /// Every model's id, in order.
+    pub fn ids(&self) -> impl Iterator<Item = ModelId> {
+        (0..self.models.len()).map(ModelId)
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
     pub fn model(&self, id: ModelId) -> &Model {
         &self.models[id.0]
     }

@@ -30,6 +30,10 @@ pub enum ErrorKind {
     QueueFull,
     /// A background job passed `queue.max_age_s` without an answer (504).
     JobExpired,
+    /// A team's budget for its window would be overrun (429).
+    BudgetExceeded,
+    /// The model is outside the team's allow-list (403).
+    ModelNotAllowed,
 }
 
 impl ErrorKind {
@@ -51,6 +55,8 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::QueueFull => 503,
             ErrorKind::JobExpired => 504,
+            ErrorKind::BudgetExceeded => 429,
+            ErrorKind::ModelNotAllowed => 403,
         }
     }
 }

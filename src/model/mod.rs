@@ -11,6 +11,7 @@ pub mod ids;
 pub mod outcome;
 pub mod policy;
 pub mod provider;
+pub mod team;
 
 pub use catalog::{Catalog, Equivalent, Model, Offering, Price};
 pub use ids::{ModelId, OfferingIdx, ProviderId};
@@ -82,6 +83,8 @@ pub struct SharedStateConf {
     pub namespace: String,
     /// The bound on one Redis call; a request never waits longer on Redis.
     pub timeout: Duration,
+    /// Replicas sharing a team budget: while Redis is down each serves `budget / replicas`.
+    pub replicas: u32,
 }
 
 /// The whole runtime configuration, swapped in as one immutable unit.
@@ -103,6 +106,8 @@ pub struct Config {
     pub queue: Option<QueueConf>,
     /// State shared with the fleet through Redis (`None`: this process keeps its own).
     pub shared_state: Option<SharedStateConf>,
+    /// Teams, each named by its client tokens (empty: no teams).
+    pub teams: Vec<team::Team>,
     pub log_format: LogFormat,
     pub grace_period_s: u64,
     pub max_concurrent_requests: usize,
@@ -180,11 +185,39 @@ impl Config {
     }
 
     /// The policy a request uses: its route's for this model, else the model's.
-    pub fn policy_for<'a>(&'a self, route: Option<&'a Route>, model: ModelId) -> &'a Policy {
-        match route {
-            Some(r) => &r.policies[model],
+    /// The policy a request for `model` runs under: its route's when it matched one, else its
+    /// team's layer when the team has one, else the model's.
+    pub fn policy_for<'a>(
+        &'a self,
+        route: Option<&'a Route>,
+        team: Option<team::TeamId>,
+        model: ModelId,
+    ) -> &'a Policy {
+        if let Some(r) = route {
+            return &r.policies[model];
+        }
+        match team.and_then(|t| self.teams[t.0].policies.as_ref()) {
+            Some(p) => &p[model.0],
             None => &self.catalog.model(model).policy,
         }
+    }
+
+    /// Whether a request must present a client token: `client_tokens_env` or `teams` is set.
+    pub fn tokens_required(&self) -> bool {
+        !self.client_tokens.is_empty() || !self.teams.is_empty()
+    }
+
+    /// The team a client token names, if any (compared in constant time, as client tokens are).
+    pub fn team_of(&self, token: &[u8]) -> Option<team::TeamId> {
+        use subtle::ConstantTimeEq;
+        self.teams
+            .iter()
+            .position(|t| {
+                t.tokens
+                    .iter()
+                    .any(|s| bool::from(s.expose().as_bytes().ct_eq(token)))
+            })
+            .map(team::TeamId)
     }
 }
 

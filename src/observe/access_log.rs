@@ -56,6 +56,8 @@ pub struct RequestLog {
     pub stream_recovery: Option<String>,
     /// Answered from another request with the same `Idempotency-Key`.
     pub idempotent_replay: bool,
+    /// The team the client token names (`teams`): its name, never the token.
+    pub team: Option<String>,
     /// The prompt cache's part: `hit`, `miss`, `stale` or `bypass`.
     pub cache: Option<&'static str>,
     /// The background job this request was queued as (or, for the drain's own request, runs).
@@ -93,6 +95,7 @@ impl RequestLog {
             translated: None,
             stream_recovery: None,
             idempotent_replay: false,
+            team: None,
             cache: None,
             queued: None,
             client_left: false,
@@ -199,6 +202,7 @@ impl RequestLog {
                     s.extend_from_slice(b" idempotent_replay=true");
                 }
                 opt(s, "queued", &self.queued);
+                opt(s, "team", &self.team);
                 if let Some(r) = &self.stream_recovery {
                     let _ = write!(s, " stream_recovery={r}");
                 }

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub idempotency_entries: prometheus::IntGauge,
     pub idempotency_bytes: prometheus::IntGauge,
     pub idempotency_replays: prometheus::IntCounter,
+    pub team_spend_usd: GaugeVec,
+    pub team_budget_usd: GaugeVec,
+    pub team_rejections: IntCounterVec,
     /// 1 while the fleet's Redis answers (`shared_state`), 0 while it does not.
     pub shared_state_up: prometheus::IntGauge,
     pub shared_state_errors: IntCounterVec,
@@ -142,6 +145,24 @@ fn build() -> Result<Metrics, prometheus::Error> {
         "twinroute_idempotency_bytes",
         "Bytes the kept idempotent answers weigh",
     )?;
+    let team_spend_usd = GaugeVec::new(
+        Opts::new(
+            "twinroute_team_spend_usd",
+            "A team's spend in its current budget window (fleet-wide with shared_state)",
+        ),
+        &["team"],
+    )?;
+    let team_budget_usd = GaugeVec::new(
+        Opts::new("twinroute_team_budget_usd", "A team's budget per window"),
+        &["team"],
+    )?;
+    let team_rejections = IntCounterVec::new(
+        Opts::new(
+            "twinroute_team_rejections_total",
+            "Requests of a team refused by its limits, by reason (budget, rate, model)",
+        ),
+        &["team", "reason"],
+    )?;
     let shared_state_up = prometheus::IntGauge::new(
         "twinroute_shared_state_up",
         "1 while the shared state's Redis answers, 0 while it does not (local state serves)",
@@ -253,6 +274,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(idempotency_bytes.clone()))?;
     registry.register(Box::new(idempotency_replays.clone()))?;
     registry.register(Box::new(shared_state_up.clone()))?;
+    registry.register(Box::new(team_spend_usd.clone()))?;
+    registry.register(Box::new(team_budget_usd.clone()))?;
+    registry.register(Box::new(team_rejections.clone()))?;
     registry.register(Box::new(shared_state_errors.clone()))?;
     registry.register(Box::new(cache_lookups.clone()))?;
     registry.register(Box::new(log_waits.clone()))?;
@@ -286,6 +310,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
         idempotency_replays,
         shared_state_up,
         shared_state_errors,
+        team_spend_usd,
+        team_budget_usd,
+        team_rejections,
         cache_lookups,
         log_waits,
         cache_entries,

@@ -27,4 +27,5 @@ pub mod secrets;
 pub mod server;
 pub mod stage;
 pub mod state;
+pub mod team;
 pub mod trim;

@@ -220,11 +220,14 @@ impl Proxy {
             return Some(e);
         }
         // The drain's own runs carry this process's job token instead of a client's.
-        if !cfg.client_tokens.is_empty()
+        if cfg.tokens_required()
             && background::job_run(&self.shared, &session.req_header().headers).is_none()
         {
             let presented = presented_token(&session.req_header().headers);
-            if !presented.is_some_and(|p| token_ok(p, &cfg.client_tokens)) {
+            // A token of `client_tokens_env` (no team, no limits) or of a team.
+            if !presented
+                .is_some_and(|p| token_ok(p, &cfg.client_tokens) || cfg.team_of(p).is_some())
+            {
                 return Some(GatewayError::new(
                     ErrorKind::Unauthorized,
                     "missing or invalid twinroute client token (Authorization: Bearer or x-api-key)",
@@ -296,6 +299,7 @@ impl Proxy {
             cache: None,
             leader: None,
             record_bytes: None,
+            team_hold: None,
         };
         let result = match stage::run(&mut req, &rt, &queueing).await {
             Ok(result) => result,

@@ -35,6 +35,16 @@ fn control<'a>(
     }
 }
 
+/// The team the request's client token names (`teams`; `None` without teams or for a token of
+/// `client_tokens_env`).
+fn team_of(session: &Session, cfg: &crate::model::Config) -> Option<crate::model::team::TeamId> {
+    if cfg.teams.is_empty() {
+        return None;
+    }
+    let token = crate::serve::stage::presented_token(&session.req_header().headers)?;
+    cfg.team_of(token)
+}
+
 /// What routing made of a request: its plan, and what the stages key on.
 pub struct Routed<'c> {
     pub plan: forward::Plan,
@@ -75,7 +85,22 @@ pub fn route<'c>(
     };
     let model = cfg.catalog.model(model_id);
     ctx.model = Some(model.name.clone());
-    let policy = cfg.policy_for(route, model_id);
+    let team = team_of(session, cfg);
+    if let Some(t) = team {
+        let t = &cfg.teams[t.0];
+        ctx.team = Some(t.name.clone());
+        if !t.allows(model_id) {
+            crate::observe::metrics::METRICS
+                .team_rejections
+                .with_label_values(&[&t.name, "model"])
+                .inc();
+            return Err(GatewayError::new(
+                ErrorKind::ModelNotAllowed,
+                format!("team {} may not use model {}", t.name, model.name),
+            ));
+        }
+    }
+    let policy = cfg.policy_for(route, team, model_id);
     // Only the offerings (and providers) this request could use: the model's and its
     // equivalents'.
     let offerings = model.offerings.iter().chain(
@@ -147,6 +172,7 @@ pub fn route<'c>(
         cache_header: None,
         stale: None,
         queue_on_fail: false,
+        team,
     };
     Ok(Routed {
         plan,

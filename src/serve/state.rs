@@ -8,6 +8,7 @@ use crate::net::resolve::Resolver;
 use crate::serve::cache::AnswerCache;
 use crate::serve::fleet::Fleet;
 use crate::serve::idempotency::IdempotencyStore;
+use crate::serve::team::TeamLedger;
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -47,6 +48,8 @@ pub struct Stores {
     pub verdicts: Option<Arc<dyn VerdictBus>>,
     /// The fleet's Redis link (`shared_state`), whose background service the server runs.
     pub fleet: Option<Arc<Fleet>>,
+    /// Team budgets' counts (`serve::team`).
+    pub ledger: Arc<dyn TeamLedger>,
 }
 
 impl Stores {
@@ -66,6 +69,10 @@ impl Stores {
                 fleet.clone(),
                 config.cache_max_bytes,
             ));
+            stores.ledger = Arc::new(crate::serve::fleet::FleetLedger::new(
+                fleet.clone(),
+                conf.replicas,
+            ));
             stores.fleet = Some(fleet);
         }
         stores
@@ -83,6 +90,7 @@ impl Stores {
             )),
             verdicts: None,
             fleet: None,
+            ledger: Arc::new(crate::serve::team::MemoryLedger::default()),
         }
     }
 }
@@ -111,6 +119,8 @@ pub struct Shared {
     /// The fleet's Redis link (`None`: no `shared_state`). Built from the first config; a
     /// reload keeps it.
     pub fleet: Option<Arc<Fleet>>,
+    /// Team budgets' counts. Built from the first config; a reload keeps it.
+    pub ledger: Arc<dyn TeamLedger>,
     /// Keys client scopes (`decide::idempotency::scope`): kept under `state_dir`, else made per
     /// process. Read at start; a reload keeps it.
     pub scope_secret: crate::decide::idempotency::ScopeSecret,
@@ -127,6 +137,7 @@ impl Shared {
             cache,
             verdicts,
             fleet,
+            ledger,
         } = stores;
         let scope_secret =
             crate::serve::secrets::scope_secret(config.queue.as_ref().map(|q| q.dir.as_path()))?;
@@ -142,6 +153,7 @@ impl Shared {
             idempotency,
             cache,
             fleet,
+            ledger,
             queue,
             runtime: ArcSwap::from_pointee(runtime),
             connector: Connector::new(None),

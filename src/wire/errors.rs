@@ -75,6 +75,8 @@ fn names(kind: ErrorKind) -> (&'static str, &'static str, &'static str) {
         ErrorKind::UpstreamTimeout => ("api_error", "upstream_timeout", "timeout_error"),
         ErrorKind::QueueFull => ("server_error", "queue_full", "overloaded_error"),
         ErrorKind::JobExpired => ("api_error", "job_expired", "timeout_error"),
+        ErrorKind::BudgetExceeded => ("rate_limit_error", "budget_exceeded", "rate_limit_error"),
+        ErrorKind::ModelNotAllowed => ("permission_error", "model_not_allowed", "permission_error"),
     }
 }
 

@@ -14,10 +14,12 @@
 
 mod cache;
 mod idempotency;
+mod ledger;
 mod service;
 
 pub use cache::FleetCache;
 pub use idempotency::FleetIdempotency;
+pub use ledger::FleetLedger;
 pub use service::FleetService;
 
 use crate::health::verdict::{Subject, Verdict, VerdictBus};

@@ -77,6 +77,8 @@ pub struct Plan {
     /// Background work (or the queue's own run of it): when every candidate fails, nothing is
     /// written and `run` returns `Ran::NoCapacity` with the error the client would have had.
     pub queue_on_fail: bool,
+    /// The team the client token names (`teams`).
+    pub team: Option<crate::model::team::TeamId>,
 }
 
 /// How `run` ended.
@@ -214,6 +216,7 @@ fn continuation_plan(
         cache_header: None,
         stale: None,
         queue_on_fail: false,
+        team: plan.team,
         continuation: Some(Continuation {
             track: broken.track,
             json,

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod idempotency;
+pub mod team;
 
 use crate::decide::idempotency::scope;
 use crate::decide::route::Acceptable;
@@ -28,7 +29,11 @@ use async_trait::async_trait;
 use pingora::proxy::Session;
 
 /// The stages, in the order their `before` runs.
-pub static STAGES: [&dyn Stage; 2] = [&cache::CacheStage, &idempotency::IdempotencyStage];
+pub static STAGES: [&dyn Stage; 3] = [
+    &team::TeamStage,
+    &cache::CacheStage,
+    &idempotency::IdempotencyStage,
+];
 
 /// What a stage decided before the attempt loop.
 pub enum Before {
@@ -71,6 +76,8 @@ pub struct Request<'a> {
     pub leader: Option<Box<dyn Leader>>,
     /// Bound of the request's own recording of its answer (`None`: nothing records it).
     pub record_bytes: Option<usize>,
+    /// What the team stage reserved against the team's budget.
+    pub team_hold: Option<team::TeamHold>,
 }
 
 impl Request<'_> {
@@ -96,9 +103,7 @@ pub fn client_scope(shared: &Shared, session: &Session, cfg: &Config) -> [u8; 32
             return s;
         }
     }
-    let token = (!cfg.client_tokens.is_empty())
-        .then(|| presented_token(h))
-        .flatten();
+    let token = cfg.tokens_required().then(|| presented_token(h)).flatten();
     // The fleet's secret once Redis gave it (`serve::fleet`): a client is the same client on
     // every replica, so its kept answers are found there too.
     let secret = shared.fleet_scope.get().unwrap_or(&shared.scope_secret);
@@ -125,12 +130,24 @@ pub async fn run(
         if !stage.applies(req) {
             continue;
         }
-        match stage.before(req).await {
-            Ok(Before::Next) => ran[i] = true,
-            Ok(Before::Answered) => return Ok(Ok(())),
-            Ok(Before::Refuse(e)) => return Err(e),
-            Err(e) => return Ok(Err(e)),
+        let end = match stage.before(req).await {
+            Ok(Before::Next) => {
+                ran[i] = true;
+                continue;
+            }
+            Ok(Before::Answered) => Ok(Ok(())),
+            Ok(Before::Refuse(e)) => Err(e),
+            Err(e) => Ok(Err(e)),
+        };
+        // A later stage answered or refused: the earlier ones that went on still close (a
+        // budget reservation is released), with no answer of their own.
+        let answered = matches!(end, Ok(Ok(())));
+        for (j, earlier) in STAGES.iter().enumerate().take(i).rev() {
+            if ran[j] {
+                earlier.after(req, None, answered).await;
+            }
         }
+        return end;
     }
     let answer = req.record_bytes.map(Recording::new);
     let result = upstream(req, rt, queueing, answer.as_ref()).await;

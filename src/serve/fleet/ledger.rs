@@ -1,0 +1,158 @@
+//! Team budgets across the fleet: one Redis hash per team and window (`spent`, `reserved`, in
+//! nano-dollars), reserved and settled by Lua scripts, so three replicas enforce one budget,
+//! not three. Redis down: each replica reserves against its share (`budget /
+//! shared_state.replicas`) in its own ledger, and what it spent there is added to the shared
+//! count once Redis answers again.
+
+use super::Fleet;
+use crate::decide::budget::NanoUsd;
+use crate::serve::team::{Account, Hold, MemoryLedger, Standing, TeamLedger};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Reserve ARGV[2] if spent + reserved + it <= ARGV[1]; keep the hash ARGV[3] s. Returns
+/// {ok, spent, reserved}.
+const RESERVE: &str = r"
+local s = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local r = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+local a = tonumber(ARGV[2])
+if s + r + a > tonumber(ARGV[1]) then return {0, s, r} end
+redis.call('HINCRBY', KEYS[1], 'reserved', a)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, s, r + a}
+";
+
+/// Release ARGV[1] reserved, add ARGV[2] spent.
+const SETTLE: &str = r"
+redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[1]))
+redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+";
+
+pub struct FleetLedger {
+    fleet: Arc<Fleet>,
+    local: MemoryLedger,
+    replicas: i64,
+    /// Spent here while Redis was down, by (team, window): added to the shared count later.
+    unshared: Mutex<HashMap<(String, String), (NanoUsd, u64)>>,
+}
+
+impl FleetLedger {
+    pub fn new(fleet: Arc<Fleet>, replicas: u32) -> FleetLedger {
+        FleetLedger {
+            fleet,
+            local: MemoryLedger::default(),
+            replicas: i64::from(replicas.max(1)),
+            unshared: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(&self, at: Account<'_>) -> String {
+        self.fleet.key(&format!("budget:{}:{}", at.team, at.window))
+    }
+
+    /// Add what was spent locally during an outage to the shared counts.
+    async fn share_local_spend(&self) {
+        let pending: Vec<_> = {
+            let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
+            g.drain().collect()
+        };
+        for ((team, window), (spent, ttl_s)) in pending {
+            let at = Account {
+                team: &team,
+                window: &window,
+                ttl_s,
+            };
+            if !self.settle_shared(at, 0, spent).await {
+                let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
+                g.entry((team.clone(), window.clone()))
+                    .or_insert((0, ttl_s))
+                    .0 += spent;
+            }
+        }
+    }
+
+    async fn settle_shared(&self, at: Account<'_>, reserved: NanoUsd, spent: NanoUsd) -> bool {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SETTLE)
+            .arg(1)
+            .arg(self.key(at))
+            .arg(reserved)
+            .arg(spent)
+            .arg(at.ttl_s.max(1));
+        self.fleet.call::<i64>("budget", &cmd).await.is_some()
+    }
+}
+
+#[async_trait]
+impl TeamLedger for FleetLedger {
+    async fn reserve(
+        &self,
+        at: Account<'_>,
+        budget: NanoUsd,
+        amount: NanoUsd,
+    ) -> Result<Hold, Standing> {
+        if self.fleet.up()
+            && !self
+                .unshared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        {
+            self.share_local_spend().await;
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RESERVE)
+            .arg(1)
+            .arg(self.key(at))
+            .arg(budget)
+            .arg(amount)
+            .arg(at.ttl_s.max(1));
+        match self.fleet.call::<(i64, i64, i64)>("budget", &cmd).await {
+            Some((1, _, _)) => Ok(Hold {
+                amount,
+                local: false,
+            }),
+            Some((_, spent, reserved)) => Err(Standing { spent, reserved }),
+            // Redis cannot answer: this replica's share, counted here.
+            None => self.local.reserve_now(at, budget / self.replicas, amount),
+        }
+    }
+
+    async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) {
+        if hold.local {
+            self.local.settle_now(at, hold, cost);
+            let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
+            g.entry((at.team.to_string(), at.window.to_string()))
+                .or_insert((0, at.ttl_s))
+                .0 += cost;
+            return;
+        }
+        if !self.settle_shared(at, hold.amount, cost).await {
+            // The reservation stays in Redis until the window's key expires; the cost is
+            // shared later.
+            let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
+            g.entry((at.team.to_string(), at.window.to_string()))
+                .or_insert((0, at.ttl_s))
+                .0 += cost;
+        }
+    }
+
+    async fn standing(&self, at: Account<'_>) -> Standing {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.key(at)).arg("spent").arg("reserved");
+        match self
+            .fleet
+            .call::<(Option<i64>, Option<i64>)>("budget", &cmd)
+            .await
+        {
+            Some((s, r)) => Standing {
+                spent: s.unwrap_or(0),
+                reserved: r.unwrap_or(0),
+            },
+            None => self.local.standing_now(at),
+        }
+    }
+}
