@@ -13,7 +13,7 @@ use twinroute::testkit::client;
 /// request asking for 5 tokens reserves exactly that.
 fn config(p: &MockProvider, search_budget: f64, tail: &str) -> String {
     format!(
-        "teams:\n  - name: search\n    tokens_env: SEARCH_TOKENS\n    models: [m]\n    budget: {{usd: {search_budget}, per: day}}\n  - name: ads\n    tokens_env: ADS_TOKENS\n    budget: {{usd: 1, per: day}}\nproviders:\n{}models:\n  - name: m\n    offerings: [{{provider: p, model: p-m, price: {{input_per_mtok: 0, output_per_mtok: 800}}}}]\n  - name: other\n    offerings: [{{provider: p, model: p-o, price: {{input_per_mtok: 0, output_per_mtok: 800}}}}]\npolicy: {{max_attempts: 1}}\n{tail}",
+        "teams:\n  - name: search\n    tokens_env: SEARCH_TOKENS\n    models: [m]\n    budget: {{usd: {search_budget}, per: day}}\n  - name: ads\n    tokens_env: ADS_TOKENS\n    budget: {{usd: 1, per: day}}\n    limits: {{requests_per_minute: 10}}\nproviders:\n{}models:\n  - name: m\n    offerings: [{{provider: p, model: p-m, price: {{input_per_mtok: 0, output_per_mtok: 800}}}}]\n  - name: other\n    offerings: [{{provider: p, model: p-o, price: {{input_per_mtok: 0, output_per_mtok: 800}}}}]\npolicy: {{max_attempts: 1}}\n{tail}",
         provider("p", &p.base_url(), "")
     )
 }
@@ -169,6 +169,16 @@ async fn two_replicas_sharing_redis_enforce_one_budget_and_their_shares_while_it
         "the fleet served {ok} requests of a budget that fits 5"
     );
     assert_eq!(p.request_count(), 5);
+    // One rate limit for the fleet too: 10 requests per minute across both replicas.
+    let mut ok = 0;
+    for i in 0..30 {
+        let r = chat(if i % 2 == 0 { &a } else { &b }, &ask("m"), ADS).await;
+        ok += usize::from(r.status == 200);
+    }
+    assert!(
+        (10..=11).contains(&ok),
+        "the fleet let {ok} of 30 through at 10 per minute"
+    );
 
     // Redis gone: each replica serves its share ($0.010: two requests) on its own count, and
     // refuses the rest as over budget, never with another error.
@@ -210,6 +220,61 @@ async fn a_stream_is_charged_the_usage_it_reports() {
     let m = t.metrics().await;
     assert!(
         m.contains("twinroute_team_spend_usd{team=\"ads\"} 0.048"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_gets_a_minutes_worth_of_requests_and_tokens_are_limited_too() {
+    let p = MockProvider::start("p").await.unwrap();
+    let yaml = format!(
+        "teams:\n  - name: burst\n    tokens_env: SEARCH_TOKENS\n    limits: {{requests_per_minute: 60}}\n  - name: wordy\n    tokens_env: ADS_TOKENS\n    limits: {{tokens_per_minute: 1000}}\nproviders:\n{}models:\n  - name: m\n    offerings: [{{provider: p, model: p-m}}]\npolicy: {{max_attempts: 1}}\n",
+        provider("p", &p.base_url(), "")
+    );
+    let t = Twinroute::start(&yaml, &ENV).await;
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..100 {
+        let r = chat(&t, &ask("m"), SEARCH).await;
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+                assert_eq!(r.header("retry-after"), Some("1"), "{}", r.text());
+                assert!(r.json()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("60 requests per minute"));
+            }
+            s => panic!("status {s}"),
+        }
+    }
+    // A minute's worth at once, plus the refill (one a second) while the burst ran.
+    assert!(
+        (60..=63).contains(&ok),
+        "{ok} of a burst of 100 at 60 per minute"
+    );
+    assert_eq!(ok + refused, 100);
+    assert_eq!(p.request_count(), ok);
+
+    // Tokens: each request is estimated at its size / 4 plus max_tokens (5), then counted at
+    // its usage (17 tokens); a 1,000-token minute holds about 58 of them.
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..100 {
+        match chat(&t, &ask("m"), ADS).await.status {
+            200 => ok += 1,
+            429 => refused += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    assert!(
+        (50..=64).contains(&ok),
+        "{ok} requests of 17 tokens in a 1,000-token minute"
+    );
+    assert_eq!(ok + refused, 100);
+    let m = t.metrics().await;
+    assert!(
+        m.contains("twinroute_team_rejections_total{reason=\"rate\",team=\"burst\"}"),
         "{m}"
     );
 }

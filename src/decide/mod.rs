@@ -13,4 +13,5 @@ pub mod idempotency;
 pub mod memory;
 pub mod outcome;
 pub mod queue;
+pub mod rate;
 pub mod route;

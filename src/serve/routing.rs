@@ -36,13 +36,38 @@ fn control<'a>(
 }
 
 /// The team the request's client token names (`teams`; `None` without teams or for a token of
-/// `client_tokens_env`).
-fn team_of(session: &Session, cfg: &crate::model::Config) -> Option<crate::model::team::TeamId> {
+/// `client_tokens_env`), noted in the access line; a model outside its allow-list is a 403.
+fn team_of(
+    session: &Session,
+    cfg: &crate::model::Config,
+    ctx: &mut RequestLog,
+    model: crate::model::ModelId,
+) -> Result<Option<crate::model::team::TeamId>, GatewayError> {
     if cfg.teams.is_empty() {
-        return None;
+        return Ok(None);
     }
-    let token = crate::serve::stage::presented_token(&session.req_header().headers)?;
-    cfg.team_of(token)
+    let Some(id) = crate::serve::stage::presented_token(&session.req_header().headers)
+        .and_then(|token| cfg.team_of(token))
+    else {
+        return Ok(None);
+    };
+    let t = &cfg.teams[id.0];
+    ctx.team = Some(t.name.clone());
+    if !t.allows(model) {
+        crate::observe::metrics::METRICS
+            .team_rejections
+            .with_label_values(&[&t.name, "model"])
+            .inc();
+        return Err(GatewayError::new(
+            ErrorKind::ModelNotAllowed,
+            format!(
+                "team {} may not use model {}",
+                t.name,
+                cfg.catalog.model(model).name
+            ),
+        ));
+    }
+    Ok(Some(id))
 }
 
 /// What routing made of a request: its plan, and what the stages key on.
@@ -85,21 +110,7 @@ pub fn route<'c>(
     };
     let model = cfg.catalog.model(model_id);
     ctx.model = Some(model.name.clone());
-    let team = team_of(session, cfg);
-    if let Some(t) = team {
-        let t = &cfg.teams[t.0];
-        ctx.team = Some(t.name.clone());
-        if !t.allows(model_id) {
-            crate::observe::metrics::METRICS
-                .team_rejections
-                .with_label_values(&[&t.name, "model"])
-                .inc();
-            return Err(GatewayError::new(
-                ErrorKind::ModelNotAllowed,
-                format!("team {} may not use model {}", t.name, model.name),
-            ));
-        }
-    }
+    let team = team_of(session, cfg, ctx, model_id)?;
     let policy = cfg.policy_for(route, team, model_id);
     // Only the offerings (and providers) this request could use: the model's and its
     // equivalents'.

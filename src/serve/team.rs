@@ -4,6 +4,7 @@
 //! replaces it with what the request really cost. `MemoryLedger` is the in-process default.
 
 use crate::decide::budget::{fits, NanoUsd};
+use crate::decide::rate::Bucket;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,6 +21,31 @@ pub struct Standing {
 pub struct Hold {
     pub amount: NanoUsd,
     pub local: bool,
+}
+
+/// Which of a team's rate limits a bucket counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateKind {
+    Requests,
+    Tokens,
+}
+
+impl RateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateKind::Requests => "requests",
+            RateKind::Tokens => "tokens",
+        }
+    }
+}
+
+/// One of a team's rate buckets: whose, which, its limit per minute, and the time now (ms).
+#[derive(Debug, Clone, Copy)]
+pub struct Rate<'a> {
+    pub team: &'a str,
+    pub kind: RateKind,
+    pub per_minute: u64,
+    pub now_ms: i64,
 }
 
 /// One team's window in a ledger: `team` and the window's name (`day:2026-12-08`), and how long
@@ -45,15 +71,45 @@ pub trait TeamLedger: Send + Sync {
     async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd);
     /// Where the window stands now.
     async fn standing(&self, at: Account<'_>) -> Standing;
+    /// Take `n` from a rate bucket: the bucket after, or the milliseconds until `n` would fit.
+    async fn take(&self, rate: Rate<'_>, n: f64) -> Result<Bucket, u64>;
+    /// Count `delta` more used (negative: give some back), without refusing.
+    async fn adjust(&self, rate: Rate<'_>, delta: f64);
 }
 
 /// Counts in this process: a window's entry is dropped once a later window of the team is used.
 #[derive(Default)]
 pub struct MemoryLedger {
     windows: Mutex<HashMap<String, (String, Standing)>>,
+    buckets: Mutex<HashMap<(String, RateKind), Bucket>>,
 }
 
 impl MemoryLedger {
+    /// Take from (or, `force`, count against) a bucket of `per_minute` (the caller's share).
+    pub fn take_now(
+        &self,
+        rate: Rate<'_>,
+        per_minute: u64,
+        n: f64,
+        force: bool,
+    ) -> Result<Bucket, u64> {
+        let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = g
+            .entry((rate.team.to_string(), rate.kind))
+            .or_insert_with(|| Bucket::full(per_minute, rate.now_ms));
+        let next = if force {
+            let now = b.now(per_minute, rate.now_ms);
+            Bucket {
+                level: now.level - n,
+                ..now
+            }
+        } else {
+            b.take(per_minute, n, rate.now_ms)?
+        };
+        *b = next;
+        Ok(next)
+    }
+
     fn with<R>(&self, at: Account<'_>, f: impl FnOnce(&mut Standing) -> R) -> R {
         let mut g = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let e = g
@@ -115,5 +171,13 @@ impl TeamLedger for MemoryLedger {
 
     async fn standing(&self, at: Account<'_>) -> Standing {
         self.standing_now(at)
+    }
+
+    async fn take(&self, rate: Rate<'_>, n: f64) -> Result<Bucket, u64> {
+        self.take_now(rate, rate.per_minute, n, false)
+    }
+
+    async fn adjust(&self, rate: Rate<'_>, delta: f64) {
+        let _ = self.take_now(rate, rate.per_minute, delta, true);
     }
 }

@@ -6,7 +6,8 @@
 
 use super::Fleet;
 use crate::decide::budget::NanoUsd;
-use crate::serve::team::{Account, Hold, MemoryLedger, Standing, TeamLedger};
+use crate::decide::rate::Bucket;
+use crate::serve::team::{Account, Hold, MemoryLedger, Rate, Standing, TeamLedger};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,28 @@ redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
+";
+
+/// A team's rate bucket (`decide::rate::Bucket`, the same arithmetic): refill to now, then take
+/// ARGV[2] (ARGV[4] = 1: count it even past empty). Returns {taken, level, at or wait ms}.
+const TAKE: &str = r"
+local pm = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local level = tonumber(redis.call('HGET', KEYS[1], 'level') or ARGV[1])
+local at = tonumber(redis.call('HGET', KEYS[1], 'at') or ARGV[3])
+local rate = pm / 60000
+if now > at then
+  level = math.min(level + (now - at) * rate, pm)
+  at = now
+end
+if ARGV[4] ~= '1' and level < n then
+  return {0, tostring(level), math.ceil((math.min(n, pm) - level) / rate)}
+end
+level = level - n
+redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', at)
+redis.call('PEXPIRE', KEYS[1], 120000)
+return {1, tostring(level), at}
 ";
 
 pub struct FleetLedger {
@@ -72,6 +95,36 @@ impl FleetLedger {
                     .0 += spent;
             }
         }
+    }
+
+    /// The shared bucket's answer (`None`: Redis did not answer).
+    async fn take_shared(
+        &self,
+        rate: Rate<'_>,
+        n: f64,
+        force: bool,
+    ) -> Option<Result<Bucket, u64>> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE)
+            .arg(1)
+            .arg(
+                self.fleet
+                    .key(&format!("rate:{}:{}", rate.team, rate.kind.as_str())),
+            )
+            .arg(rate.per_minute)
+            .arg(n.to_string())
+            .arg(rate.now_ms)
+            .arg(if force { "1" } else { "0" });
+        let (taken, level, third): (i64, String, i64) = self.fleet.call("rate", &cmd).await?;
+        let level: f64 = level.parse().unwrap_or(0.0);
+        Some(if taken == 1 {
+            Ok(Bucket {
+                level,
+                at_ms: third,
+            })
+        } else {
+            Err(third.max(1) as u64)
+        })
     }
 
     async fn settle_shared(&self, at: Account<'_>, reserved: NanoUsd, spent: NanoUsd) -> bool {
@@ -137,6 +190,26 @@ impl TeamLedger for FleetLedger {
             g.entry((at.team.to_string(), at.window.to_string()))
                 .or_insert((0, at.ttl_s))
                 .0 += cost;
+        }
+    }
+
+    async fn take(&self, rate: Rate<'_>, n: f64) -> Result<Bucket, u64> {
+        match self.take_shared(rate, n, false).await {
+            Some(r) => r,
+            // Redis cannot answer: this replica's share, counted here.
+            None => self.local.take_now(
+                rate,
+                (rate.per_minute / self.replicas as u64).max(1),
+                n,
+                false,
+            ),
+        }
+    }
+
+    async fn adjust(&self, rate: Rate<'_>, delta: f64) {
+        if self.take_shared(rate, delta, true).await.is_none() {
+            let share = (rate.per_minute / self.replicas as u64).max(1);
+            let _ = self.local.take_now(rate, share, delta, true);
         }
     }
 

@@ -1,4 +1,8 @@
-//! A team's budget around the attempt loop: before, the request's worst-case cost is reserved
+//! A team's limits around the attempt loop. Its rate limits first: a request takes one from
+//! the team's requests bucket and its estimated tokens from the tokens bucket
+//! (`decide::rate`), or is refused with 429 `rate_limit_exceeded` and a `Retry-After` for when
+//! it would fit; the tokens are corrected by its usage after. Then its budget: before, the
+//! request's worst-case cost is reserved
 //! against the team's window (`decide::budget::worst_case`: the prompt as context fit estimates
 //! it at the dearest candidate's input price, plus the output it may ask for at the dearest
 //! output price), or the request is refused with 429 `budget_exceeded` and a `Retry-After` at
@@ -11,25 +15,88 @@ use crate::model::team::Team;
 use crate::observe::metrics::METRICS;
 use crate::serve::recording::Recording;
 use crate::serve::stage::{Before, Request, Stage};
-use crate::serve::team::{Account, Hold};
+use crate::serve::team::{Account, Hold, Rate, RateKind};
 use crate::wire::errors::{ErrorKind, GatewayError};
 use async_trait::async_trait;
 use std::time::SystemTime;
 
-/// What the stage reserved for a request, to settle after.
+/// What the stage took for a request, to settle after: its budget reservation, and the tokens
+/// it took from the tokens bucket.
+#[derive(Default)]
 pub struct TeamHold {
-    hold: Hold,
-    window: String,
-    ttl_s: u64,
+    budget: Option<(Hold, String, u64)>,
+    tokens: Option<f64>,
 }
 
 /// Budgets of the request's team (`teams[].budget`).
 pub struct TeamStage;
 
-fn unix_now() -> i64 {
+fn unix_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn rate<'a>(t: &'a Team, kind: RateKind, per_minute: u64) -> Rate<'a> {
+    Rate {
+        team: &t.name,
+        kind,
+        per_minute,
+        now_ms: unix_now_ms(),
+    }
+}
+
+/// Take from the team's rate buckets: the tokens taken, or the refusal (what was taken is
+/// given back).
+async fn take_rates(req: &Request<'_>, t: &Team) -> Result<Option<f64>, GatewayError> {
+    let ledger = &req.shared.ledger;
+    let l = &t.limits;
+    if let Some(rpm) = l.requests_per_minute {
+        if let Err(wait) = ledger.take(rate(t, RateKind::Requests, rpm), 1.0).await {
+            return Err(rate_refusal(t, "requests", rpm, wait));
+        }
+    }
+    let Some(tpm) = l.tokens_per_minute else {
+        return Ok(None);
+    };
+    let n = req.body.estimated_tokens() as f64;
+    match ledger.take(rate(t, RateKind::Tokens, tpm), n).await {
+        Ok(_) => Ok(Some(n)),
+        Err(wait) => {
+            if let Some(rpm) = l.requests_per_minute {
+                ledger.adjust(rate(t, RateKind::Requests, rpm), -1.0).await;
+            }
+            Err(rate_refusal(t, "tokens", tpm, wait))
+        }
+    }
+}
+
+fn rate_refusal(t: &Team, what: &str, per_minute: u64, wait_ms: u64) -> GatewayError {
+    METRICS
+        .team_rejections
+        .with_label_values(&[&t.name, "rate"])
+        .inc();
+    let mut e = GatewayError::new(
+        ErrorKind::RateLimited,
+        format!(
+            "team {} is over its {per_minute} {what} per minute; retry in {:.1} s",
+            t.name,
+            wait_ms as f64 / 1000.0
+        ),
+    );
+    e.retry_after_s = Some(wait_ms.div_ceil(1000).max(1));
+    e
+}
+
+/// Give back what `take_rates` took (the request was refused after it).
+async fn give_back(req: &Request<'_>, t: &Team, tokens: Option<f64>) {
+    let ledger = &req.shared.ledger;
+    if let Some(rpm) = t.limits.requests_per_minute {
+        ledger.adjust(rate(t, RateKind::Requests, rpm), -1.0).await;
+    }
+    if let (Some(tpm), Some(n)) = (t.limits.tokens_per_minute, tokens) {
+        ledger.adjust(rate(t, RateKind::Tokens, tpm), -n).await;
+    }
 }
 
 /// The request's worst case over the candidates it could go to.
@@ -59,17 +126,29 @@ fn team<'a>(req: &Request<'a>) -> Option<&'a Team> {
 #[async_trait]
 impl Stage for TeamStage {
     fn applies(&self, req: &Request<'_>) -> bool {
-        team(req).is_some_and(|t| t.budget.is_some())
+        team(req).is_some_and(|t| {
+            t.budget.is_some()
+                || t.limits.requests_per_minute.is_some()
+                || t.limits.tokens_per_minute.is_some()
+        })
     }
 
     async fn before(&self, req: &mut Request<'_>) -> pingora::Result<Before> {
         let Some(t) = team(req) else {
             return Ok(Before::Next);
         };
+        let tokens = match take_rates(req, t).await {
+            Ok(n) => n,
+            Err(e) => return Ok(Before::Refuse(e)),
+        };
         let Some(b) = &t.budget else {
+            req.team_hold = Some(TeamHold {
+                budget: None,
+                tokens,
+            });
             return Ok(Before::Next);
         };
-        let now = unix_now();
+        let now = unix_now_ms() / 1000;
         let (window, _, end) = budget::window(b.per, now);
         let ttl_s = (end - now).max(1) as u64;
         let at = Account {
@@ -86,13 +165,13 @@ impl Stage for TeamStage {
         match req.shared.ledger.reserve(at, limit, amount).await {
             Ok(hold) => {
                 req.team_hold = Some(TeamHold {
-                    hold,
-                    window,
-                    ttl_s,
+                    budget: Some((hold, window, ttl_s)),
+                    tokens,
                 });
                 Ok(Before::Next)
             }
             Err(standing) => {
+                give_back(req, t, tokens).await;
                 METRICS
                     .team_rejections
                     .with_label_values(&[&t.name, "budget"])
@@ -125,22 +204,40 @@ impl Stage for TeamStage {
             return;
         };
         let ctx = &*req.ctx;
-        let cost = if ctx.cache == Some("hit") || ctx.idempotent_replay {
+        let kept = ctx.cache == Some("hit") || ctx.idempotent_replay;
+        // The tokens bucket: the estimate taken, corrected to what the usage says was used.
+        if let (Some(tpm), Some(est)) = (t.limits.tokens_per_minute, h.tokens) {
+            let used = match (ctx.input_tokens, ctx.output_tokens) {
+                _ if kept => 0.0,
+                (Some(i), Some(o)) => (i + o) as f64,
+                _ => est,
+            };
+            if used != est {
+                req.shared
+                    .ledger
+                    .adjust(rate(t, RateKind::Tokens, tpm), used - est)
+                    .await;
+            }
+        }
+        let Some((hold, window, ttl_s)) = h.budget else {
+            return;
+        };
+        let cost = if kept {
             0
         } else {
             match ctx.cost_usd {
                 Some(c) => nano(c),
                 // A success whose usage never came (a stream cut before it): the estimate.
-                None if ok && (200..300).contains(&ctx.status) => h.hold.amount,
+                None if ok && (200..300).contains(&ctx.status) => hold.amount,
                 None => 0,
             }
         };
         let at = Account {
             team: &t.name,
-            window: &h.window,
-            ttl_s: h.ttl_s,
+            window: &window,
+            ttl_s,
         };
-        req.shared.ledger.settle(at, h.hold, cost).await;
+        req.shared.ledger.settle(at, hold, cost).await;
         let standing = req.shared.ledger.standing(at).await;
         METRICS
             .team_spend_usd
