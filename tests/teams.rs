@@ -106,6 +106,39 @@ async fn a_budget_refuses_the_request_that_would_overrun_it_in_both_error_shapes
     );
     // No token reached the log.
     assert!(!t.logs().contains("search-token"));
+
+    // Each team sees its own quota: exactly what the test spent.
+    let usage = |who: (&'static str, &'static str)| {
+        let url = t.url("/v1/twinroute/usage");
+        async move {
+            client::send("GET", &url, &[who], bytes::Bytes::new())
+                .await
+                .unwrap()
+        }
+    };
+    let u = usage(SEARCH).await;
+    assert_eq!(u.status, 200, "{}", u.text());
+    let u = u.json();
+    assert_eq!(u["team"], "search");
+    assert_eq!(u["budget"]["spent_usd"], 0.008);
+    assert_eq!(u["budget"]["reserved_usd"], 0.0);
+    assert_eq!(u["budget"]["remaining_usd"], 0.002);
+    assert_eq!(u["budget"]["per"], "day");
+    assert!(
+        u["budget"]["resets_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00Z"),
+        "{u}"
+    );
+    let u = usage(ADS).await.json();
+    assert_eq!(u["team"], "ads");
+    assert_eq!(u["budget"]["spent_usd"], 0.008);
+    assert_eq!(u["limits"]["requests_per_minute"]["limit"], 10);
+    assert_eq!(u["limits"]["requests_per_minute"]["remaining"], 8, "{u}");
+    // The admin's /status lists every team.
+    let s = t.status().await;
+    assert_eq!(s["teams"].as_array().unwrap().len(), 2, "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

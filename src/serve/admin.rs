@@ -233,6 +233,13 @@ impl ServeHttp for Admin {
                 if let Some(f) = self.shared.fleet.as_deref() {
                     v["shared_state"] = f.status_json();
                 }
+                if !rt.config.teams.is_empty() {
+                    let mut teams = Vec::with_capacity(rt.config.teams.len());
+                    for t in &rt.config.teams {
+                        teams.push(crate::serve::stage::team::usage(&self.shared, t).await);
+                    }
+                    v["teams"] = json!(teams);
+                }
                 json_response(200, v)
             }
             ("GET", "/metrics") => {

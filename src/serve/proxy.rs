@@ -204,6 +204,23 @@ impl Proxy {
         }
     }
 
+    /// `GET /v1/twinroute/usage`: the presenting team's own quota.
+    async fn team_usage(&self, session: &Session, cfg: &crate::model::Config) -> Handled {
+        let team = presented_token(&session.req_header().headers).and_then(|t| cfg.team_of(t));
+        match team {
+            Some(id) => Handled::Json(
+                stage::team::usage(&self.shared, &cfg.teams[id.0])
+                    .await
+                    .to_string()
+                    .into_bytes(),
+            ),
+            None => Handled::Reject(GatewayError::new(
+                ErrorKind::NotFound,
+                "usage is per team: present a team's client token",
+            )),
+        }
+    }
+
     /// Checks made before anything is read: concurrency limit and client tokens.
     fn admit(&self, session: &Session, active: usize) -> Option<GatewayError> {
         let rt = self.shared.runtime.load();
@@ -245,6 +262,9 @@ impl Proxy {
             if session.req_header().method == http::Method::GET {
                 return Ok(self.models(session, cfg, rest));
             }
+        }
+        if path == "/v1/twinroute/usage" && session.req_header().method == http::Method::GET {
+            return Ok(self.team_usage(session, cfg).await);
         }
         if let Some(id) = crate::wire::job::id_from_path(&path) {
             let scope = stage::client_scope(&self.shared, session, cfg);

@@ -245,3 +245,68 @@ impl Stage for TeamStage {
             .set(usd(standing.spent));
     }
 }
+
+/// What a team sees of its own quota (`GET /v1/twinroute/usage`), and `/status` of every team:
+/// its budget's window, spent, reserved, remaining and reset; its rate buckets' state.
+pub async fn usage(shared: &crate::serve::state::Shared, t: &Team) -> serde_json::Value {
+    let ledger = &shared.ledger;
+    let budget = match &t.budget {
+        None => serde_json::Value::Null,
+        Some(b) => {
+            let now = unix_now_ms() / 1000;
+            let (window, start, end) = budget::window(b.per, now);
+            let at = Account {
+                team: &t.name,
+                window: &window,
+                ttl_s: (end - now).max(1) as u64,
+            };
+            let s = ledger.standing(at).await;
+            let iso = |secs: i64| {
+                jiff::Timestamp::from_second(secs)
+                    .map(|ts| ts.to_string())
+                    .unwrap_or_default()
+            };
+            serde_json::json!({
+                "usd": b.usd,
+                "per": b.per.as_str(),
+                "window_start": iso(start),
+                "resets_at": iso(end),
+                "spent_usd": usd(s.spent),
+                "reserved_usd": usd(s.reserved),
+                "remaining_usd": usd((nano(b.usd) - s.spent - s.reserved).max(0)),
+            })
+        }
+    };
+    let mut limits = serde_json::Map::new();
+    for (key, kind, per_minute) in [
+        (
+            "requests_per_minute",
+            RateKind::Requests,
+            t.limits.requests_per_minute,
+        ),
+        (
+            "tokens_per_minute",
+            RateKind::Tokens,
+            t.limits.tokens_per_minute,
+        ),
+    ] {
+        let Some(pm) = per_minute else { continue };
+        // Taking nothing refills the bucket to now and says where it stands.
+        if let Ok(b) = ledger.take(rate(t, kind, pm), 0.0).await {
+            limits.insert(
+                key.into(),
+                serde_json::json!({
+                    "limit": pm,
+                    "remaining": b.level.floor().max(0.0) as u64,
+                    "full_in_s": b.full_in_ms(pm) as f64 / 1000.0,
+                }),
+            );
+        }
+    }
+    serde_json::json!({
+        "object": "twinroute.usage",
+        "team": t.name,
+        "budget": budget,
+        "limits": limits,
+    })
+}
