@@ -93,6 +93,43 @@ CRD_KINDS = {
             }
         },
     },
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "rules": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["alert", "expr"],
+                                        "properties": {
+                                            "alert": {"type": "string", "minLength": 1},
+                                            "expr": {"type": "string", "minLength": 1},
+                                            "for": {"type": "string"},
+                                            "labels": {"type": "object"},
+                                            "annotations": {"type": "object"},
+                                        },
+                                    },
+                                }
+                            },
+                        },
+                    }
+                },
+            }
+        },
+    },
     ("monitoring.coreos.com/v1", "ServiceMonitor"): {
         "type": "object",
         "required": ["spec"],

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building twinroute needs on a fresh Debian machine: cmake (Pingora's zlib-ng
-# build script), CA certificates (TLS to real providers), openssl and curl (webhook test), and
-# redis-server and redis-cli (shared-state tests), the pinned OpenAI/Anthropic Python SDKs
-# (translation tests). Idempotent; quiet when all is there.
+# build script), CA certificates (TLS to real providers), openssl and curl (webhook test),
+# redis-server and redis-cli (shared-state tests), promtool (alert tests), and the pinned
+# OpenAI/Anthropic Python SDKs (translation tests). Idempotent; quiet when all is there.
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -14,6 +14,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The shared-state tests start a real Redis (standalone and a three-master Cluster).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+# The chart's alerts are unit-tested with the real promtool (Debian's prometheus package).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   SUDO=""

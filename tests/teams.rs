@@ -266,8 +266,22 @@ async fn a_burst_gets_a_minutes_worth_of_requests_and_tokens_are_limited_too() {
     );
     let t = Twinroute::start(&yaml, &ENV).await;
     let (mut ok, mut refused) = (0, 0);
+    let mut last_remaining = 60;
     for _ in 0..100 {
         let r = chat(&t, &ask("m"), SEARCH).await;
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("60"));
+        let remaining: u64 = r
+            .header("x-ratelimit-remaining-requests")
+            .unwrap()
+            .parse()
+            .unwrap();
+        // Counting down one a request (a refill of one a second may hold it level once).
+        assert!(
+            remaining <= last_remaining,
+            "{remaining} after {last_remaining}"
+        );
+        last_remaining = remaining;
+        assert!(r.header("x-ratelimit-reset-requests").is_some());
         match r.status {
             200 => ok += 1,
             429 => {
@@ -282,6 +296,25 @@ async fn a_burst_gets_a_minutes_worth_of_requests_and_tokens_are_limited_too() {
             s => panic!("status {s}"),
         }
     }
+    assert_eq!(last_remaining, 0);
+    // Anthropic's names on its route.
+    let r = client::post_json(
+        &t.url("/v1/messages"),
+        &[("x-api-key", "search-token-1"), ("anthropic-version", "2023-06-01")],
+        &serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.header("anthropic-ratelimit-requests-limit"), Some("60"));
+    assert_eq!(
+        r.header("anthropic-ratelimit-requests-remaining"),
+        Some("0")
+    );
+    assert!(r
+        .header("anthropic-ratelimit-requests-reset")
+        .unwrap()
+        .ends_with('Z'));
+    assert!(r.header("x-ratelimit-limit-requests").is_none());
     // A minute's worth at once, plus the refill (one a second) while the burst ran.
     assert!(
         (60..=63).contains(&ok),

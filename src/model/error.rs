@@ -67,6 +67,8 @@ pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
     pub retry_after_s: Option<u64>,
+    /// Headers the answer carries besides its own (a team's rate-limit state).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl GatewayError {
@@ -75,6 +77,7 @@ impl GatewayError {
             kind,
             message: message.into(),
             retry_after_s: None,
+            headers: Vec::new(),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Downstream<'s> {
     /// This request's client left while others followed its answer: what is still written goes
     /// to the tap only.
     client_gone: bool,
+    /// Headers this request's answer carries whatever it is (a team's rate-limit state): added
+    /// after the tap saw the header, so a kept answer never replays another request's.
+    extra: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl<'s> Downstream<'s> {
@@ -58,7 +61,14 @@ impl<'s> Downstream<'s> {
             session,
             tap,
             client_gone: false,
+            extra: Vec::new(),
         }
+    }
+
+    /// Add `extra` to the answer's header, whatever writes it.
+    pub fn with_headers(mut self, extra: Vec<(http::HeaderName, http::HeaderValue)>) -> Self {
+        self.extra = extra;
+        self
     }
 
     /// The client left while the answer was still written for those following it.
@@ -97,6 +107,10 @@ impl<'s> Downstream<'s> {
         }
         if self.client_gone {
             return self.after_gone();
+        }
+        let mut h = h;
+        for (k, v) in &self.extra {
+            h.insert_header(k.clone(), v.clone())?;
         }
         match self.session.write_response_header(h, end).await {
             Ok(()) => Ok(()),

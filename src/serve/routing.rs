@@ -184,6 +184,7 @@ pub fn route<'c>(
         stale: None,
         queue_on_fail: false,
         team,
+        rate_headers: Vec::new(),
     };
     Ok(Routed {
         plan,

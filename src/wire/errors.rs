@@ -102,6 +102,9 @@ impl GatewayError {
         if let Some(s) = self.retry_after_s {
             h.insert_header(http::header::RETRY_AFTER, s)?;
         }
+        for (k, v) in &self.headers {
+            h.insert_header(k.clone(), v.clone())?;
+        }
         Ok(h)
     }
 }

@@ -16,6 +16,7 @@ pub mod job;
 pub mod json_scan;
 pub mod listing;
 pub mod openai;
+pub mod ratelimit;
 pub mod request;
 pub mod sse;
 pub mod sse_frame;

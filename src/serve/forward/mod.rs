@@ -79,6 +79,8 @@ pub struct Plan {
     pub queue_on_fail: bool,
     /// The team the client token names (`teams`).
     pub team: Option<crate::model::team::TeamId>,
+    /// The team's rate-limit headers, on whatever answers the request.
+    pub rate_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// How `run` ended.
@@ -217,6 +219,7 @@ fn continuation_plan(
         stale: None,
         queue_on_fail: false,
         team: plan.team,
+        rate_headers: plan.rate_headers.clone(),
         continuation: Some(Continuation {
             track: broken.track,
             json,

@@ -77,8 +77,9 @@ pub async fn follow(
     session: &mut Session,
     request_id: &str,
     stream: Dialect,
+    extra: Vec<(http::HeaderName, http::HeaderValue)>,
 ) -> Result<Option<u16>> {
-    let mut session = Downstream::new(session, None);
+    let mut session = Downstream::new(session, None).with_headers(extra);
     let mut status = None;
     let mut sse = false;
     loop {

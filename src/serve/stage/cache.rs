@@ -187,7 +187,8 @@ impl Stage for CacheStage {
         let looked = lookup(store, headers, req.ctx, req.body, req.plan, &scope).await;
         match looked {
             Lookup::Hit(rendered) => {
-                let mut down = Downstream::new(req.session, None);
+                let mut down =
+                    Downstream::new(req.session, None).with_headers(req.plan.rate_headers.clone());
                 serve(&mut down, &rendered, "hit", &req.ctx.request_id).await?;
                 req.ctx.status = 200;
                 return Ok(Before::Answered);

@@ -87,7 +87,15 @@ impl Stage for IdempotencyStage {
                 let endpoint = req.plan.endpoint;
                 let stream = Dialect::of(endpoint, endpoint.family());
                 let id = &req.ctx.request_id;
-                match follow(&mut *feed, req.session, id, stream).await? {
+                match follow(
+                    &mut *feed,
+                    req.session,
+                    id,
+                    stream,
+                    req.plan.rate_headers.clone(),
+                )
+                .await?
+                {
                     Some(status) => {
                         req.ctx.status = status;
                         Before::Answered

@@ -11,12 +11,14 @@
 //! a replay; the estimate for a success whose usage never arrived).
 
 use crate::decide::budget::{self, nano, usd, NanoUsd};
+use crate::decide::rate::Bucket;
 use crate::model::team::Team;
 use crate::observe::metrics::METRICS;
 use crate::serve::recording::Recording;
 use crate::serve::stage::{Before, Request, Stage};
 use crate::serve::team::{Account, Hold, Rate, RateKind};
 use crate::wire::errors::{ErrorKind, GatewayError};
+use crate::wire::ratelimit::{self, LimitState};
 use async_trait::async_trait;
 use std::time::SystemTime;
 
@@ -46,28 +48,62 @@ fn rate<'a>(t: &'a Team, kind: RateKind, per_minute: u64) -> Rate<'a> {
     }
 }
 
+/// A limit's state after a take (`Err`: refused, empty until `wait` ms from now).
+fn state(what: &'static str, limit: u64, taken: &Result<Bucket, u64>) -> LimitState {
+    match taken {
+        Ok(b) => LimitState {
+            what,
+            limit,
+            remaining: b.level.floor().max(0.0) as u64,
+            reset_ms: b.full_in_ms(limit),
+        },
+        Err(wait) => LimitState {
+            what,
+            limit,
+            remaining: 0,
+            reset_ms: *wait,
+        },
+    }
+}
+
 /// Take from the team's rate buckets: the tokens taken, or the refusal (what was taken is
-/// given back).
-async fn take_rates(req: &Request<'_>, t: &Team) -> Result<Option<f64>, GatewayError> {
-    let ledger = &req.shared.ledger;
+/// given back). Either way the request's answer carries the limits' state in its client's
+/// header names (`Plan::rate_headers`).
+async fn take_rates(req: &mut Request<'_>, t: &Team) -> Result<Option<f64>, GatewayError> {
+    let ledger = req.shared.ledger.clone();
     let l = &t.limits;
+    let mut states = Vec::new();
+    let mut refused = None;
     if let Some(rpm) = l.requests_per_minute {
-        if let Err(wait) = ledger.take(rate(t, RateKind::Requests, rpm), 1.0).await {
-            return Err(rate_refusal(t, "requests", rpm, wait));
+        let taken = ledger.take(rate(t, RateKind::Requests, rpm), 1.0).await;
+        states.push(state("requests", rpm, &taken));
+        if let Err(wait) = taken {
+            refused = Some(rate_refusal(t, "requests", rpm, wait));
         }
     }
-    let Some(tpm) = l.tokens_per_minute else {
-        return Ok(None);
-    };
-    let n = req.body.estimated_tokens() as f64;
-    match ledger.take(rate(t, RateKind::Tokens, tpm), n).await {
-        Ok(_) => Ok(Some(n)),
-        Err(wait) => {
-            if let Some(rpm) = l.requests_per_minute {
-                ledger.adjust(rate(t, RateKind::Requests, rpm), -1.0).await;
+    let mut tokens = None;
+    if let (Some(tpm), None) = (l.tokens_per_minute, &refused) {
+        let n = req.body.estimated_tokens() as f64;
+        let taken = ledger.take(rate(t, RateKind::Tokens, tpm), n).await;
+        states.push(state("tokens", tpm, &taken));
+        match taken {
+            Ok(_) => tokens = Some(n),
+            Err(wait) => {
+                if let Some(rpm) = l.requests_per_minute {
+                    ledger.adjust(rate(t, RateKind::Requests, rpm), -1.0).await;
+                }
+                refused = Some(rate_refusal(t, "tokens", tpm, wait));
             }
-            Err(rate_refusal(t, "tokens", tpm, wait))
         }
+    }
+    let family = req.plan.endpoint.family();
+    req.plan.rate_headers = ratelimit::headers(family, &states, unix_now_ms());
+    match refused {
+        Some(mut e) => {
+            e.headers = req.plan.rate_headers.clone();
+            Err(e)
+        }
+        None => Ok(tokens),
     }
 }
 
