@@ -21,6 +21,11 @@ AB_OLD_TOP / AB_NEW_TOP add top-level config lines to that side, e.g. the queue 
 unused (its drain service idle, no request background):
     AB_NEW_TOP="state_dir: /tmp/ab-state" python3 benches/ab.py OLD NEW 1024 6
 
+AB_AUTH sends `Authorization: Bearer AB_AUTH` on both sides (with a team on one side, say:
+    AB_AUTH=abt-token ABT=abt-token AB_NEW_TOP="teams: [{name: t, tokens_env: ABT, budget: {usd: 1000000, per: day}, limits: {requests_per_minute: 100000000, tokens_per_minute: 100000000000}}]" \
+        python3 benches/ab.py BIN BIN 1024 6
+measures a team with a budget and limits, in process, against no teams).
+
 AB_RUST_LOG (default warn: no access line) sets both sides' log level; AB_RUST_LOG=info measures
 with the access log on, one line per request.
 
@@ -79,7 +84,9 @@ for name,path in paths.items():
         doc["max_tokens"]=256
     open(body,"w").write(json.dumps(doc))
     lua=os.path.join(tmp,name+".lua")
-    open(lua,"w").write(f'wrk.method="POST"\nwrk.headers["Content-Type"]="application/json"\nwrk.headers["anthropic-version"]="2023-06-01"\nlocal f=io.open("{body}","rb"); wrk.body=f:read("*all"); f:close()\n')
+    auth=os.environ.get("AB_AUTH")
+    auth_line=f'wrk.headers["Authorization"]="Bearer {auth}"\n' if auth else ""
+    open(lua,"w").write(f'wrk.method="POST"\nwrk.headers["Content-Type"]="application/json"\nwrk.headers["anthropic-version"]="2023-06-01"\n{auth_line}local f=io.open("{body}","rb"); wrk.body=f:read("*all"); f:close()\n')
     luas[name]=lua
 res={k:[] for k in bins}
 try:

@@ -104,6 +104,10 @@ async fn a_budget_refuses_the_request_that_would_overrun_it_in_both_error_shapes
         m.contains("twinroute_team_rejections_total{reason=\"model\",team=\"search\"} 1"),
         "{m}"
     );
+    assert!(
+        m.contains("twinroute_team_requests_total{model=\"m\",status=\"429\",team=\"search\"} 2"),
+        "{m}"
+    );
     // No token reached the log.
     assert!(!t.logs().contains("search-token"));
 

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub team_spend_usd: GaugeVec,
     pub team_budget_usd: GaugeVec,
     pub team_rejections: IntCounterVec,
+    pub team_requests: IntCounterVec,
     /// 1 while the fleet's Redis answers (`shared_state`), 0 while it does not.
     pub shared_state_up: prometheus::IntGauge,
     pub shared_state_errors: IntCounterVec,
@@ -163,6 +164,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ),
         &["team", "reason"],
     )?;
+    let team_requests = IntCounterVec::new(
+        Opts::new(
+            "twinroute_team_requests_total",
+            "A team's requests by canonical model and status",
+        ),
+        &["team", "model", "status"],
+    )?;
     let shared_state_up = prometheus::IntGauge::new(
         "twinroute_shared_state_up",
         "1 while the shared state's Redis answers, 0 while it does not (local state serves)",
@@ -277,6 +285,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(team_spend_usd.clone()))?;
     registry.register(Box::new(team_budget_usd.clone()))?;
     registry.register(Box::new(team_rejections.clone()))?;
+    registry.register(Box::new(team_requests.clone()))?;
     registry.register(Box::new(shared_state_errors.clone()))?;
     registry.register(Box::new(cache_lookups.clone()))?;
     registry.register(Box::new(log_waits.clone()))?;
@@ -313,6 +322,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         team_spend_usd,
         team_budget_usd,
         team_rejections,
+        team_requests,
         cache_lookups,
         log_waits,
         cache_entries,

@@ -540,6 +540,12 @@ impl ProxyHttp for Proxy {
             .requests
             .with_label_values(&[model, provider, status])
             .inc();
+        if let Some(team) = ctx.team.as_deref() {
+            METRICS
+                .team_requests
+                .with_label_values(&[team, model, status])
+                .inc();
+        }
         if !model.is_empty() {
             METRICS
                 .request_duration
