@@ -26,8 +26,8 @@ pub struct Hold {
 /// Which of a team's rate limits a bucket counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RateKind {
-    Requests,
-    Tokens,
+    Requests = 0,
+    Tokens = 1,
 }
 
 impl RateKind {
@@ -67,8 +67,9 @@ pub trait TeamLedger: Send + Sync {
         budget: NanoUsd,
         amount: NanoUsd,
     ) -> Result<Hold, Standing>;
-    /// Replace a reservation with what the request cost.
-    async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd);
+    /// Replace a reservation with what the request cost; where the window stands after (as
+    /// far as this ledger knows without asking again).
+    async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) -> Standing;
     /// Where the window stands now.
     async fn standing(&self, at: Account<'_>) -> Standing;
     /// Take `n` from a rate bucket: the bucket after, or the milliseconds until `n` would fit.
@@ -81,7 +82,8 @@ pub trait TeamLedger: Send + Sync {
 #[derive(Default)]
 pub struct MemoryLedger {
     windows: Mutex<HashMap<String, (String, Standing)>>,
-    buckets: Mutex<HashMap<(String, RateKind), Bucket>>,
+    /// Each team's buckets, by `RateKind` as an index.
+    buckets: Mutex<HashMap<String, [Option<Bucket>; 2]>>,
 }
 
 impl MemoryLedger {
@@ -94,9 +96,14 @@ impl MemoryLedger {
         force: bool,
     ) -> Result<Bucket, u64> {
         let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = g
-            .entry((rate.team.to_string(), rate.kind))
-            .or_insert_with(|| Bucket::full(per_minute, rate.now_ms));
+        let i = rate.kind as usize;
+        if !g.contains_key(rate.team) {
+            g.insert(rate.team.to_string(), [None; 2]);
+        }
+        let Some(slots) = g.get_mut(rate.team) else {
+            unreachable!("inserted above")
+        };
+        let b = slots[i].get_or_insert_with(|| Bucket::full(per_minute, rate.now_ms));
         let next = if force {
             let now = b.now(per_minute, rate.now_ms);
             Bucket {
@@ -112,9 +119,16 @@ impl MemoryLedger {
 
     fn with<R>(&self, at: Account<'_>, f: impl FnOnce(&mut Standing) -> R) -> R {
         let mut g = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let e = g
-            .entry(at.team.to_string())
-            .or_insert_with(|| (at.window.to_string(), Standing::default()));
+        // Looked up by `&str`: the key is built only for a team's first request.
+        if !g.contains_key(at.team) {
+            g.insert(
+                at.team.to_string(),
+                (at.window.to_string(), Standing::default()),
+            );
+        }
+        let Some(e) = g.get_mut(at.team) else {
+            unreachable!("inserted above")
+        };
         if e.0 != at.window {
             // A new window: the last one's counts are over.
             *e = (at.window.to_string(), Standing::default());
@@ -142,11 +156,12 @@ impl MemoryLedger {
         })
     }
 
-    pub fn settle_now(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) {
+    pub fn settle_now(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) -> Standing {
         self.with(at, |s| {
             s.reserved = (s.reserved - hold.amount).max(0);
             s.spent += cost;
-        });
+            *s
+        })
     }
 
     pub fn standing_now(&self, at: Account<'_>) -> Standing {
@@ -165,7 +180,7 @@ impl TeamLedger for MemoryLedger {
         self.reserve_now(at, budget, amount)
     }
 
-    async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) {
+    async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) -> Standing {
         self.settle_now(at, hold, cost)
     }
 

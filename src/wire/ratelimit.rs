@@ -37,6 +37,33 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
+/// One limit's three header names in a family, static (no name is parsed per request).
+fn names(family: Family, what: &str) -> [HeaderName; 3] {
+    let n = HeaderName::from_static;
+    match (family, what) {
+        (Family::OpenAi, "requests") => [
+            n("x-ratelimit-limit-requests"),
+            n("x-ratelimit-remaining-requests"),
+            n("x-ratelimit-reset-requests"),
+        ],
+        (Family::OpenAi, _) => [
+            n("x-ratelimit-limit-tokens"),
+            n("x-ratelimit-remaining-tokens"),
+            n("x-ratelimit-reset-tokens"),
+        ],
+        (Family::Anthropic, "requests") => [
+            n("anthropic-ratelimit-requests-limit"),
+            n("anthropic-ratelimit-requests-remaining"),
+            n("anthropic-ratelimit-requests-reset"),
+        ],
+        (Family::Anthropic, _) => [
+            n("anthropic-ratelimit-tokens-limit"),
+            n("anthropic-ratelimit-tokens-remaining"),
+            n("anthropic-ratelimit-tokens-reset"),
+        ],
+    }
+}
+
 /// The headers for `limits` in `family`'s names; `now_ms` (UTC) dates Anthropic's resets.
 pub fn headers(
     family: Family,
@@ -44,41 +71,18 @@ pub fn headers(
     now_ms: i64,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::with_capacity(limits.len() * 3);
-    let mut push = |name: String, value: String| {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            out.push((n, v));
-        }
-    };
     for l in limits {
-        match family {
-            Family::OpenAi => {
-                push(format!("x-ratelimit-limit-{}", l.what), l.limit.to_string());
-                push(
-                    format!("x-ratelimit-remaining-{}", l.what),
-                    l.remaining.to_string(),
-                );
-                push(
-                    format!("x-ratelimit-reset-{}", l.what),
-                    duration(l.reset_ms),
-                );
-            }
-            Family::Anthropic => {
-                let at = jiff::Timestamp::from_millisecond(now_ms + l.reset_ms as i64)
-                    .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-                    .unwrap_or_default();
-                push(
-                    format!("anthropic-ratelimit-{}-limit", l.what),
-                    l.limit.to_string(),
-                );
-                push(
-                    format!("anthropic-ratelimit-{}-remaining", l.what),
-                    l.remaining.to_string(),
-                );
-                push(format!("anthropic-ratelimit-{}-reset", l.what), at);
-            }
+        let [limit, remaining, reset] = names(family, l.what);
+        let reset_value = match family {
+            Family::OpenAi => duration(l.reset_ms),
+            Family::Anthropic => jiff::Timestamp::from_millisecond(now_ms + l.reset_ms as i64)
+                .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+                .unwrap_or_default(),
+        };
+        out.push((limit, HeaderValue::from(l.limit)));
+        out.push((remaining, HeaderValue::from(l.remaining)));
+        if let Ok(v) = HeaderValue::from_str(&reset_value) {
+            out.push((reset, v));
         }
     }
     out

@@ -24,12 +24,12 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {1, s, r + a}
 ";
 
-/// Release ARGV[1] reserved, add ARGV[2] spent.
+/// Release ARGV[1] reserved, add ARGV[2] spent. Returns {spent, reserved} after.
 const SETTLE: &str = r"
-redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[1]))
-redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
+local r = redis.call('HINCRBY', KEYS[1], 'reserved', -tonumber(ARGV[1]))
+local s = redis.call('HINCRBY', KEYS[1], 'spent', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+return {s, r}
 ";
 
 /// A team's rate bucket (`decide::rate::Bucket`, the same arithmetic): refill to now, then take
@@ -88,7 +88,7 @@ impl FleetLedger {
                 window: &window,
                 ttl_s,
             };
-            if !self.settle_shared(at, 0, spent).await {
+            if self.settle_shared(at, 0, spent).await.is_none() {
                 let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
                 g.entry((team.clone(), window.clone()))
                     .or_insert((0, ttl_s))
@@ -127,7 +127,12 @@ impl FleetLedger {
         })
     }
 
-    async fn settle_shared(&self, at: Account<'_>, reserved: NanoUsd, spent: NanoUsd) -> bool {
+    async fn settle_shared(
+        &self,
+        at: Account<'_>,
+        reserved: NanoUsd,
+        spent: NanoUsd,
+    ) -> Option<Standing> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(SETTLE)
             .arg(1)
@@ -135,7 +140,8 @@ impl FleetLedger {
             .arg(reserved)
             .arg(spent)
             .arg(at.ttl_s.max(1));
-        self.fleet.call::<i64>("budget", &cmd).await.is_some()
+        let (spent, reserved): (i64, i64) = self.fleet.call("budget", &cmd).await?;
+        Some(Standing { spent, reserved })
     }
 }
 
@@ -174,23 +180,27 @@ impl TeamLedger for FleetLedger {
         }
     }
 
-    async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) {
-        if hold.local {
-            self.local.settle_now(at, hold, cost);
-            let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
-            g.entry((at.team.to_string(), at.window.to_string()))
-                .or_insert((0, at.ttl_s))
-                .0 += cost;
-            return;
+    async fn settle(&self, at: Account<'_>, hold: Hold, cost: NanoUsd) -> Standing {
+        let shared = if hold.local {
+            None
+        } else {
+            self.settle_shared(at, hold.amount, cost).await
+        };
+        if let Some(s) = shared {
+            return s;
         }
-        if !self.settle_shared(at, hold.amount, cost).await {
-            // The reservation stays in Redis until the window's key expires; the cost is
-            // shared later.
-            let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
-            g.entry((at.team.to_string(), at.window.to_string()))
-                .or_insert((0, at.ttl_s))
-                .0 += cost;
-        }
+        // Settled here (a local reservation), or Redis did not answer (the shared reservation
+        // stays until the window's key expires): the cost is added to the shared count later.
+        let standing = if hold.local {
+            self.local.settle_now(at, hold, cost)
+        } else {
+            self.local.standing_now(at)
+        };
+        let mut g = self.unshared.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry((at.team.to_string(), at.window.to_string()))
+            .or_insert((0, at.ttl_s))
+            .0 += cost;
+        standing
     }
 
     async fn take(&self, rate: Rate<'_>, n: f64) -> Result<Bucket, u64> {

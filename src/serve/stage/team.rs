@@ -12,7 +12,7 @@
 
 use crate::decide::budget::{self, nano, usd, NanoUsd};
 use crate::decide::rate::Bucket;
-use crate::model::team::Team;
+use crate::model::team::{Team, Window};
 use crate::observe::metrics::METRICS;
 use crate::serve::recording::Recording;
 use crate::serve::stage::{Before, Request, Stage};
@@ -37,6 +37,27 @@ fn unix_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The window `now` falls in (its name and end), computed once per window and thread rather
+/// than per request (calendar arithmetic and a formatted name).
+fn current_window(per: Window, now: i64) -> (String, i64) {
+    thread_local! {
+        static LAST: std::cell::RefCell<[Option<(i64, i64, String)>; 3]> =
+            const { std::cell::RefCell::new([None, None, None]) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let slot = &mut last[per as usize];
+        match slot {
+            Some((start, end, name)) if *start <= now && now < *end => (name.clone(), *end),
+            _ => {
+                let (name, start, end) = budget::window(per, now);
+                *slot = Some((start, end, name.clone()));
+                (name, end)
+            }
+        }
+    })
 }
 
 fn rate<'a>(t: &'a Team, kind: RateKind, per_minute: u64) -> Rate<'a> {
@@ -185,7 +206,7 @@ impl Stage for TeamStage {
             return Ok(Before::Next);
         };
         let now = unix_now_ms() / 1000;
-        let (window, _, end) = budget::window(b.per, now);
+        let (window, end) = current_window(b.per, now);
         let ttl_s = (end - now).max(1) as u64;
         let at = Account {
             team: &t.name,
@@ -194,10 +215,6 @@ impl Stage for TeamStage {
         };
         let amount = estimate(req);
         let limit = nano(b.usd);
-        METRICS
-            .team_budget_usd
-            .with_label_values(&[&t.name])
-            .set(b.usd);
         match req.shared.ledger.reserve(at, limit, amount).await {
             Ok(hold) => {
                 req.team_hold = Some(TeamHold {
@@ -273,12 +290,17 @@ impl Stage for TeamStage {
             window: &window,
             ttl_s,
         };
-        req.shared.ledger.settle(at, hold, cost).await;
-        let standing = req.shared.ledger.standing(at).await;
+        let standing = req.shared.ledger.settle(at, hold, cost).await;
         METRICS
             .team_spend_usd
             .with_label_values(&[&t.name])
             .set(usd(standing.spent));
+        if let Some(b) = &t.budget {
+            METRICS
+                .team_budget_usd
+                .with_label_values(&[&t.name])
+                .set(b.usd);
+        }
     }
 }
 
