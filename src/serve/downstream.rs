@@ -65,6 +65,12 @@ impl<'s> Downstream<'s> {
         }
     }
 
+    /// The extra headers, for a writer that puts them on the header itself (the relay, on
+    /// `http`'s map); none are added by `write_header` after.
+    pub fn take_headers(&mut self) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        std::mem::take(&mut self.extra)
+    }
+
     /// Add `extra` to the answer's header, whatever writes it.
     pub fn with_headers(mut self, extra: Vec<(http::HeaderName, http::HeaderValue)>) -> Self {
         self.extra = extra;

@@ -71,6 +71,7 @@ impl Reloader {
             );
         }
         let rt = Generation::reloaded(new, &old);
+        crate::serve::stage::team::observe_budgets(&rt.config);
         let without = rt.config.without_credentials();
         if !without.is_empty() {
             log::warn!(

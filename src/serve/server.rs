@@ -91,6 +91,7 @@ pub fn build_with(
         std::net::TcpListener::bind(addr.as_str())
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
+    crate::serve::stage::team::observe_budgets(&config);
     let shared = Shared::new(config, stores)?;
     let mut server = Server::new_with_opt_and_conf(None, conf);
 

@@ -250,6 +250,11 @@ pub(super) async fn relay(
     if let Some(c) = served.cache_header {
         h.insert(names::CACHE, http::HeaderValue::from_static(c));
     }
+    // The request's own headers (a team's rate-limit state) join here, on `http`'s map, rather
+    // than through Pingora's `insert_header` (a name re-parsed and a case map kept, each).
+    for (k, v) in session.take_headers() {
+        h.insert(k, v);
+    }
     if ctx.zero_retention {
         // Said in the response header: the client's connection closes after this answer.
         session.set_keepalive(None);

@@ -180,7 +180,8 @@ async fn upstream(
         (None, Some(l)) => Some(&**l),
         (None, None) => None,
     };
-    let mut down = Downstream::new(req.session, tap).with_headers(req.plan.rate_headers.clone());
+    let extra = std::mem::take(&mut req.plan.rate_headers);
+    let mut down = Downstream::new(req.session, tap).with_headers(extra);
     let result = background::execute(
         req.shared, rt, &mut down, req.ctx, req.plan, req.body, queueing,
     )

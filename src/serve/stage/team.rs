@@ -295,6 +295,13 @@ impl Stage for TeamStage {
             .team_spend_usd
             .with_label_values(&[&t.name])
             .set(usd(standing.spent));
+    }
+}
+
+/// Set every team's budget gauge (`twinroute_team_budget_usd`): at start and on each reload,
+/// not per request.
+pub fn observe_budgets(cfg: &crate::model::Config) {
+    for t in &cfg.teams {
         if let Some(b) = &t.budget {
             METRICS
                 .team_budget_usd
