@@ -20,6 +20,34 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The comma-separated client tokens in env var `var` (at least one; `path` names the key).
+fn tokens_from_env(path: &str, var: &str, env: &dyn EnvSource) -> Result<Vec<Secret>, ConfigError> {
+    let tokens: Vec<Secret> = env
+        .get(var)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| Secret::new(t.to_string()))
+        .collect();
+    if tokens.is_empty() {
+        return Err(err(
+            path,
+            format!("env var {var} is not set or holds no token"),
+        ));
+    }
+    Ok(tokens)
+}
+
+/// A name a config gives (provider, team, namespace): non-empty, at most `max` bytes, letters,
+/// digits, '-', '_' and '.' only.
+fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 fn err(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         path: path.into(),
@@ -379,23 +407,7 @@ pub fn build(file: FileConfig, env: &dyn EnvSource) -> Result<Config, ConfigErro
     };
     let client_tokens = match &file.client_tokens_env {
         None => Vec::new(),
-        Some(var) => {
-            let tokens: Vec<Secret> = env
-                .get(var)
-                .unwrap_or_default()
-                .split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(|t| Secret::new(t.to_string()))
-                .collect();
-            if tokens.is_empty() {
-                return Err(err(
-                    "client_tokens_env",
-                    format!("env var {var} is not set or holds no token"),
-                ));
-            }
-            tokens
-        }
+        Some(var) => tokens_from_env("client_tokens_env", var, env)?,
     };
     let mut providers = Vec::with_capacity(file.providers.len());
     let mut names = HashSet::new();

@@ -126,12 +126,7 @@ pub(super) fn build_provider(
     p: FileProvider,
     env: &dyn EnvSource,
 ) -> Result<Provider, ConfigError> {
-    if p.name.is_empty()
-        || !p
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !super::is_name(&p.name, usize::MAX) {
         return Err(err(
             format!("{path}.name"),
             "must be non-empty and use only letters, digits, '-', '_' or '.'",

@@ -48,12 +48,7 @@ pub(super) fn build(
         return Err(err(key, "the URL names no host"));
     }
     let namespace = f.namespace.clone().unwrap_or_else(|| "twinroute".into());
-    if namespace.is_empty()
-        || namespace.len() > 64
-        || !namespace
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !super::is_name(&namespace, 64) {
         return Err(err(
             "shared_state.namespace",
             "1 to 64 letters, digits, '-', '_' or '.'",

@@ -2,7 +2,7 @@
 //! catalog, aliases included), budget, rate limits and policy layer.
 
 use super::file::FileTeam;
-use super::{build_policy, err, EnvSource};
+use super::{build_policy, err, is_name, tokens_from_env, EnvSource};
 use crate::model::catalog::Catalog;
 use crate::model::team::{Budget, Limits, Team, Window};
 use crate::model::{ConfigError, Secret};
@@ -22,13 +22,7 @@ pub(super) fn build(
         .collect();
     for (i, t) in teams.iter().enumerate() {
         let path = format!("teams[{i}]");
-        if t.name.is_empty()
-            || t.name.len() > 64
-            || !t
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !is_name(&t.name, 64) {
             return Err(err(
                 format!("{path}.name"),
                 "1 to 64 letters, digits, '-', '_' or '.'",
@@ -40,20 +34,7 @@ pub(super) fn build(
                 format!("duplicate team {:?}", t.name),
             ));
         }
-        let tokens: Vec<Secret> = env
-            .get(&t.tokens_env)
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(|v| Secret::new(v.to_string()))
-            .collect();
-        if tokens.is_empty() {
-            return Err(err(
-                format!("{path}.tokens_env"),
-                format!("env var {} is not set or holds no token", t.tokens_env),
-            ));
-        }
+        let tokens = tokens_from_env(&format!("{path}.tokens_env"), &t.tokens_env, env)?;
         for token in &tokens {
             // A token naming two teams (or a team and no team) would make its limits a guess.
             if !seen.insert(token.expose().to_string()) {

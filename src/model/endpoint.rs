@@ -70,6 +70,11 @@ pub fn answer_family(api: ApiKind) -> Family {
 }
 
 impl Endpoint {
+    /// The stream a client of this route reads (its own family's).
+    pub fn dialect(self) -> Dialect {
+        Dialect::of(self, self.family())
+    }
+
     pub fn from_path(path: &str) -> Option<Endpoint> {
         match path.trim_end_matches('/') {
             "/v1/chat/completions" => Some(Endpoint::ChatCompletions),

@@ -37,7 +37,7 @@ fn control<'a>(
 
 /// The team the request's client token names (`teams`; `None` without teams or for a token of
 /// `client_tokens_env`), noted in the access line; a model outside its allow-list is a 403.
-fn team_of(
+fn request_team(
     session: &Session,
     cfg: &crate::model::Config,
     ctx: &mut RequestLog,
@@ -110,7 +110,7 @@ pub fn route<'c>(
     };
     let model = cfg.catalog.model(model_id);
     ctx.model = Some(model.name.clone());
-    let team = team_of(session, cfg, ctx, model_id)?;
+    let team = request_team(session, cfg, ctx, model_id)?;
     let policy = cfg.policy_for(route, team, model_id);
     // Only the offerings (and providers) this request could use: the model's and its
     // equivalents'.

@@ -96,14 +96,9 @@ impl MemoryLedger {
         force: bool,
     ) -> Result<Bucket, u64> {
         let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let i = rate.kind as usize;
-        if !g.contains_key(rate.team) {
-            g.insert(rate.team.to_string(), [None; 2]);
-        }
-        let Some(slots) = g.get_mut(rate.team) else {
-            unreachable!("inserted above")
-        };
-        let b = slots[i].get_or_insert_with(|| Bucket::full(per_minute, rate.now_ms));
+        let slots = by_team(&mut g, rate.team, || [None; 2]);
+        let b =
+            slots[rate.kind as usize].get_or_insert_with(|| Bucket::full(per_minute, rate.now_ms));
         let next = if force {
             let now = b.now(per_minute, rate.now_ms);
             Bucket {
@@ -119,16 +114,9 @@ impl MemoryLedger {
 
     fn with<R>(&self, at: Account<'_>, f: impl FnOnce(&mut Standing) -> R) -> R {
         let mut g = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        // Looked up by `&str`: the key is built only for a team's first request.
-        if !g.contains_key(at.team) {
-            g.insert(
-                at.team.to_string(),
-                (at.window.to_string(), Standing::default()),
-            );
-        }
-        let Some(e) = g.get_mut(at.team) else {
-            unreachable!("inserted above")
-        };
+        let e = by_team(&mut g, at.team, || {
+            (at.window.to_string(), Standing::default())
+        });
         if e.0 != at.window {
             // A new window: the last one's counts are over.
             *e = (at.window.to_string(), Standing::default());
@@ -167,6 +155,19 @@ impl MemoryLedger {
     pub fn standing_now(&self, at: Account<'_>) -> Standing {
         self.with(at, |s| *s)
     }
+}
+
+/// A team's entry, looked up by `&str`: its key is built only for the team's first request.
+fn by_team<'m, V>(
+    map: &'m mut HashMap<String, V>,
+    team: &str,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !map.contains_key(team) {
+        map.insert(team.to_string(), new());
+    }
+    map.get_mut(team)
+        .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
 #[async_trait]

@@ -5,7 +5,7 @@
 //! holds, then it follows the stream from where the snapshot was taken.
 
 use super::{Fleet, Link, Outgoing};
-use crate::health::verdict::Verdict;
+use crate::health::verdict::{Verdict, VerdictBus};
 use crate::serve::state::Shared;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -264,7 +264,7 @@ async fn follow(fleet: &Fleet, shared: &Shared) -> Result<(), String> {
     }
     // What this replica learned while it could not tell anyone.
     for v in rt.health.verdicts_now(now) {
-        fleet.publish_now(v);
+        fleet.publish(v);
     }
     drop(rt);
     fleet.following.store(true, Ordering::Release);
@@ -295,12 +295,5 @@ async fn follow(fleet: &Fleet, shared: &Shared) -> Result<(), String> {
                 Err(e) => log::debug!("shared state: a verdict this version cannot read: {e}"),
             }
         }
-    }
-}
-
-impl Fleet {
-    /// Queue a verdict for the writer (the reader's republishing).
-    fn publish_now(&self, v: Verdict) {
-        self.queue(Outgoing::Publish(v));
     }
 }

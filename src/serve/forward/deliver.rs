@@ -8,7 +8,7 @@ use super::{Attempted, BrokenStream, Plan};
 use crate::decide::outcome::FailoverReason;
 use crate::decide::route::Candidate;
 use crate::model::catalog::Offering;
-use crate::model::endpoint::{Dialect, Endpoint};
+use crate::model::endpoint::Endpoint;
 use crate::model::{Provider, StreamRecovery};
 use crate::observe::access_log::RequestLog;
 use crate::observe::metrics::METRICS;
@@ -113,7 +113,7 @@ pub(super) async fn deliver(
         dropped: w.dropped,
         attempts: &attempts_header,
         family: plan.endpoint.family(),
-        client_stream: Dialect::of(plan.endpoint, plan.endpoint.family()),
+        client_stream: plan.endpoint.dialect(),
         upstream_stream: super::attempt::upstream_dialect(plan, provider),
         translation: Direction::between(plan.endpoint, provider.api()),
         include_usage: plan.include_usage,

@@ -3,7 +3,6 @@
 //! `serve::idempotency`.
 
 use crate::decide::idempotency::{fingerprint, parse_key, storable, Fingerprint, ScopedKey};
-use crate::model::endpoint::Dialect;
 use crate::observe::metrics::METRICS;
 use crate::serve::idempotency::{follow, Claim, IdempotencyStore};
 use crate::serve::names;
@@ -84,8 +83,7 @@ impl Stage for IdempotencyStage {
             Ok(Some(Claim::Follow(mut feed))) => {
                 req.ctx.idempotent_replay = true;
                 METRICS.idempotency_replays.inc();
-                let endpoint = req.plan.endpoint;
-                let stream = Dialect::of(endpoint, endpoint.family());
+                let stream = req.plan.endpoint.dialect();
                 let id = &req.ctx.request_id;
                 match follow(
                     &mut *feed,

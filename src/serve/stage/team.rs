@@ -24,7 +24,6 @@ use std::time::SystemTime;
 
 /// What the stage took for a request, to settle after: its budget reservation, and the tokens
 /// it took from the tokens bucket.
-#[derive(Default)]
 pub struct TeamHold {
     budget: Option<(Hold, String, u64)>,
     tokens: Option<f64>,
@@ -110,9 +109,7 @@ async fn take_rates(req: &mut Request<'_>, t: &Team) -> Result<Option<f64>, Gate
         match taken {
             Ok(_) => tokens = Some(n),
             Err(wait) => {
-                if let Some(rpm) = l.requests_per_minute {
-                    ledger.adjust(rate(t, RateKind::Requests, rpm), -1.0).await;
-                }
+                give_back(req, t, None).await;
                 refused = Some(rate_refusal(t, "tokens", tpm, wait));
             }
         }
