@@ -209,14 +209,9 @@ impl Config {
 
     /// The team a client token names, if any (compared in constant time, as client tokens are).
     pub fn team_of(&self, token: &[u8]) -> Option<team::TeamId> {
-        use subtle::ConstantTimeEq;
         self.teams
             .iter()
-            .position(|t| {
-                t.tokens
-                    .iter()
-                    .any(|s| bool::from(s.expose().as_bytes().ct_eq(token)))
-            })
+            .position(|t| provider::presented_matches(token, &t.tokens))
             .map(team::TeamId)
     }
 }

@@ -153,8 +153,19 @@ impl Secret {
     }
 }
 
+/// Whether a presented credential is one of `tokens`: compared in constant time, and with every
+/// token whichever matches, so the time says nothing of which one or how much of it matched.
+pub fn presented_matches(presented: &[u8], tokens: &[Secret]) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut ok = subtle::Choice::from(0u8);
+    for t in tokens {
+        ok |= presented.ct_eq(t.expose().as_bytes());
+    }
+    ok.into()
+}
+
 /// Config comparison only (a reload deciding whether a provider changed), never a check of a
-/// presented credential: those use constant-time comparison in `serve::proxy`.
+/// presented credential: those use `presented_matches`.
 impl PartialEq for Secret {
     fn eq(&self, other: &Secret) -> bool {
         self.0 == other.0

@@ -158,16 +158,6 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
-/// Constant-time membership: the comparison does not reveal how much of a token matched.
-fn token_ok(presented: &[u8], tokens: &[crate::model::Secret]) -> bool {
-    use subtle::ConstantTimeEq;
-    let mut ok = subtle::Choice::from(0u8);
-    for t in tokens {
-        ok |= presented.ct_eq(t.expose().as_bytes());
-    }
-    ok.into()
-}
-
 impl Proxy {
     /// `GET /v1/models` (and `/v1/models/{id}`): the catalog's names, in Anthropic's shape when
     /// the request carries `anthropic-version` (as the Anthropic SDK sends), else OpenAI's.
@@ -242,9 +232,10 @@ impl Proxy {
         {
             let presented = presented_token(&session.req_header().headers);
             // A token of `client_tokens_env` (no team, no limits) or of a team.
-            if !presented
-                .is_some_and(|p| token_ok(p, &cfg.client_tokens) || cfg.team_of(p).is_some())
-            {
+            if !presented.is_some_and(|p| {
+                crate::model::provider::presented_matches(p, &cfg.client_tokens)
+                    || cfg.team_of(p).is_some()
+            }) {
                 return Some(GatewayError::new(
                     ErrorKind::Unauthorized,
                     "missing or invalid twinroute client token (Authorization: Bearer or x-api-key)",
